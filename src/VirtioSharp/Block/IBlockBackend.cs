@@ -1,0 +1,39 @@
+using System.Runtime.InteropServices;
+
+namespace VirtioSharp.Block;
+
+/// <summary>One scatter/gather element, laid out as struct iovec so it can go straight to preadv/pwritev.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct IoVec
+{
+    public nint Base;
+    public nuint Length;
+
+    public IoVec(nint @base, nuint length)
+    {
+        Base = @base;
+        Length = length;
+    }
+}
+
+/// <summary>
+/// Storage behind a block device. Offsets and lengths are in bytes and already checked
+/// against <see cref="Capacity"/> by the caller. Methods return false on an I/O error;
+/// they never throw for a failed I/O.
+/// </summary>
+public interface IBlockBackend : IDisposable
+{
+    ulong Capacity { get; }
+    /// <summary>Logical block size the storage needs for direct I/O (512 or 4096).</summary>
+    uint BlockSize { get; }
+    bool ReadOnly { get; }
+    bool SupportsDiscard { get; }
+    bool SupportsWriteZeroes { get; }
+    string Description { get; }
+
+    bool Read(ulong offset, ReadOnlySpan<IoVec> iov);
+    bool Write(ulong offset, ReadOnlySpan<IoVec> iov);
+    bool Flush();
+    bool Discard(ulong offset, ulong length);
+    bool WriteZeroes(ulong offset, ulong length, bool mayUnmap);
+}

@@ -1,0 +1,105 @@
+namespace VirtioSharp.Queues;
+
+/// <summary>One buffer of a descriptor chain, already checked and translated to host memory.</summary>
+public struct ChainBuffer
+{
+    public ulong Address;
+    public uint Length;
+    public bool Writable;
+    /// <summary>Host pointer to the buffer; 0 when the range is not inside guest memory.</summary>
+    public nint Host;
+}
+
+/// <summary>Why a chain could not be used as the driver laid it out (device-observable driver errors).</summary>
+public enum ChainError
+{
+    None,
+    /// <summary>2.7.5.2: next points past the descriptor table.</summary>
+    NextOutOfRange,
+    /// <summary>2.7.5.3.1 / 2.7.13.1: the chain is longer than the queue size (or loops).</summary>
+    ChainTooLong,
+    /// <summary>2.7.4.2: a device-readable descriptor follows a device-writable one.</summary>
+    ReadableAfterWritable,
+    /// <summary>2.7.5.3.1: VIRTQ_DESC_F_INDIRECT without VIRTIO_F_INDIRECT_DESC.</summary>
+    IndirectNotNegotiated,
+    /// <summary>2.7.5.3.1: INDIRECT and NEXT set together.</summary>
+    IndirectWithNext,
+    /// <summary>2.7.5.3.1: INDIRECT inside an indirect table.</summary>
+    NestedIndirect,
+    /// <summary>2.7.5.3.1: indirect table length is zero or not a multiple of 16.</summary>
+    IndirectBadLength,
+    /// <summary>The indirect table itself is not inside guest memory.</summary>
+    IndirectOutOfMemory,
+    /// <summary>A buffer is not inside guest memory (the chain's shape is intact).</summary>
+    BufferOutOfMemory,
+}
+
+public static class ChainErrorText
+{
+    public static string Section(this ChainError e) => e switch
+    {
+        ChainError.NextOutOfRange => "2.7.5.2",
+        ChainError.ChainTooLong => "2.7.5.3.1",
+        ChainError.ReadableAfterWritable => "2.7.4.2",
+        ChainError.IndirectNotNegotiated or ChainError.IndirectWithNext or ChainError.NestedIndirect or ChainError.IndirectBadLength => "2.7.5.3.1",
+        ChainError.IndirectOutOfMemory or ChainError.BufferOutOfMemory => "2.7.5",
+        _ => "",
+    };
+
+    public static string Describe(this ChainError e) => e switch
+    {
+        ChainError.NextOutOfRange => "descriptor next field points past the descriptor table",
+        ChainError.ChainTooLong => "descriptor chain is longer than the queue size (loop?)",
+        ChainError.ReadableAfterWritable => "device-readable descriptor after a device-writable one",
+        ChainError.IndirectNotNegotiated => "VIRTQ_DESC_F_INDIRECT used but VIRTIO_F_INDIRECT_DESC was not negotiated",
+        ChainError.IndirectWithNext => "VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT set together",
+        ChainError.NestedIndirect => "VIRTQ_DESC_F_INDIRECT inside an indirect table",
+        ChainError.IndirectBadLength => "indirect table length is zero or not a multiple of 16",
+        ChainError.IndirectOutOfMemory => "indirect table lies outside guest memory",
+        ChainError.BufferOutOfMemory => "buffer lies outside guest memory",
+        _ => "ok",
+    };
+}
+
+/// <summary>A chain taken from the available ring. Buffers live in the queue's scratch array until the next pop.</summary>
+public readonly ref struct DescriptorChain
+{
+    public DescriptorChain(ushort head, ReadOnlySpan<ChainBuffer> buffers, ChainError error, int errorDescriptor)
+    {
+        Head = head;
+        Buffers = buffers;
+        Error = error;
+        ErrorDescriptor = errorDescriptor;
+    }
+
+    public ushort Head { get; }
+    public ReadOnlySpan<ChainBuffer> Buffers { get; }
+    public ChainError Error { get; }
+    /// <summary>Index of the descriptor the error was found at (in the table it belongs to), or -1.</summary>
+    public int ErrorDescriptor { get; }
+    /// <summary>The chain's shape is broken, so no status byte can be trusted to exist.</summary>
+    public bool IsStructurallyBroken => Error is not (ChainError.None or ChainError.BufferOutOfMemory or ChainError.ReadableAfterWritable);
+}
+
+/// <summary>Outcome of asking the device queue for the next available chain.</summary>
+public enum PopResult
+{
+    /// <summary>Nothing new in the available ring.</summary>
+    Empty,
+    /// <summary>A chain was taken (it may still carry a <see cref="ChainError"/>).</summary>
+    Chain,
+    /// <summary>The ring itself is corrupt; the device must enter DEVICE_NEEDS_RESET (2.1.2).</summary>
+    RingCorrupt,
+}
+
+/// <summary>Why a ring was judged corrupt.</summary>
+public enum RingError
+{
+    None,
+    /// <summary>2.7.13.3: avail idx ran more than the queue size ahead of the device.</summary>
+    AvailIndexTooFarAhead,
+    /// <summary>2.7.6: a ring entry names a descriptor past the table.</summary>
+    HeadOutOfRange,
+    /// <summary>2.7.13.2: a head the device has not yet returned was offered again.</summary>
+    HeadInFlight,
+}

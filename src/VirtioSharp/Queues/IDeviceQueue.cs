@@ -1,0 +1,29 @@
+namespace VirtioSharp.Queues;
+
+/// <summary>
+/// The device's half of a virtqueue, independent of ring format (split now, packed later).
+/// Used by one thread at a time: the queue's worker.
+/// </summary>
+public interface IDeviceQueue
+{
+    int Index { get; }
+    ushort Size { get; }
+    bool EventIdx { get; }
+    RingError LastRingError { get; }
+    /// <summary>Details of the last ring error (offending index or head).</summary>
+    int LastRingErrorValue { get; }
+
+    PopResult TryPop(out DescriptorChain chain);
+    /// <summary>Returns a chain to the driver; <paramref name="written"/> bytes were written into its writable buffers.</summary>
+    void AddUsed(ushort head, uint written);
+    /// <summary>Publishes the used index and says whether the driver wants an interrupt.</summary>
+    bool PublishUsed();
+    /// <summary>Asks the driver to stop notifying (a worker is about to drain).</summary>
+    void DisableNotifications();
+    /// <summary>Asks for notifications again; true if more chains arrived meanwhile (drain again).</summary>
+    bool EnableNotifications();
+    /// <summary>The next available index the device will read (its position in the ring).</summary>
+    ushort LastAvailIndex { get; }
+    /// <summary>Number of chains taken but not yet returned.</summary>
+    int InFlight { get; }
+}

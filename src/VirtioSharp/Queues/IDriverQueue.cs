@@ -1,0 +1,35 @@
+namespace VirtioSharp.Queues;
+
+/// <summary>One buffer a driver offers: guest-physical address, length, and who writes it.</summary>
+public readonly record struct DriverBuffer(ulong Address, uint Length, bool DeviceWritable);
+
+/// <summary>What the driver found when reading a used element it cannot trust.</summary>
+public enum UsedError
+{
+    None,
+    /// <summary>2.7.8: used idx ran more than the queue size ahead.</summary>
+    UsedIndexTooFarAhead,
+    /// <summary>2.7.8: the used id names no chain the driver has outstanding.</summary>
+    UnknownId,
+}
+
+/// <summary>
+/// The driver's half of a virtqueue, independent of ring format. Callers serialise access
+/// (the block driver holds one lock per queue).
+/// </summary>
+public interface IDriverQueue
+{
+    int Index { get; }
+    ushort Size { get; }
+    int FreeDescriptors { get; }
+    /// <summary>Places a chain (device-readable buffers first) and makes it available; false when descriptors run out.</summary>
+    bool TryAdd(ReadOnlySpan<DriverBuffer> buffers, out ushort head);
+    /// <summary>Publishes the available index; true if the device wants a notification (2.7.13.4).</summary>
+    bool Publish();
+    /// <summary>Takes the next used element, if any. A bogus element yields false with an error.</summary>
+    bool TryTakeUsed(out ushort head, out uint length, out UsedError error);
+    /// <summary>Asks the device to stop interrupting for this queue.</summary>
+    void DisableInterrupts();
+    /// <summary>Asks for interrupts again; true if used buffers arrived meanwhile.</summary>
+    bool EnableInterrupts();
+}

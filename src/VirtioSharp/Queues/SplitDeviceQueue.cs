@@ -1,0 +1,264 @@
+using System.Runtime.CompilerServices;
+using VirtioSharp.Memory;
+
+namespace VirtioSharp.Queues;
+
+/// <summary>
+/// The device's half of a split virtqueue (2.7). Everything it reads from the rings is
+/// guest-controlled: each value is read once into a local, checked, then used. A chain walk
+/// is bounded by the queue size, so loops end. Not thread-safe: one worker owns it.
+/// </summary>
+public sealed unsafe class SplitDeviceQueue : IDeviceQueue
+{
+    private readonly byte* _desc;
+    private readonly byte* _avail;
+    private readonly byte* _used;
+    private readonly ChainBuffer[] _scratch;
+    private readonly bool[] _inFlight;
+    private readonly bool _indirect;
+    private ushort _lastAvail;
+    private ushort _usedShadow;
+    private ushort _usedPublished;
+    private int _inFlightCount;
+    private readonly GuestMemory _memory;
+
+    private SplitDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint avail, nint used, bool eventIdx, bool indirect, ushort startIndex)
+    {
+        Index = index;
+        Size = size;
+        _memory = memory;
+        _desc = (byte*)desc;
+        _avail = (byte*)avail;
+        _used = (byte*)used;
+        EventIdx = eventIdx;
+        _indirect = indirect;
+        _scratch = new ChainBuffer[size];
+        _inFlight = new bool[size];
+        _lastAvail = startIndex;
+        _usedShadow = startIndex;
+        _usedPublished = startIndex;
+    }
+
+    /// <summary>
+    /// Builds the queue over rings at guest-physical addresses. Returns null (with a reason)
+    /// when a ring is misaligned or not wholly inside one region of guest memory.
+    /// </summary>
+    public static SplitDeviceQueue? Create(int index, int size, GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr,
+        bool eventIdx, bool indirect, out string? error, ushort startIndex = 0, bool addressesAreUser = false)
+    {
+        error = null;
+        if (!SplitRing.IsValidSize(size))
+        {
+            error = $"queue size {size} is not a power of two in 1..32768 (2.7)";
+            return null;
+        }
+        if (descAddr % SplitQueueLayout.DescriptorTableAlignment != 0 || availAddr % SplitQueueLayout.AvailRingAlignment != 0 || usedAddr % SplitQueueLayout.UsedRingAlignment != 0)
+        {
+            error = $"ring addresses desc=0x{descAddr:x} avail=0x{availAddr:x} used=0x{usedAddr:x} break the 16/2/4 alignment of 2.7";
+            return null;
+        }
+        nint d, a, u;
+        bool ok = addressesAreUser
+            ? memory.TryTranslateUser(descAddr, SplitQueueLayout.DescriptorTableSize(size), out d)
+              & memory.TryTranslateUser(availAddr, SplitQueueLayout.AvailRingSize(size), out a)
+              & memory.TryTranslateUser(usedAddr, SplitQueueLayout.UsedRingSize(size), out u)
+            : memory.TryTranslate(descAddr, SplitQueueLayout.DescriptorTableSize(size), out d)
+              & memory.TryTranslate(availAddr, SplitQueueLayout.AvailRingSize(size), out a)
+              & memory.TryTranslate(usedAddr, SplitQueueLayout.UsedRingSize(size), out u);
+        if (!ok)
+        {
+            error = $"ring desc=0x{descAddr:x} avail=0x{availAddr:x} used=0x{usedAddr:x} (size {size}) is not inside guest memory";
+            return null;
+        }
+        return new SplitDeviceQueue(index, (ushort)size, memory, d, a, u, eventIdx, indirect, startIndex);
+    }
+
+    public int Index { get; }
+    public ushort Size { get; }
+    public bool EventIdx { get; }
+    public ushort LastAvailIndex => _lastAvail;
+    public int InFlight => _inFlightCount;
+    public RingError LastRingError { get; private set; }
+    public int LastRingErrorValue { get; private set; }
+
+    /// <summary>Heads taken and not yet returned, for in-flight tracking.</summary>
+    public bool IsInFlight(ushort head) => head < Size && _inFlight[head];
+
+    // --- ring field access (2.7.6 / 2.7.8); ring indices use acquire/release ordering ---
+    private ushort AvailFlags => Volatile.Read(ref *(ushort*)_avail);
+    private ushort AvailIdx => Volatile.Read(ref *(ushort*)(_avail + 2));
+    private ushort AvailRing(int slot) => Volatile.Read(ref *(ushort*)(_avail + 4 + 2 * slot));
+    private ushort UsedEvent => Volatile.Read(ref *(ushort*)(_avail + 4 + 2 * Size));
+    private ref ushort UsedFlags => ref *(ushort*)_used;
+    private ref ushort UsedIdx => ref *(ushort*)(_used + 2);
+    private ref ushort AvailEvent => ref *(ushort*)(_used + 4 + 8 * Size);
+
+    public PopResult TryPop(out DescriptorChain chain)
+    {
+        chain = default;
+        var availIdx = AvailIdx; // acquire: ring entries below it are visible (2.7.13.3)
+        var pending = (ushort)(availIdx - _lastAvail);
+        if (pending == 0)
+            return PopResult.Empty;
+        if (pending > Size)
+            return Corrupt(RingError.AvailIndexTooFarAhead, availIdx);
+
+        var head = AvailRing(_lastAvail & (Size - 1));
+        if (head >= Size)
+            return Corrupt(RingError.HeadOutOfRange, head);
+        if (_inFlight[head])
+            return Corrupt(RingError.HeadInFlight, head);
+        _lastAvail++;
+        _inFlight[head] = true;
+        _inFlightCount++;
+
+        var count = Walk(head, out var error, out var errorDescriptor);
+        chain = new DescriptorChain(head, _scratch.AsSpan(0, count), error, errorDescriptor);
+        return PopResult.Chain;
+    }
+
+    private PopResult Corrupt(RingError error, int value)
+    {
+        LastRingError = error;
+        LastRingErrorValue = value;
+        return PopResult.RingCorrupt;
+    }
+
+    /// <summary>
+    /// Walks the chain from <paramref name="head"/> into the scratch array (2.7.5, 2.7.5.3).
+    /// The total number of descriptors visited, direct and indirect, is bounded by the queue size.
+    /// </summary>
+    private int Walk(ushort head, out ChainError error, out int errorDescriptor)
+    {
+        error = ChainError.None;
+        errorDescriptor = -1;
+        var table = _desc;
+        uint tableSize = Size;
+        bool inIndirect = false;
+        uint index = head;
+        int count = 0;
+        int visited = 0;
+        bool seenWritable = false;
+
+        while (true)
+        {
+            if (++visited > Size)
+            {
+                error = ChainError.ChainTooLong;
+                errorDescriptor = (int)index;
+                return count;
+            }
+            var d = table + index * SplitRing.DescriptorSize;
+            var addr = Unsafe.ReadUnaligned<ulong>(d);
+            var len = Unsafe.ReadUnaligned<uint>(d + 8);
+            var flags = Unsafe.ReadUnaligned<ushort>(d + 12);
+            var next = Unsafe.ReadUnaligned<ushort>(d + 14);
+
+            if ((flags & SplitRing.DescFIndirect) != 0)
+            {
+                errorDescriptor = (int)index;
+                if (inIndirect) { error = ChainError.NestedIndirect; return count; }
+                if (!_indirect) { error = ChainError.IndirectNotNegotiated; return count; }
+                if ((flags & SplitRing.DescFNext) != 0) { error = ChainError.IndirectWithNext; return count; }
+                if (len == 0 || len % SplitRing.DescriptorSize != 0) { error = ChainError.IndirectBadLength; return count; }
+                var entries = len / SplitRing.DescriptorSize;
+                if (entries > Size) { error = ChainError.ChainTooLong; return count; }
+                if (!_memory.TryTranslate(addr, len, out var t)) { error = ChainError.IndirectOutOfMemory; return count; }
+                errorDescriptor = -1;
+                table = (byte*)t;
+                tableSize = entries;
+                inIndirect = true;
+                index = 0;
+                continue;
+            }
+
+            var writable = (flags & SplitRing.DescFWrite) != 0;
+            if (writable)
+                seenWritable = true;
+            else if (seenWritable && error == ChainError.None)
+            {
+                error = ChainError.ReadableAfterWritable;
+                errorDescriptor = (int)index;
+            }
+
+            ref var b = ref _scratch[count++];
+            b.Address = addr;
+            b.Length = len;
+            b.Writable = writable;
+            if (_memory.TryTranslate(addr, len, out var host))
+                b.Host = host;
+            else
+            {
+                b.Host = 0;
+                if (error == ChainError.None)
+                {
+                    error = ChainError.BufferOutOfMemory;
+                    errorDescriptor = (int)index;
+                }
+            }
+
+            if ((flags & SplitRing.DescFNext) == 0)
+                return count;
+            if (count == _scratch.Length)
+            {
+                error = ChainError.ChainTooLong;
+                errorDescriptor = (int)index;
+                return count;
+            }
+            if (next >= tableSize)
+            {
+                error = ChainError.NextOutOfRange;
+                errorDescriptor = (int)index;
+                return count;
+            }
+            index = next;
+        }
+    }
+
+    public void AddUsed(ushort head, uint written)
+    {
+        if (head < Size && _inFlight[head])
+        {
+            _inFlight[head] = false;
+            _inFlightCount--;
+        }
+        // 2.7.8: struct virtq_used_elem { le32 id; le32 len; }, written as one 8-byte store.
+        var elem = _used + 4 + 8 * (_usedShadow & (Size - 1));
+        Unsafe.WriteUnaligned(elem, (ulong)head | ((ulong)written << 32));
+        _usedShadow++;
+    }
+
+    public bool PublishUsed()
+    {
+        var oldIdx = _usedPublished;
+        var newIdx = _usedShadow;
+        if (oldIdx == newIdx)
+            return false;
+        // 2.7.8.2: the used element must be visible before idx moves (release).
+        Volatile.Write(ref UsedIdx, newIdx);
+        _usedPublished = newIdx;
+        // Full fence: publish idx, then read the driver's used_event / flags (2.7.7.2).
+        Interlocked.MemoryBarrier();
+        if (EventIdx)
+            return SplitRing.NeedEvent(UsedEvent, newIdx, oldIdx);
+        return (AvailFlags & SplitRing.AvailFNoInterrupt) == 0;
+    }
+
+    public void DisableNotifications()
+    {
+        if (!EventIdx)
+            Volatile.Write(ref UsedFlags, (ushort)(Volatile.Read(ref UsedFlags) | SplitRing.UsedFNoNotify));
+    }
+
+    public bool EnableNotifications()
+    {
+        if (EventIdx)
+            Volatile.Write(ref AvailEvent, _lastAvail); // 2.7.10: notify me once idx passes this
+        else
+            Volatile.Write(ref UsedFlags, (ushort)(Volatile.Read(ref UsedFlags) & ~SplitRing.UsedFNoNotify));
+        // Full fence: publish the request for notifications, then re-read avail idx,
+        // or a buffer made available in between would be missed.
+        Interlocked.MemoryBarrier();
+        return AvailIdx != _lastAvail;
+    }
+}

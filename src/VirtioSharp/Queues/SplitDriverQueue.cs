@@ -1,0 +1,187 @@
+using System.Runtime.CompilerServices;
+using VirtioSharp.Memory;
+
+namespace VirtioSharp.Queues;
+
+/// <summary>
+/// The driver's half of a split virtqueue (2.7.13, 2.7.14). Free descriptors are kept in a
+/// list threaded through a private copy of the next fields, so nothing the device writes can
+/// corrupt the driver's bookkeeping. Not thread-safe: callers hold a lock.
+/// </summary>
+public sealed unsafe class SplitDriverQueue : IDriverQueue
+{
+    private readonly byte* _desc;
+    private readonly byte* _avail;
+    private readonly byte* _used;
+    private readonly ushort[] _next;       // driver-private copy of each descriptor's next
+    private readonly ushort[] _chainLength; // per head: descriptors in its chain; 0 = not in flight
+    private ushort _freeHead;
+    private int _free;
+    private ushort _availShadow;
+    private ushort _availPublished;
+    private ushort _lastUsed;
+
+    public SplitDriverQueue(int index, int size, GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr, bool eventIdx)
+    {
+        if (!SplitRing.IsValidSize(size))
+            throw new ArgumentOutOfRangeException(nameof(size), $"queue size {size} is not a power of two in 1..32768 (2.7)");
+        Index = index;
+        Size = (ushort)size;
+        EventIdx = eventIdx;
+        DescriptorTable = descAddr;
+        DriverArea = availAddr;
+        DeviceArea = usedAddr;
+        _desc = (byte*)memory.GetPointer(descAddr, SplitQueueLayout.DescriptorTableSize(size));
+        _avail = (byte*)memory.GetPointer(availAddr, SplitQueueLayout.AvailRingSize(size));
+        _used = (byte*)memory.GetPointer(usedAddr, SplitQueueLayout.UsedRingSize(size));
+        _next = new ushort[size];
+        _chainLength = new ushort[size];
+        for (var i = 0; i < size; i++)
+            _next[i] = (ushort)((i + 1) % size);
+        _freeHead = 0;
+        _free = size;
+    }
+
+    /// <summary>Lays the queue out contiguously in memory from <paramref name="allocator"/>.</summary>
+    public static SplitDriverQueue Allocate(int index, int size, GuestAllocator allocator, bool eventIdx)
+    {
+        var layout = SplitQueueLayout.For(size);
+        var baseAddr = allocator.Allocate(layout.TotalSize, 4096);
+        return new SplitDriverQueue(index, size, allocator.Memory, baseAddr + layout.DescriptorTableOffset,
+            baseAddr + layout.AvailRingOffset, baseAddr + layout.UsedRingOffset, eventIdx);
+    }
+
+    public int Index { get; }
+    public ushort Size { get; }
+    public bool EventIdx { get; }
+    public ulong DescriptorTable { get; }
+    public ulong DriverArea { get; }
+    public ulong DeviceArea { get; }
+    public int FreeDescriptors => _free;
+    public ushort AvailIndex => _availShadow;
+
+    private ref ushort AvailFlags => ref *(ushort*)_avail;
+    private ref ushort AvailIdx => ref *(ushort*)(_avail + 2);
+    private ref ushort AvailRingSlot(int slot) => ref *(ushort*)(_avail + 4 + 2 * slot);
+    private ref ushort UsedEvent => ref *(ushort*)(_avail + 4 + 2 * Size);
+    private ushort UsedFlags => Volatile.Read(ref *(ushort*)_used);
+    private ushort UsedIdx => Volatile.Read(ref *(ushort*)(_used + 2));
+    private ushort AvailEvent => Volatile.Read(ref *(ushort*)(_used + 4 + 8 * Size));
+
+    /// <summary>Reads back descriptor <paramref name="i"/> (for tracing).</summary>
+    public (ulong Address, uint Length, ushort Flags, ushort Next) ReadDescriptor(ushort i)
+    {
+        var d = _desc + i * SplitRing.DescriptorSize;
+        return (Unsafe.ReadUnaligned<ulong>(d), Unsafe.ReadUnaligned<uint>(d + 8), Unsafe.ReadUnaligned<ushort>(d + 12), Unsafe.ReadUnaligned<ushort>(d + 14));
+    }
+
+    public bool TryAdd(ReadOnlySpan<DriverBuffer> buffers, out ushort head)
+    {
+        head = 0;
+        if (buffers.Length == 0 || buffers.Length > _free)
+            return false;
+        // 2.7.13.1: place the buffers into free descriptors, chained with NEXT.
+        head = _freeHead;
+        var index = head;
+        var seenWritable = false;
+        for (var i = 0; i < buffers.Length; i++)
+        {
+            var b = buffers[i];
+            if (!b.DeviceWritable && seenWritable)
+                throw new ArgumentException("device-readable buffers must come before device-writable ones (2.7.4.2)");
+            seenWritable |= b.DeviceWritable;
+            var last = i == buffers.Length - 1;
+            var flags = (ushort)((b.DeviceWritable ? SplitRing.DescFWrite : 0) | (last ? 0 : SplitRing.DescFNext));
+            var d = _desc + index * SplitRing.DescriptorSize;
+            Unsafe.WriteUnaligned(d, b.Address);
+            Unsafe.WriteUnaligned(d + 8, b.Length);
+            Unsafe.WriteUnaligned(d + 12, flags);
+            Unsafe.WriteUnaligned(d + 14, last ? (ushort)0 : _next[index]);
+            if (!last)
+                index = _next[index];
+        }
+        _freeHead = _next[index];
+        _free -= buffers.Length;
+        _chainLength[head] = (ushort)buffers.Length;
+
+        // 2.7.13.2: put the head into the next available ring slot.
+        AvailRingSlot(_availShadow & (Size - 1)) = head;
+        _availShadow++;
+        return true;
+    }
+
+    public bool Publish()
+    {
+        var oldIdx = _availPublished;
+        var newIdx = _availShadow;
+        if (oldIdx == newIdx)
+            return false;
+        // 2.7.13.3.1: ring entries must be visible before idx (release store).
+        Volatile.Write(ref AvailIdx, newIdx);
+        _availPublished = newIdx;
+        // 2.7.13.4: full fence between publishing idx and reading the device's suppression state.
+        Interlocked.MemoryBarrier();
+        if (EventIdx)
+            return SplitRing.NeedEvent(AvailEvent, newIdx, oldIdx);
+        return (UsedFlags & SplitRing.UsedFNoNotify) == 0;
+    }
+
+    public bool TryTakeUsed(out ushort head, out uint length, out UsedError error)
+    {
+        head = 0;
+        length = 0;
+        error = UsedError.None;
+        var usedIdx = UsedIdx; // acquire: elements below it are visible
+        if (usedIdx == _lastUsed)
+            return false;
+        if ((ushort)(usedIdx - _lastUsed) > Size)
+        {
+            error = UsedError.UsedIndexTooFarAhead;
+            return false;
+        }
+        var elem = Unsafe.ReadUnaligned<ulong>(_used + 4 + 8 * (_lastUsed & (Size - 1)));
+        var id = (uint)elem;
+        length = (uint)(elem >> 32);
+        _lastUsed++;
+        // The device is not trusted: the id must name a chain we have outstanding.
+        if (id >= Size || _chainLength[id] == 0)
+        {
+            error = UsedError.UnknownId;
+            head = (ushort)Math.Min(id, ushort.MaxValue);
+            return false;
+        }
+        head = (ushort)id;
+        FreeChain(head);
+        if (EventIdx)
+            Volatile.Write(ref UsedEvent, _lastUsed); // 2.7.7: interrupt me when the next one is used
+        return true;
+    }
+
+    private void FreeChain(ushort head)
+    {
+        int n = _chainLength[head];
+        _chainLength[head] = 0;
+        var tail = head;
+        for (var i = 1; i < n; i++)
+            tail = _next[tail];
+        _next[tail] = _freeHead;
+        _freeHead = head;
+        _free += n;
+    }
+
+    public void DisableInterrupts()
+    {
+        if (!EventIdx)
+            Volatile.Write(ref AvailFlags, SplitRing.AvailFNoInterrupt);
+    }
+
+    public bool EnableInterrupts()
+    {
+        if (EventIdx)
+            Volatile.Write(ref UsedEvent, _lastUsed);
+        else
+            Volatile.Write(ref AvailFlags, (ushort)0);
+        Interlocked.MemoryBarrier();
+        return UsedIdx != _lastUsed;
+    }
+}

@@ -16,7 +16,7 @@ public interface IDeviceQueue
     PopResult TryPop(out DescriptorChain chain);
     /// <summary>Returns a chain to the driver; <paramref name="written"/> bytes were written into its writable buffers.</summary>
     void AddUsed(ushort head, uint written);
-    /// <summary>Publishes the used index and says whether the driver wants an interrupt.</summary>
+    /// <summary>Ends a batch of used elements; true if the driver wants an interrupt for them (2.7.7.2).</summary>
     bool PublishUsed();
     /// <summary>Asks the driver to stop notifying (a worker is about to drain).</summary>
     void DisableNotifications();

@@ -226,6 +226,8 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         var elem = _used + 4 + 8 * (_usedShadow & (Size - 1));
         Unsafe.WriteUnaligned(elem, (ulong)head | ((ulong)written << 32));
         _usedShadow++;
+        // 2.7.8.2: the element must be visible before idx moves (release store).
+        Volatile.Write(ref UsedIdx, _usedShadow);
     }
 
     public bool PublishUsed()
@@ -234,8 +236,6 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         var newIdx = _usedShadow;
         if (oldIdx == newIdx)
             return false;
-        // 2.7.8.2: the used element must be visible before idx moves (release).
-        Volatile.Write(ref UsedIdx, newIdx);
         _usedPublished = newIdx;
         // Full fence: publish idx, then read the driver's used_event / flags (2.7.7.2).
         Interlocked.MemoryBarrier();

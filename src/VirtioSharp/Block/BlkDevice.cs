@@ -1,0 +1,488 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using VirtioSharp.Devices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Queues;
+
+namespace VirtioSharp.Block;
+
+/// <summary>
+/// The virtio-blk device (5.2): turns descriptor chains into backend I/O. Each request goes
+/// through three visible steps: <see cref="Parse"/> (where are header, data and status),
+/// <see cref="Validate"/> (is the request legal for this device) and <see cref="Execute"/>.
+/// It never knows the transport. Queues may be drained concurrently, one thread per queue.
+/// </summary>
+public sealed unsafe class BlkDevice : IVirtioDevice
+{
+    private readonly IBlockBackend _backend;
+    private readonly BlkDeviceOptions _options;
+    private readonly byte[] _config;
+    private readonly byte[] _serial = new byte[BlkLayout.IdBytes];
+    private readonly IoVec[][] _iovScratch;
+    private readonly ulong _capacitySectors;
+    private readonly bool _readOnly;
+    private ulong _negotiated;
+
+    public BlkDevice(IBlockBackend backend, BlkDeviceOptions? options = null)
+    {
+        _backend = backend;
+        _options = options ?? new BlkDeviceOptions();
+        _options.Validate();
+        _readOnly = _options.ReadOnly || backend.ReadOnly;
+        _capacitySectors = backend.Capacity >> BlkLayout.SectorShift;
+        Encoding.ASCII.GetBytes(_options.Serial, _serial);
+        Breaches = new BreachReporter(_options.Log, _options.Strict);
+
+        var segMax = _options.SegMax != 0 ? _options.SegMax : (uint)_options.QueueSize - 2;
+        var blkSize = Math.Max(backend.BlockSize, BlkLayout.SectorSize);
+        var features = VirtioFeatures.Bit(VirtioFeatures.Version1)
+            | VirtioFeatures.Bit(VirtioFeatures.BlkSizeMax)
+            | VirtioFeatures.Bit(VirtioFeatures.BlkSegMax)
+            | VirtioFeatures.Bit(VirtioFeatures.BlkBlkSize)
+            | VirtioFeatures.Bit(VirtioFeatures.BlkFlush)
+            | VirtioFeatures.Bit(VirtioFeatures.BlkMq);
+        if (_readOnly)
+            features |= VirtioFeatures.Bit(VirtioFeatures.BlkRo);
+        if (!_readOnly && backend.SupportsDiscard)
+            features |= VirtioFeatures.Bit(VirtioFeatures.BlkDiscard);
+        if (!_readOnly && backend.SupportsWriteZeroes)
+            features |= VirtioFeatures.Bit(VirtioFeatures.BlkWriteZeroes);
+        if (_options.OfferIndirect)
+            features |= VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc);
+        if (_options.OfferEventIdx)
+            features |= VirtioFeatures.Bit(VirtioFeatures.RingEventIdx);
+        DeviceFeatures = features;
+
+        Config = new BlkConfig
+        {
+            Capacity = _capacitySectors,
+            SizeMax = _options.SizeMax,
+            SegMax = segMax,
+            BlkSize = blkSize,
+            NumQueues = (ushort)_options.NumQueues,
+            MaxDiscardSectors = _options.MaxDiscardSectors,
+            MaxDiscardSeg = _options.MaxDiscardSegments,
+            DiscardSectorAlignment = blkSize >> BlkLayout.SectorShift,
+            MaxWriteZeroesSectors = _options.MaxWriteZeroesSectors,
+            MaxWriteZeroesSeg = _options.MaxWriteZeroesSegments,
+            WriteZeroesMayUnmap = 1,
+        };
+        _config = Config.ToBytes();
+        _iovScratch = new IoVec[_options.NumQueues][];
+        for (var i = 0; i < _iovScratch.Length; i++)
+            _iovScratch[i] = new IoVec[SplitRing.MaxQueueSize];
+    }
+
+    public uint DeviceId => 2; // 5.2.1
+    public ulong DeviceFeatures { get; }
+    public int NumQueues => _options.NumQueues;
+    public ushort MaxQueueSize => (ushort)_options.QueueSize;
+    public int ConfigSize => _config.Length;
+    public BlkConfig Config { get; }
+    public BreachReporter Breaches { get; }
+    public ILogSink? Log => _options.Log;
+    public ITraceSink? Trace => _options.Trace;
+    public BlkStats Stats { get; } = new();
+    public IBlockBackend Backend => _backend;
+    public ulong NegotiatedFeatures => Volatile.Read(ref _negotiated);
+
+    public void ReadConfig(int offset, Span<byte> destination)
+    {
+        // Reads past the end of config space return zeroes (4.2.2: device-specific reads).
+        destination.Clear();
+        if (offset >= 0 && offset < _config.Length)
+            _config.AsSpan(offset, Math.Min(destination.Length, _config.Length - offset)).CopyTo(destination);
+    }
+
+    public void WriteConfig(int offset, ReadOnlySpan<byte> source)
+    {
+        // Only writeback is writable, and only with CONFIG_WCE, which we do not offer.
+        Log.Debug($"config write of {source.Length} bytes at {offset} ignored (VIRTIO_BLK_F_CONFIG_WCE not offered)");
+    }
+
+    public void Activate(ulong negotiatedFeatures) => Volatile.Write(ref _negotiated, negotiatedFeatures);
+
+    public void Reset() => Volatile.Write(ref _negotiated, 0);
+
+    private bool Negotiated(int bit) => VirtioFeatures.Has(_negotiated, bit);
+
+    public QueueOutcome ProcessQueue(IDeviceQueue queue)
+    {
+        if ((uint)queue.Index >= (uint)_iovScratch.Length)
+            return QueueOutcome.NeedsReset;
+        var iov = _iovScratch[queue.Index];
+        queue.DisableNotifications();
+        while (true)
+        {
+            PopResult result;
+            while ((result = queue.TryPop(out var chain)) == PopResult.Chain)
+                queue.AddUsed(chain.Head, HandleChain(queue.Index, chain, iov));
+
+            if (result == PopResult.RingCorrupt)
+            {
+                Breaches.Report(RingSection(queue.LastRingError), queue.Index, -1, RingExpected(queue.LastRingError, queue.Size),
+                    $"{queue.LastRingError} ({queue.LastRingErrorValue})");
+                queue.PublishUsed();
+                return QueueOutcome.NeedsReset;
+            }
+            if (Breaches.ResetRequested)
+            {
+                queue.PublishUsed();
+                return QueueOutcome.NeedsReset;
+            }
+            if (!queue.EnableNotifications())
+                break;
+            queue.DisableNotifications();
+        }
+        return queue.PublishUsed() ? QueueOutcome.Interrupt : QueueOutcome.None;
+    }
+
+    private static string RingSection(RingError e) => e switch
+    {
+        RingError.AvailIndexTooFarAhead => "2.7.13.3",
+        RingError.HeadOutOfRange => "2.7.6",
+        RingError.HeadInFlight => "2.7.13.2",
+        _ => "2.7",
+    };
+
+    private static string RingExpected(RingError e, int size) => e switch
+    {
+        RingError.AvailIndexTooFarAhead => $"avail idx at most {size} ahead of the device",
+        RingError.HeadOutOfRange => $"a head below the queue size {size}",
+        RingError.HeadInFlight => "a head the device has returned",
+        _ => "a sound ring",
+    };
+
+    /// <summary>Runs one chain and returns the bytes written into its writable buffers (the used length).</summary>
+    private uint HandleChain(int queue, in DescriptorChain chain, IoVec[] iov)
+    {
+        var trace = Trace;
+        if (trace is { Active: true })
+            TraceChain(trace, queue, chain);
+
+        if (!Parse(queue, chain, iov, out var req))
+        {
+            Stats.CountMalformed();
+            if (req.Status == null)
+                return 0; // 2.7.8: no status byte can be trusted; give the head back with len 0
+            *req.Status = (byte)BlkStatus.IoErr;
+            return 1;
+        }
+
+        var status = Validate(queue, ref req);
+        if (status == BlkStatus.Ok)
+            status = Execute(ref req, iov);
+        *req.Status = (byte)status;
+        var written = status == BlkStatus.Ok ? req.Written + 1 : 1u;
+        Stats.Count(req.Header.Type, status, req.DataLength);
+        if (trace is { Active: true })
+        {
+            trace.Step("device", $"status byte at 0x{req.StatusAddress:x} = {(byte)status} (VIRTIO_BLK_S_{StatusName(status)})");
+            trace.Step("device", $"used ring: element {{ id = {chain.Head}, len = {written} }} and used idx advanced");
+        }
+        return written;
+    }
+
+    private static string StatusName(BlkStatus s) => s switch { BlkStatus.Ok => "OK", BlkStatus.IoErr => "IOERR", _ => "UNSUPP" };
+
+    private static void TraceChain(ITraceSink trace, int queue, in DescriptorChain chain)
+    {
+        trace.Step("device", $"took head {chain.Head} from the available ring of queue {queue}; walking the chain:");
+        var i = 0;
+        foreach (ref readonly var b in chain.Buffers)
+            trace.Step("device", $"  buffer {i++}: addr 0x{b.Address:x} len {b.Length} {(b.Writable ? "device-writable" : "device-readable")}");
+    }
+
+    /// <summary>A request located in guest memory: header fields, where the data is, where the status goes.</summary>
+    private ref struct ParsedRequest
+    {
+        public ReadOnlySpan<ChainBuffer> Buffers;
+        public BlkRequestHeader Header;
+        public byte* Status;
+        public ulong StatusAddress;
+        public int FirstReadable;       // index of first buffer after the header bytes
+        public uint ReadableSkip;       // header bytes still inside that buffer
+        public ulong ReadableData;      // device-readable bytes after the header
+        public ulong WritableData;      // device-writable bytes before the status byte
+        public int ReadableCount;
+        public ulong DataLength;
+        public uint Written;
+    }
+
+    /// <summary>
+    /// 5.2.6 / 2.7.4: finds the 16-byte header in the first device-readable bytes and the status
+    /// in the last device-writable byte, whatever the descriptor layout. False if the chain
+    /// cannot carry a request (Status is set when a status byte exists).
+    /// </summary>
+    private bool Parse(int queue, in DescriptorChain chain, IoVec[] iov, out ParsedRequest req)
+    {
+        req = default;
+        var buffers = chain.Buffers;
+        req.Buffers = buffers;
+        if (chain.IsStructurallyBroken)
+        {
+            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, "a well-formed descriptor chain", chain.Error.Describe());
+            return false;
+        }
+        if (buffers.Length == 0)
+            return false;
+        ref readonly var last = ref buffers[^1];
+        if (!last.Writable || last.Length == 0 || last.Host == 0)
+        {
+            Breaches.Report("5.2.6", queue, chain.Head, "a device-writable status byte at the end of the chain",
+                last.Writable ? (last.Length == 0 ? "an empty last buffer" : "a last buffer outside guest memory") : "a device-readable last buffer");
+            return false;
+        }
+        req.Status = (byte*)(last.Host + (nint)(last.Length - 1));
+        req.StatusAddress = last.Address + last.Length - 1;
+        if (chain.Error != ChainError.None)
+        {
+            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, "a well-formed descriptor chain", chain.Error.Describe());
+            return false;
+        }
+
+        ulong readable = 0, writable = 0;
+        var readableCount = 0;
+        foreach (ref readonly var b in buffers)
+        {
+            if (b.Writable)
+                writable += b.Length;
+            else
+            {
+                readable += b.Length;
+                readableCount++;
+            }
+        }
+        req.ReadableCount = readableCount;
+        if (readable < BlkLayout.HeaderSize)
+        {
+            Breaches.Report("5.2.6", queue, chain.Head, $"a device-readable header of {BlkLayout.HeaderSize} bytes", $"{readable} device-readable bytes");
+            return false;
+        }
+
+        Span<byte> header = stackalloc byte[BlkLayout.HeaderSize];
+        var copied = 0;
+        var index = 0;
+        uint skip = 0;
+        while (copied < BlkLayout.HeaderSize)
+        {
+            ref readonly var b = ref buffers[index];
+            var n = (int)Math.Min(b.Length, (uint)(BlkLayout.HeaderSize - copied));
+            new ReadOnlySpan<byte>((void*)b.Host, n).CopyTo(header[copied..]);
+            copied += n;
+            if (n == b.Length) index++;
+            else skip = (uint)n;
+        }
+        req.Header = BlkRequestHeader.Read(header);
+        req.FirstReadable = index;
+        req.ReadableSkip = skip;
+        req.ReadableData = readable - BlkLayout.HeaderSize;
+        req.WritableData = writable - 1;
+        return true;
+    }
+
+    /// <summary>5.2.6.2: decides the status a request earns before any I/O is done.</summary>
+    private BlkStatus Validate(int queue, ref ParsedRequest req)
+    {
+        var type = (BlkRequestType)req.Header.Type;
+        switch (type)
+        {
+            case BlkRequestType.In:
+                req.DataLength = req.WritableData;
+                return CheckRange(queue, ref req);
+            case BlkRequestType.Out:
+                req.DataLength = req.ReadableData;
+                if (_readOnly)
+                {
+                    // 5.2.6.2: IOERR for a write to a read-only device, and write nothing.
+                    Breaches.Report("5.2.6.2", queue, -1, "no write to a device that offers VIRTIO_BLK_F_RO", $"OUT at sector {req.Header.Sector}");
+                    return BlkStatus.IoErr;
+                }
+                return CheckRange(queue, ref req);
+            case BlkRequestType.Flush:
+            case BlkRequestType.GetId:
+                return BlkStatus.Ok;
+            case BlkRequestType.Discard:
+            case BlkRequestType.WriteZeroes:
+                return ValidateSegments(queue, ref req, type);
+            default:
+                return BlkStatus.Unsupp;
+        }
+    }
+
+    private BlkStatus CheckRange(int queue, ref ParsedRequest req)
+    {
+        // 5.2.6.1: data length of IN/OUT is a multiple of 512.
+        if ((req.DataLength & (BlkLayout.SectorSize - 1)) != 0)
+        {
+            Breaches.Report("5.2.6.1", queue, -1, "IN/OUT data length a multiple of 512", $"{req.DataLength} bytes");
+            return BlkStatus.IoErr;
+        }
+        // 5.2.6.1: no read or write beyond capacity (overflow-safe).
+        var sectors = req.DataLength >> BlkLayout.SectorShift;
+        if (req.Header.Sector > _capacitySectors || sectors > _capacitySectors - req.Header.Sector)
+        {
+            Breaches.Report("5.2.6.1", queue, -1, $"sectors within capacity {_capacitySectors}", $"sector {req.Header.Sector} + {sectors}");
+            return BlkStatus.IoErr;
+        }
+        return BlkStatus.Ok;
+    }
+
+    private BlkStatus ValidateSegments(int queue, ref ParsedRequest req, BlkRequestType type)
+    {
+        var discard = type == BlkRequestType.Discard;
+        var feature = discard ? VirtioFeatures.BlkDiscard : VirtioFeatures.BlkWriteZeroes;
+        if (!Negotiated(feature) || _readOnly)
+        {
+            Breaches.Report("5.2.6.1", queue, -1, $"{VirtioFeatures.Name(feature)} negotiated before {type} requests", "the feature not negotiated");
+            return BlkStatus.Unsupp;
+        }
+        var bytes = req.ReadableData;
+        if (bytes == 0 || bytes % BlkLayout.DiscardSegmentSize != 0)
+        {
+            Breaches.Report("5.2.6.1", queue, -1, "data a non-empty multiple of 16-byte segments", $"{bytes} bytes");
+            return BlkStatus.IoErr;
+        }
+        var count = bytes / BlkLayout.DiscardSegmentSize;
+        var maxSeg = discard ? Config.MaxDiscardSeg : Config.MaxWriteZeroesSeg;
+        if (count > maxSeg)
+        {
+            Breaches.Report("5.2.6.1", queue, -1, $"at most {maxSeg} segments", $"{count}");
+            return BlkStatus.IoErr;
+        }
+        req.DataLength = 0;
+        return BlkStatus.Ok;
+    }
+
+    private BlkStatus Execute(ref ParsedRequest req, IoVec[] iov)
+    {
+        var trace = Trace;
+        switch ((BlkRequestType)req.Header.Type)
+        {
+            case BlkRequestType.In:
+            {
+                var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
+                if (trace is { Active: true })
+                    trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                    return BlkStatus.IoErr;
+                req.Written = (uint)req.DataLength;
+                return BlkStatus.Ok;
+            }
+            case BlkRequestType.Out:
+            {
+                var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
+                if (trace is { Active: true })
+                    trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                    return BlkStatus.IoErr;
+                // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
+                if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())
+                    return BlkStatus.IoErr;
+                return BlkStatus.Ok;
+            }
+            case BlkRequestType.Flush:
+                if (trace is { Active: true })
+                    trace.Step("device", $"backend flush (fdatasync) of the {_backend.Description}");
+                return _backend.Flush() ? BlkStatus.Ok : BlkStatus.IoErr;
+            case BlkRequestType.GetId:
+            {
+                var n = BuildIoVec(ref req, iov, writable: true, Math.Min(req.WritableData, BlkLayout.IdBytes));
+                var copied = 0;
+                for (var i = 0; i < n; i++)
+                {
+                    _serial.AsSpan(copied, (int)iov[i].Length).CopyTo(new Span<byte>((void*)iov[i].Base, (int)iov[i].Length));
+                    copied += (int)iov[i].Length;
+                }
+                req.Written = (uint)copied;
+                return BlkStatus.Ok;
+            }
+            case BlkRequestType.Discard:
+            case BlkRequestType.WriteZeroes:
+                return ExecuteSegments(ref req, (BlkRequestType)req.Header.Type);
+            default:
+                return BlkStatus.Unsupp;
+        }
+    }
+
+    private BlkStatus ExecuteSegments(ref ParsedRequest req, BlkRequestType type)
+    {
+        var discard = type == BlkRequestType.Discard;
+        var maxSectors = discard ? Config.MaxDiscardSectors : Config.MaxWriteZeroesSectors;
+        Span<byte> raw = stackalloc byte[BlkLayout.DiscardSegmentSize];
+        var count = (int)(req.ReadableData / BlkLayout.DiscardSegmentSize);
+        var status = BlkStatus.Ok;
+        for (var s = 0; s < count && status == BlkStatus.Ok; s++)
+        {
+            CopyReadable(ref req, (ulong)s * BlkLayout.DiscardSegmentSize, raw);
+            var seg = BlkDiscardSegment.Read(raw);
+            // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP.
+            if ((seg.Flags & ~BlkLayout.SegmentFlagUnmap) != 0 || (discard && seg.Flags != 0))
+            {
+                Breaches.Report("5.2.6.2", -1, -1, discard ? "discard flags 0" : "write-zeroes flags 0 or unmap", $"flags 0x{seg.Flags:x}");
+                return BlkStatus.Unsupp;
+            }
+            if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
+            {
+                Breaches.Report("5.2.6.1", -1, -1, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors", $"sector {seg.Sector} + {seg.NumSectors}");
+                return BlkStatus.IoErr;
+            }
+            var offset = seg.Sector << BlkLayout.SectorShift;
+            var length = (ulong)seg.NumSectors << BlkLayout.SectorShift;
+            if (Trace is { Active: true } trace)
+                trace.Step("device", $"backend {(discard ? "discard (punch hole)" : "write-zeroes")}: {length} bytes at offset {offset}");
+            var ok = discard ? _backend.Discard(offset, length) : _backend.WriteZeroes(offset, length, (seg.Flags & BlkLayout.SegmentFlagUnmap) != 0);
+            if (!ok)
+                status = BlkStatus.IoErr;
+        }
+        return status;
+    }
+
+    /// <summary>Copies device-readable bytes after the header, starting <paramref name="offset"/> bytes in.</summary>
+    private static void CopyReadable(ref ParsedRequest req, ulong offset, scoped Span<byte> destination)
+    {
+        // Parse checked every buffer is inside guest memory; the caller keeps
+        // offset + destination.Length within ReadableData.
+        var written = 0;
+        var pos = 0UL;
+        for (var i = req.FirstReadable; i < req.ReadableCount && written < destination.Length; i++)
+        {
+            var b = req.Buffers[i];
+            var skip = i == req.FirstReadable ? req.ReadableSkip : 0u;
+            var avail = (ulong)(b.Length - skip);
+            if (pos + avail > offset)
+            {
+                var start = offset > pos ? offset - pos : 0;
+                var take = (int)Math.Min(avail - start, (ulong)(destination.Length - written));
+                new ReadOnlySpan<byte>((void*)(b.Host + (nint)(skip + start)), take).CopyTo(destination[written..]);
+                written += take;
+                offset += (ulong)take;
+            }
+            pos += avail;
+        }
+    }
+
+    /// <summary>
+    /// Fills <paramref name="iov"/> with the data part of the chain: device-readable bytes after the
+    /// header, or device-writable bytes before the status byte, up to <paramref name="length"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int BuildIoVec(ref ParsedRequest req, IoVec[] iov, bool writable, ulong length)
+    {
+        var buffers = req.Buffers;
+        var count = 0;
+        var start = writable ? req.ReadableCount : req.FirstReadable;
+        var end = writable ? buffers.Length : req.ReadableCount;
+        for (var i = start; i < end && length > 0; i++)
+        {
+            ref readonly var b = ref buffers[i];
+            var skip = !writable && i == req.FirstReadable ? req.ReadableSkip : 0u;
+            var take = Math.Min((ulong)(b.Length - skip), length);
+            if (take == 0)
+                continue;
+            iov[count++] = new IoVec(b.Host + (nint)skip, (nuint)take);
+            length -= take;
+        }
+        return count;
+    }
+}

@@ -1,0 +1,36 @@
+using VirtioSharp.Diagnostics;
+
+namespace VirtioSharp.Block;
+
+public sealed record BlkDeviceOptions
+{
+    public int NumQueues { get; init; } = 1;
+    public int QueueSize { get; init; } = 256;
+    /// <summary>GET_ID answer; at most 20 bytes (5.2.6).</summary>
+    public string Serial { get; init; } = "virtiosharp";
+    /// <summary>Expose the disk read-only even if the backend could write.</summary>
+    public bool ReadOnly { get; init; }
+    /// <summary>Largest single segment (VIRTIO_BLK_F_SIZE_MAX).</summary>
+    public uint SizeMax { get; init; } = 1 << 20;
+    /// <summary>Most data segments per request (VIRTIO_BLK_F_SEG_MAX); 0 = queue size - 2.</summary>
+    public uint SegMax { get; init; }
+    public uint MaxDiscardSectors { get; init; } = 1 << 22;
+    public uint MaxDiscardSegments { get; init; } = 32;
+    public uint MaxWriteZeroesSectors { get; init; } = 1 << 22;
+    public uint MaxWriteZeroesSegments { get; init; } = 32;
+    public bool OfferEventIdx { get; init; } = true;
+    public bool OfferIndirect { get; init; } = true;
+    public StrictMode Strict { get; init; } = StrictMode.Off;
+    public ILogSink? Log { get; init; }
+    public ITraceSink? Trace { get; init; }
+
+    public void Validate()
+    {
+        if (NumQueues is < 1 or > 64)
+            throw new ArgumentOutOfRangeException(nameof(NumQueues), $"num-queues must be 1..64, not {NumQueues}");
+        if (!Queues.SplitRing.IsValidSize(QueueSize) || QueueSize < 4)
+            throw new ArgumentOutOfRangeException(nameof(QueueSize), $"queue size must be a power of two in 4..32768, not {QueueSize}");
+        if (System.Text.Encoding.ASCII.GetByteCount(Serial) > BlkLayout.IdBytes)
+            throw new ArgumentOutOfRangeException(nameof(Serial), $"serial '{Serial}' is longer than {BlkLayout.IdBytes} bytes");
+    }
+}

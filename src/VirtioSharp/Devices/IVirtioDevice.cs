@@ -1,0 +1,44 @@
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Queues;
+
+namespace VirtioSharp.Devices;
+
+/// <summary>What a transport should do after a queue was drained.</summary>
+public enum QueueOutcome
+{
+    /// <summary>Nothing to tell the driver.</summary>
+    None,
+    /// <summary>Used buffers the driver wants to hear about: raise the interrupt / signal call.</summary>
+    Interrupt,
+    /// <summary>The driver broke the ring: set DEVICE_NEEDS_RESET (2.1.2) and stop the queue.</summary>
+    NeedsReset,
+}
+
+/// <summary>
+/// A virtio device as transports see it: identity, features, config space and queue work.
+/// It knows nothing of the transport; transports know nothing of the device type.
+/// </summary>
+public interface IVirtioDevice
+{
+    /// <summary>5: Device ID (2 = block).</summary>
+    uint DeviceId { get; }
+    ulong DeviceFeatures { get; }
+    int NumQueues { get; }
+    ushort MaxQueueSize { get; }
+    int ConfigSize { get; }
+    BreachReporter Breaches { get; }
+    ILogSink? Log { get; }
+
+    void ReadConfig(int offset, Span<byte> destination);
+    /// <summary>Config writes (5.2.4: writeback only, and we do not offer CONFIG_WCE): accepted and ignored.</summary>
+    void WriteConfig(int offset, ReadOnlySpan<byte> source);
+
+    /// <summary>The driver finished initialization with these features (DRIVER_OK).</summary>
+    void Activate(ulong negotiatedFeatures);
+
+    /// <summary>Drains one queue. Never throws for anything the driver wrote.</summary>
+    QueueOutcome ProcessQueue(IDeviceQueue queue);
+
+    /// <summary>The driver reset the device or went away.</summary>
+    void Reset();
+}

@@ -1,0 +1,80 @@
+using VirtioSharp.Driver;
+using VirtioSharp.Native;
+
+namespace VirtioSharp.VhostUser.Frontend;
+
+/// <summary>
+/// One virtqueue as the front-end transport sees it: the kick and call eventfds, the thread that
+/// turns calls into <see cref="IInterruptHandler.OnUsedBuffers"/>, and read-only views of the
+/// two ring indices (for draining and for the progress check).
+/// </summary>
+internal sealed unsafe class FrontendQueue : IDisposable
+{
+    private readonly ushort* _availIdx;
+    private readonly ushort* _usedIdx;
+    private readonly Func<IInterruptHandler?> _handler;
+    private Thread? _thread;
+    private volatile bool _stopping;
+
+    public FrontendQueue(int index, int size, nint availRing, nint usedRing, Func<IInterruptHandler?> handler)
+    {
+        Index = index;
+        Size = size;
+        _availIdx = (ushort*)(availRing + 2); // 2.7.6: flags, then idx
+        _usedIdx = (ushort*)(usedRing + 2);   // 2.7.8: flags, then idx
+        _handler = handler;
+        Kick = new EventFd();
+        Call = new EventFd();
+    }
+
+    public int Index { get; }
+    public int Size { get; }
+    public EventFd Kick { get; }
+    public EventFd Call { get; }
+    public bool Enabled { get; set; }
+
+    /// <summary>Requests made available and not yet used, as the rings show them.</summary>
+    public int InFlight => (ushort)(Volatile.Read(ref *_availIdx) - Volatile.Read(ref *_usedIdx));
+    public ushort UsedIndex => Volatile.Read(ref *_usedIdx);
+
+    // Progress check state, touched only by the monitor thread.
+    public ushort LastSeenUsed;
+    public long LastProgress;
+
+    /// <summary>Starts the thread that waits on the call eventfd.</summary>
+    public void Start()
+    {
+        _thread = new Thread(Run) { IsBackground = true, Name = $"vhost-user-call-{Index}" };
+        _thread.Start();
+    }
+
+    private void Run()
+    {
+        while (true)
+        {
+            Call.Consume(); // blocks until the back-end (or Stop) writes the eventfd
+            if (_stopping)
+                return;
+            _handler()?.OnUsedBuffers(Index);
+        }
+    }
+
+    /// <summary>Stops the call thread: wakes it through its own eventfd and waits for it.</summary>
+    public void Stop()
+    {
+        if (_thread is null)
+            return;
+        _stopping = true;
+        Call.Signal();
+        if (_thread != Thread.CurrentThread)
+            _thread.Join();
+        _thread = null;
+    }
+
+    public void Dispose()
+    {
+        Stop();
+        Kick.Dispose();
+        Call.Dispose();
+    }
+}

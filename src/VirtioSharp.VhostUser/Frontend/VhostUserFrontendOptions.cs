@@ -1,0 +1,38 @@
+using VirtioSharp.Diagnostics;
+using VirtioSharp.VhostUser.Protocol;
+
+namespace VirtioSharp.VhostUser.Frontend;
+
+/// <summary>How the front-end connects to and drives a vhost-user back-end.</summary>
+public sealed record VhostUserFrontendOptions
+{
+    /// <summary>Default shared memory: rings, request headers, bounce buffers and any direct data buffers.</summary>
+    public const ulong DefaultMemorySize = 64UL << 20;
+
+    /// <summary>Bytes of shared memory (rounded up to 4 KiB) the driver allocates from; the back-end maps all of it.</summary>
+    public ulong MemorySize { get; init; } = DefaultMemorySize;
+
+    /// <summary>Virtio device ID the back-end implements (vhost-user does not say; 2 = block).</summary>
+    public uint DeviceId { get; init; } = 2;
+
+    /// <summary>How long to wait for each reply on the control socket.</summary>
+    public TimeSpan ReplyTimeout { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Requests outstanding on a queue with no used-ring progress for this long make the device
+    /// count as lost (every outstanding request fails). <see cref="TimeSpan.Zero"/> disables the check.
+    /// </summary>
+    public TimeSpan ProgressTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>How long stopping waits for in-flight requests to come back before giving up on them.</summary>
+    public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Queue size limit reported to the driver (vhost-user cannot ask; libvhost-user accepts up to 1024).</summary>
+    public int MaxQueueSize { get; init; } = 1024;
+
+    /// <summary>Protocol features the front-end asks for, if the back-end offers them.</summary>
+    public ulong ProtocolFeatures { get; init; } =
+        (1UL << VhostUserProtocolFeatures.Mq) | (1UL << VhostUserProtocolFeatures.ReplyAck) | (1UL << VhostUserProtocolFeatures.Config);
+
+    public ILogSink? Log { get; init; }
+}

@@ -1,0 +1,577 @@
+using System.Buffers.Binary;
+using VirtioSharp.Devices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Driver;
+using VirtioSharp.Memory;
+using VirtioSharp.Native;
+using VirtioSharp.VhostUser.Protocol;
+
+namespace VirtioSharp.VhostUser.Frontend;
+
+/// <summary>
+/// A virtio driver transport that drives a vhost-user back-end (qemu-storage-daemon, SPDK, our own
+/// server) over its Unix socket. The driver's memory is a memfd mapped into this process and shared
+/// with the back-end by SET_MEM_TABLE (one region at guest-physical 0, user address = where it is
+/// mapped here), so rings, headers and data buffers live where both sides see them.
+/// Notifications are eventfds: <see cref="Notify"/> writes a queue's kick; a thread per queue waits
+/// on its call and runs the driver's interrupt handler.
+/// </summary>
+/// <remarks>
+/// vhost-user has no status register, so the status calls are bookkeeping with side effects at the
+/// points where the protocol needs messages: FEATURES_OK sends SET_FEATURES and SET_MEM_TABLE,
+/// queue setup sends the SET_VRING_* messages, DRIVER_OK enables the rings, and reset stops them
+/// (after draining in-flight requests) with GET_VRING_BASE.
+/// </remarks>
+public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
+{
+    private const int PageSize = 4096;
+
+    private readonly VhostUserChannel _channel;
+    private readonly VhostUserFrontendOptions _options;
+    private readonly SafeFdHandle _memfd;
+    private readonly SafeMappingHandle _mapping;
+    private readonly Lock _control = new();
+    private readonly byte[] _reply = new byte[VhostUserConstants.MaxPayloadSize];
+    private readonly FrontendQueue?[] _queues;
+    private readonly EventFd _monitorWake = new();
+    private readonly Thread _monitor;
+    private IInterruptHandler? _handler;
+    private DeviceStatus _status;
+    private ulong _driverFeatures;
+    private volatile string? _lost;
+    private volatile bool _disposed;
+
+    private VhostUserFrontendTransport(string path, VhostUserChannel channel, VhostUserFrontendOptions options, SafeFdHandle memfd, SafeMappingHandle mapping, ulong size)
+    {
+        SocketPath = path;
+        _channel = channel;
+        _options = options;
+        _memfd = memfd;
+        _mapping = mapping;
+        MemorySize = size;
+        Memory = new GuestMemory(new GuestRegion(0, size, mapping.Address, (ulong)mapping.Address));
+        // Page 0 stays unused, so a buffer address of 0 never names real data.
+        Allocator = new GuestAllocator(Memory, PageSize, size - PageSize);
+        _queues = new FrontendQueue?[256]; // ring indices are 8 bits in SET_VRING_KICK/CALL
+        _monitor = new Thread(Monitor) { IsBackground = true, Name = "vhost-user-monitor" };
+    }
+
+    /// <summary>
+    /// Connects to the back-end at <paramref name="socketPath"/>, negotiates protocol features and takes
+    /// ownership (SET_OWNER). Throws <see cref="VhostUserException"/> with one clear line on failure.
+    /// </summary>
+    public static VhostUserFrontendTransport Connect(string socketPath, VhostUserFrontendOptions? options = null)
+    {
+        options ??= new VhostUserFrontendOptions();
+        if (options.MemorySize < 2 * PageSize)
+            throw new ArgumentOutOfRangeException(nameof(options), "shared memory must be at least 8 KiB");
+        var size = (options.MemorySize + PageSize - 1) & ~(ulong)(PageSize - 1);
+        var channel = VhostUserChannel.Connect(socketPath);
+        SafeFdHandle? memfd = null;
+        SafeMappingHandle? mapping = null;
+        VhostUserFrontendTransport? transport = null;
+        try
+        {
+            memfd = MemFd.Create("virtiosharp-guest-memory", size);
+            mapping = SafeMappingHandle.MapShared(memfd, size);
+            transport = new VhostUserFrontendTransport(socketPath, channel, options, memfd, mapping, size);
+            transport.Handshake();
+            transport._monitor.Start();
+            return transport;
+        }
+        catch
+        {
+            if (transport is not null)
+                transport.Dispose();
+            else
+            {
+                mapping?.Dispose();
+                memfd?.Dispose();
+                channel.Dispose();
+            }
+            throw;
+        }
+    }
+
+    public string SocketPath { get; }
+    public GuestMemory Memory { get; }
+    public GuestAllocator Allocator { get; }
+    public ulong MemorySize { get; }
+    public uint DeviceId => _options.DeviceId;
+    /// <summary>vhost-user has no config generation counter; the config is fetched anew on every read.</summary>
+    public uint ConfigGeneration => 0;
+
+    /// <summary>GET_FEATURES as the back-end answered it, including VHOST_USER_F_PROTOCOL_FEATURES (bit 30).</summary>
+    public ulong BackendFeatures { get; private set; }
+    /// <summary>Protocol features the back-end offered (GET_PROTOCOL_FEATURES), 0 without bit 30.</summary>
+    public ulong BackendProtocolFeatures { get; private set; }
+    /// <summary>Protocol features both sides use.</summary>
+    public ulong ProtocolFeatures { get; private set; }
+    /// <summary>Queues the back-end supports (GET_QUEUE_NUM), or null without the MQ protocol feature.</summary>
+    public int? BackendQueueCount { get; private set; }
+    /// <summary>Null while the connection works; otherwise why it was given up.</summary>
+    public string? Failure => _lost;
+
+    private bool HasProtocolFeature(int bit) => VhostUserProtocolFeatures.Has(ProtocolFeatures, bit);
+    private bool ProtocolFeaturesNegotiated => (BackendFeatures & VhostUserConstants.ProtocolFeaturesMask) != 0;
+    private int ReplyTimeoutMs => (int)Math.Clamp(_options.ReplyTimeout.TotalMilliseconds, 1, int.MaxValue);
+
+    // ---------------------------------------------------------------- connection setup
+
+    private void Handshake()
+    {
+        BackendFeatures = RequestU64(VhostUserRequest.GetFeatures);
+        if (ProtocolFeaturesNegotiated)
+        {
+            BackendProtocolFeatures = RequestU64(VhostUserRequest.GetProtocolFeatures);
+            ProtocolFeatures = BackendProtocolFeatures & _options.ProtocolFeatures;
+            SendU64(VhostUserRequest.SetProtocolFeatures, ProtocolFeatures, ack: false); // REPLY_ACK starts after this
+            if (HasProtocolFeature(VhostUserProtocolFeatures.Mq))
+            {
+                var queues = RequestU64(VhostUserRequest.GetQueueNum);
+                if (queues == 0 || queues > 256)
+                    throw Lose($"back-end reports {queues} queues (GET_QUEUE_NUM); expected 1..256");
+                BackendQueueCount = (int)queues;
+            }
+        }
+        Send(VhostUserRequest.SetOwner, [], ack: true);
+        _options.Log.Debug($"vhost-user: connected to {SocketPath}: features 0x{BackendFeatures:x}, protocol features {VhostUserProtocolFeatures.Describe(ProtocolFeatures)}");
+    }
+
+    // ---------------------------------------------------------------- IDriverTransport
+
+    public void Reset()
+    {
+        StopRings();
+        _status = DeviceStatus.None;
+        _driverFeatures = 0;
+    }
+
+    public DeviceStatus GetStatus() => _status | (_lost is null ? DeviceStatus.None : DeviceStatus.DeviceNeedsReset);
+
+    public void SetStatus(DeviceStatus status)
+    {
+        if (status == DeviceStatus.None)
+        {
+            Reset();
+            return;
+        }
+        var added = status & ~_status;
+        if ((added & DeviceStatus.FeaturesOk) != 0 && !AcceptFeatures())
+            status &= ~DeviceStatus.FeaturesOk; // 3.1.1 step 6: the driver sees it did not stick
+        if ((added & DeviceStatus.DriverOk) != 0)
+            EnableRings();
+        _status = status;
+    }
+
+    public ulong GetDeviceFeatures() => BackendFeatures & ~VhostUserConstants.ProtocolFeaturesMask;
+
+    public void SetDriverFeatures(ulong features) => _driverFeatures = features;
+
+    public int GetMaxQueueSize(int queue)
+    {
+        if (queue < 0 || queue >= _queues.Length || (BackendQueueCount is { } n && queue >= n))
+            return 0;
+        return _options.MaxQueueSize;
+    }
+
+    public void SetupQueue(int queue, int size, ulong descriptorTable, ulong driverArea, ulong deviceArea)
+    {
+        if (GetMaxQueueSize(queue) == 0)
+            throw new VirtioDeviceException($"back-end has no queue {queue}");
+        if (_queues[queue] is not null)
+            throw new VirtioDeviceException($"queue {queue} is already set up");
+        // Ring addresses go to the back-end as our virtual addresses (no IOMMU negotiated).
+        var desc = ToUser(descriptorTable, Queues.SplitQueueLayout.DescriptorTableSize(size));
+        var avail = ToUser(driverArea, Queues.SplitQueueLayout.AvailRingSize(size));
+        var used = ToUser(deviceArea, Queues.SplitQueueLayout.UsedRingSize(size));
+        var q = new FrontendQueue(queue, size, (nint)avail, (nint)used, () => _handler);
+        try
+        {
+            Span<byte> payload = stackalloc byte[VringAddress.Size];
+            new VringState((uint)queue, (uint)size).Write(payload);
+            Send(VhostUserRequest.SetVringNum, payload[..VringState.Size], ack: true);
+            new VringState((uint)queue, 0).Write(payload);
+            Send(VhostUserRequest.SetVringBase, payload[..VringState.Size], ack: true);
+            new VringAddress((uint)queue, 0, desc, used, avail, 0).Write(payload);
+            Send(VhostUserRequest.SetVringAddr, payload, ack: true);
+            // The call eventfd first, so the ring never runs without a way to signal us.
+            Span<byte> u64 = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(u64, (ulong)queue);
+            Send(VhostUserRequest.SetVringCall, u64, ack: true, fds: [q.Call.Fd]);
+            Send(VhostUserRequest.SetVringKick, u64, ack: true, fds: [q.Kick.Fd]);
+        }
+        catch
+        {
+            q.Dispose();
+            throw;
+        }
+        q.LastProgress = Environment.TickCount64;
+        q.LastSeenUsed = q.UsedIndex;
+        q.Start();
+        _queues[queue] = q;
+    }
+
+    public void Notify(int queue)
+    {
+        // 2.7.13.4 via vhost-user: the kick eventfd is the QueueNotify register.
+        if ((uint)queue < (uint)_queues.Length && _queues[queue] is { } q)
+            q.Kick.Signal();
+    }
+
+    public void ReadConfig(int offset, Span<byte> destination)
+    {
+        if (!HasProtocolFeature(VhostUserProtocolFeatures.Config))
+            throw new VirtioDeviceException("back-end does not offer the CONFIG protocol feature, so the device configuration cannot be read");
+        var length = offset + destination.Length;
+        if (offset < 0 || length > VhostUserConstants.MaxConfigSize)
+            throw new ArgumentOutOfRangeException(nameof(offset));
+        // Back-ends answer from offset 0 (libvhost-user ignores the offset), so ask for [0, end).
+        Span<byte> request = stackalloc byte[VhostUserConstants.ConfigHeaderSize + length];
+        request.Clear();
+        new ConfigSpaceHeader(0, (uint)length, 0).Write(request);
+        lock (_control)
+        {
+            var reply = Request(VhostUserRequest.GetConfig, request, out var replyLength);
+            // The reply's size must match the request; size 0 means the back-end refused.
+            if (replyLength != request.Length || ConfigSpaceHeader.Read(reply).Size != (uint)length)
+                throw Lose(replyLength <= VhostUserConstants.ConfigHeaderSize
+                    ? "back-end refused GET_CONFIG"
+                    : $"back-end answered GET_CONFIG with {replyLength} bytes; expected {request.Length}");
+            reply.Slice(VhostUserConstants.ConfigHeaderSize + offset, destination.Length).CopyTo(destination);
+        }
+    }
+
+    public void SetInterruptHandler(IInterruptHandler handler)
+    {
+        _handler = handler;
+        if (_lost is { } reason)
+            handler.OnDeviceLost(reason);
+    }
+
+    // ---------------------------------------------------------------- status side effects
+
+    /// <summary>FEATURES_OK: SET_FEATURES (plus bit 30 when offered) and the memory table. False if the back-end refused.</summary>
+    private bool AcceptFeatures()
+    {
+        var offered = GetDeviceFeatures();
+        if ((_driverFeatures & ~offered) != 0)
+        {
+            _options.Log.Warn($"vhost-user: driver asked for features 0x{_driverFeatures & ~offered:x} the back-end does not offer");
+            return false;
+        }
+        var features = _driverFeatures | (BackendFeatures & VhostUserConstants.ProtocolFeaturesMask);
+        try
+        {
+            SendU64(VhostUserRequest.SetFeatures, features, ack: true);
+            if (!HasProtocolFeature(VhostUserProtocolFeatures.ReplyAck))
+                RequestU64(VhostUserRequest.GetFeatures); // without REPLY_ACK, a request with a reply shows the back-end is still there
+        }
+        catch (VhostUserException e)
+        {
+            _options.Log.Warn($"vhost-user: SET_FEATURES failed: {e.Message}");
+            return false;
+        }
+        SendMemoryTable();
+        return true;
+    }
+
+    private void SendMemoryTable()
+    {
+        Span<byte> payload = stackalloc byte[MemoryTable.EncodedSize(1)];
+        MemoryTable.Write(payload, [new MemoryRegionDescription(0, MemorySize, (ulong)_mapping.Address, 0)]);
+        Send(VhostUserRequest.SetMemTable, payload, ack: true, fds: [_memfd.Fd]);
+    }
+
+    /// <summary>DRIVER_OK: with protocol features the rings start disabled, so enable each one set up.</summary>
+    private void EnableRings()
+    {
+        Span<byte> payload = stackalloc byte[VringState.Size];
+        foreach (var q in _queues)
+        {
+            if (q is null || q.Enabled)
+                continue;
+            if (ProtocolFeaturesNegotiated)
+            {
+                new VringState((uint)q.Index, 1).Write(payload);
+                Send(VhostUserRequest.SetVringEnable, payload, ack: true);
+            }
+            q.Enabled = true;
+        }
+    }
+
+    /// <summary>
+    /// Waits (bounded) until every request made available has been used and handed to the driver,
+    /// then stops each ring with GET_VRING_BASE and ends its call thread.
+    /// </summary>
+    private void StopRings()
+    {
+        var any = false;
+        foreach (var q in _queues)
+            any |= q is not null;
+        if (!any)
+            return;
+        Drain();
+        Span<byte> payload = stackalloc byte[VringState.Size];
+        foreach (var q in _queues)
+        {
+            if (q is null)
+                continue;
+            if (_lost is null)
+            {
+                try
+                {
+                    new VringState((uint)q.Index, 0).Write(payload);
+                    var reply = Request(VhostUserRequest.GetVringBase, payload, out var n);
+                    if (n >= VringState.Size)
+                        _options.Log.Debug($"vhost-user: queue {q.Index} stopped at available index {VringState.Read(reply).Num}");
+                }
+                catch (VhostUserException)
+                {
+                    // Lose() has recorded why; the remaining rings are gone with the connection.
+                }
+            }
+            _queues[q.Index] = null;
+            q.Dispose();
+        }
+    }
+
+    private void Drain()
+    {
+        var deadline = Environment.TickCount64 + (long)_options.DrainTimeout.TotalMilliseconds;
+        while (_lost is null)
+        {
+            var inFlight = 0;
+            foreach (var q in _queues)
+                inFlight += q?.InFlight ?? 0;
+            if (inFlight == 0)
+                break;
+            if (Environment.TickCount64 >= deadline)
+            {
+                _options.Log.Warn($"vhost-user: {inFlight} requests still in flight after {_options.DrainTimeout.TotalSeconds:0.#} s; stopping anyway");
+                break;
+            }
+            Thread.Sleep(1);
+        }
+        // Hand the driver whatever was used but not yet reaped, before the call threads end.
+        if (_handler is { } handler)
+        {
+            foreach (var q in _queues)
+            {
+                if (q is not null)
+                    handler.OnUsedBuffers(q.Index);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- loss detection
+
+    /// <summary>
+    /// Watches the socket for hang-up (the back-end went away) and, once a second, every queue for
+    /// progress: requests outstanding and the used index unchanged for too long means a stuck back-end.
+    /// </summary>
+    private void Monitor()
+    {
+        var fds = stackalloc Interop.PollFd[2];
+        var progressMs = (long)_options.ProgressTimeout.TotalMilliseconds;
+        while (!_disposed && _lost is null)
+        {
+            fds[0] = new Interop.PollFd { Fd = _channel.Fd, Events = Interop.POLLRDHUP };
+            fds[1] = new Interop.PollFd { Fd = _monitorWake.Fd, Events = Interop.POLLIN };
+            var n = Interop.Poll(fds, 2, 1000);
+            if (_disposed)
+                return;
+            if (n > 0 && (fds[0].REvents & (Interop.POLLRDHUP | Interop.POLLHUP | Interop.POLLERR | Interop.POLLNVAL)) != 0)
+            {
+                Lose("vhost-user back-end closed the connection");
+                return;
+            }
+            if (progressMs <= 0)
+                continue;
+            var now = Environment.TickCount64;
+            foreach (var q in _queues)
+            {
+                if (q is null)
+                    continue;
+                var used = q.UsedIndex;
+                var inFlight = q.InFlight;
+                if (used != q.LastSeenUsed || inFlight == 0)
+                {
+                    q.LastSeenUsed = used;
+                    q.LastProgress = now;
+                }
+                else if (now - q.LastProgress > progressMs)
+                {
+                    Lose($"vhost-user back-end made no progress on queue {q.Index} for {_options.ProgressTimeout.TotalSeconds:0.#} s with {inFlight} requests outstanding");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// <summary>Records that the back-end is gone, tells the driver once, and returns an exception to throw.</summary>
+    private VhostUserException Lose(string reason)
+    {
+        var first = Interlocked.CompareExchange(ref _lost, reason, null) is null;
+        if (first && !_disposed)
+        {
+            _options.Log.Error(reason);
+            _channel.Shutdown();
+            _handler?.OnDeviceLost(reason);
+        }
+        return new VhostUserException(_lost ?? reason);
+    }
+
+    // ---------------------------------------------------------------- messages
+
+    private void SendU64(VhostUserRequest request, ulong value, bool ack)
+    {
+        Span<byte> payload = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(payload, value);
+        Send(request, payload, ack);
+    }
+
+    /// <summary>Sends a request; with REPLY_ACK negotiated and <paramref name="ack"/>, waits for the back-end's verdict.</summary>
+    private void Send(VhostUserRequest request, ReadOnlySpan<byte> payload, bool ack, ReadOnlySpan<int> fds = default)
+    {
+        var needReply = ack && HasProtocolFeature(VhostUserProtocolFeatures.ReplyAck);
+        lock (_control)
+        {
+            Transmit(request, payload, fds, needReply);
+            if (!needReply)
+                return;
+            var n = ReceiveReply(request);
+            if (n != 8)
+                throw Lose($"back-end acknowledged {Name(request)} with a {n}-byte payload; expected 8");
+            var verdict = BinaryPrimitives.ReadUInt64LittleEndian(_reply);
+            if (verdict != 0)
+                throw new VhostUserException($"back-end refused {Name(request)} (reply {verdict})");
+        }
+    }
+
+    private ulong RequestU64(VhostUserRequest request)
+    {
+        var reply = Request(request, [], out var n);
+        if (n != 8)
+            throw Lose($"back-end answered {Name(request)} with a {n}-byte payload; expected 8");
+        return BinaryPrimitives.ReadUInt64LittleEndian(reply);
+    }
+
+    /// <summary>Sends a request that always has a reply and returns the reply payload (valid until the next request).</summary>
+    private ReadOnlySpan<byte> Request(VhostUserRequest request, ReadOnlySpan<byte> payload, out int length)
+    {
+        lock (_control)
+        {
+            Transmit(request, payload, default, needReply: false);
+            length = ReceiveReply(request);
+            return _reply.AsSpan(0, length);
+        }
+    }
+
+    private void Transmit(VhostUserRequest request, ReadOnlySpan<byte> payload, ReadOnlySpan<int> fds, bool needReply)
+    {
+        ThrowIfUnusable();
+        try
+        {
+            _channel.Send(request, needReply ? VhostUserFlags.NeedReply : VhostUserFlags.None, payload, fds);
+        }
+        catch (IOException e)
+        {
+            throw Lose($"vhost-user back-end closed the connection (sending {Name(request)}: {e.Message})");
+        }
+    }
+
+    /// <summary>Receives the reply to <paramref name="request"/> into <see cref="_reply"/>; any failure loses the connection.</summary>
+    private int ReceiveReply(VhostUserRequest request)
+    {
+        VhostUserHeader header;
+        int length;
+        try
+        {
+            header = _channel.Receive(_reply, out length, null, ReplyTimeoutMs);
+        }
+        catch (TimeoutException)
+        {
+            throw Lose($"vhost-user back-end did not answer {Name(request)} within {_options.ReplyTimeout.TotalSeconds:0.###} s");
+        }
+        catch (EndOfStreamException)
+        {
+            throw Lose($"vhost-user back-end closed the connection (waiting for the reply to {Name(request)})");
+        }
+        catch (IOException e)
+        {
+            throw Lose($"vhost-user connection failed waiting for the reply to {Name(request)}: {e.Message}");
+        }
+        if (header.RequestCode != request || !header.IsReply || header.Version != 1)
+            throw Lose($"back-end answered {Name(request)} with message {header.Request} (flags 0x{(uint)header.Flags:x})");
+        return length;
+    }
+
+    private void ThrowIfUnusable()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_lost is { } reason)
+            throw new VhostUserException(reason);
+    }
+
+    private static string Name(VhostUserRequest request) => request switch
+    {
+        VhostUserRequest.GetFeatures => "GET_FEATURES",
+        VhostUserRequest.SetFeatures => "SET_FEATURES",
+        VhostUserRequest.SetOwner => "SET_OWNER",
+        VhostUserRequest.SetMemTable => "SET_MEM_TABLE",
+        VhostUserRequest.SetVringNum => "SET_VRING_NUM",
+        VhostUserRequest.SetVringAddr => "SET_VRING_ADDR",
+        VhostUserRequest.SetVringBase => "SET_VRING_BASE",
+        VhostUserRequest.GetVringBase => "GET_VRING_BASE",
+        VhostUserRequest.SetVringKick => "SET_VRING_KICK",
+        VhostUserRequest.SetVringCall => "SET_VRING_CALL",
+        VhostUserRequest.GetProtocolFeatures => "GET_PROTOCOL_FEATURES",
+        VhostUserRequest.SetProtocolFeatures => "SET_PROTOCOL_FEATURES",
+        VhostUserRequest.GetQueueNum => "GET_QUEUE_NUM",
+        VhostUserRequest.SetVringEnable => "SET_VRING_ENABLE",
+        VhostUserRequest.GetConfig => "GET_CONFIG",
+        _ => request.ToString(),
+    };
+
+    private ulong ToUser(ulong guestPhysical, ulong length)
+    {
+        foreach (ref readonly var r in Memory.Regions)
+        {
+            if (r.Contains(guestPhysical, length))
+                return r.UserAddress + (guestPhysical - r.GuestPhysicalAddress);
+        }
+        throw new ArgumentOutOfRangeException(nameof(guestPhysical), $"ring at 0x{guestPhysical:x} is outside the shared memory");
+    }
+
+    // ---------------------------------------------------------------- teardown
+
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        // Stop the rings politely while the connection still works, then tear everything down.
+        if (_lost is null)
+        {
+            try
+            {
+                StopRings();
+            }
+            catch (Exception e) when (e is VhostUserException or ObjectDisposedException)
+            {
+            }
+        }
+        _disposed = true;
+        _monitorWake.Signal();
+        if (_monitor.IsAlive && _monitor != Thread.CurrentThread)
+            _monitor.Join();
+        foreach (var q in _queues)
+            q?.Dispose();
+        Array.Clear(_queues);
+        _channel.Shutdown();
+        _channel.Dispose();
+        _monitorWake.Dispose();
+        _mapping.Dispose();
+        _memfd.Dispose();
+    }
+}

@@ -369,6 +369,9 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
                             broken = "device moved used idx more than the queue size ahead (2.7.8)";
                         else if (error == UsedError.UnknownId)
                             broken = $"device returned used id {head}, which is not an outstanding request";
+                        else if (ctx.Queue.EnableInterrupts())
+                            continue; // 2.7.10: used_event is published behind a full fence, then the ring re-checked;
+                                      // without it a buffer used meanwhile is never signalled and its caller waits forever
                         break;
                     }
                     // The device is not trusted: the id must name a request this driver tracks.

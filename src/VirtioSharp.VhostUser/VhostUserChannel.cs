@@ -80,7 +80,7 @@ internal sealed class VhostUserChannel : IDisposable
         while (got < buffer.Length)
         {
             var wait = timeoutMs < 0 ? -1 : (int)Math.Clamp(deadline - Environment.TickCount64, 0, int.MaxValue);
-            if (!FdPassing.WaitReadable(Fd, wait))
+            if (!FdWait.Readable(Fd, wait))
                 throw new TimeoutException($"no message within {timeoutMs} ms");
             var n = FdPassing.Receive(_socket.SafeHandle, buffer[got..], fds);
             if (n == 0)

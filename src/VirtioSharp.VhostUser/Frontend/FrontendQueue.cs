@@ -52,7 +52,8 @@ internal sealed unsafe class FrontendQueue : IDisposable
     {
         while (true)
         {
-            Call.Consume(); // blocks until the back-end (or Stop) writes the eventfd
+            Call.Wait(); // until the back-end (or Stop) writes the eventfd
+            Call.Consume();
             if (_stopping)
                 return;
             _handler()?.OnUsedBuffers(Index);

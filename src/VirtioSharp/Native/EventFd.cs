@@ -39,7 +39,13 @@ internal sealed unsafe class EventFd : IDisposable
         }
     }
 
-    /// <summary>Reads and clears the counter (blocking unless created non-blocking). Returns 0 when nothing was pending or on error.</summary>
+    /// <summary>
+    /// Waits until the counter is non-zero, for at most <paramref name="timeoutMs"/> (-1: forever).
+    /// Use this rather than a blocking read: the peer shares the descriptor and may have made it non-blocking.
+    /// </summary>
+    public bool Wait(int timeoutMs = -1) => FdWait.Readable(Fd, timeoutMs);
+
+    /// <summary>Reads and clears the counter. Returns 0 when nothing was pending (or on error).</summary>
     public ulong Consume()
     {
         ulong value = 0;

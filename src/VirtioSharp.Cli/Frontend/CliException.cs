@@ -1,0 +1,47 @@
+using VirtioSharp.Block;
+using VirtioSharp.Driver;
+using VirtioSharp.VhostUser;
+
+namespace VirtioSharp.Cli.Frontend;
+
+/// <summary>A mistake on the command line or a condition the user must fix; printed as one line.</summary>
+internal sealed class CliException(string message) : Exception(message);
+
+/// <summary>Runs a command body and turns expected failures into one line on stderr and exit code 1.</summary>
+internal static class CliErrors
+{
+    public static async Task<int> RunAsync(string command, Func<Task<int>> body)
+    {
+        try
+        {
+            return await body();
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine($"vblk {command}: interrupted");
+            return 130;
+        }
+        catch (Exception e) when (IsExpected(e))
+        {
+            Console.Error.WriteLine($"vblk {command}: {Describe(e)}");
+            return 1;
+        }
+        catch (Exception e)
+        {
+            // Not an expected mistake, but still one line unless asked for the trace.
+            Console.Error.WriteLine($"vblk {command}: internal error: {e.GetType().Name}: {e.Message}");
+            if (Environment.GetEnvironmentVariable("VBLK_TRACE") == "1")
+                Console.Error.WriteLine(e);
+            return 2;
+        }
+    }
+
+    private static bool IsExpected(Exception e) => e is CliException or VhostUserException or VirtioDeviceException or BlkException
+        or IOException or UnauthorizedAccessException or ArgumentException or InsufficientMemoryException;
+
+    private static string Describe(Exception e) => e switch
+    {
+        ArgumentException { ParamName: { } p } a => a.Message.Replace($" (Parameter '{p}')", "", StringComparison.Ordinal),
+        _ => e.Message,
+    };
+}

@@ -1,0 +1,77 @@
+using VirtioSharp.Block;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Queues;
+using VirtioSharp.VhostUser.Frontend;
+
+namespace VirtioSharp.Cli.Frontend;
+
+/// <summary>A vhost-user connection with the block driver started on it; disposing stops both in order.</summary>
+internal sealed class FrontendSession : IDisposable
+{
+    private FrontendSession(VhostUserFrontendTransport transport, BlkDriver driver)
+    {
+        Transport = transport;
+        Driver = driver;
+    }
+
+    public VhostUserFrontendTransport Transport { get; }
+    public BlkDriver Driver { get; }
+
+    /// <summary>
+    /// Connects to <paramref name="socket"/> and starts the driver with <paramref name="queues"/> queues of
+    /// <paramref name="queueSize"/>; <paramref name="extraMemory"/> bytes of shared memory are left for direct buffers.
+    /// </summary>
+    public static FrontendSession Open(string socket, int queues = 1, int queueSize = 128, int maxTransfer = 64 * 1024,
+        ulong extraMemory = 0, ILogSink? log = null)
+    {
+        var memory = MemoryFor(queues, queueSize, maxTransfer) + extraMemory;
+        var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions { MemorySize = memory, Log = log });
+        try
+        {
+            var driver = BlkDriver.Start(transport, new BlkDriverOptions
+            {
+                NumQueues = queues,
+                QueueSize = queueSize,
+                MaxTransfer = maxTransfer,
+                Log = log,
+            });
+            return new FrontendSession(transport, driver);
+        }
+        catch
+        {
+            transport.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Shared memory the driver needs: rings plus, per descriptor, a request slot and its bounce buffer.</summary>
+    public static ulong MemoryFor(int queues, int queueSize, int maxTransfer)
+    {
+        var size = 1 << (31 - int.LeadingZeroCount(Math.Max(1, queueSize)));
+        var bounce = ((ulong)Math.Max(maxTransfer, 512) + 4095) & ~4095UL;
+        var perQueue = SplitQueueLayout.For(size).TotalSize + 4096 + (ulong)size * (bounce + 4096);
+        return (ulong)queues * perQueue + (1UL << 20);
+    }
+
+    /// <summary>Checks a byte range against the disk before any request, so the error names the user's numbers.</summary>
+    public void CheckRange(ulong offset, ulong length, string what)
+    {
+        if (offset % BlkLayout.SectorSize != 0 || length % BlkLayout.SectorSize != 0)
+            throw new CliException($"offset {offset} and length {length} must be multiples of {BlkLayout.SectorSize}");
+        var capacity = Driver.Capacity;
+        if (offset > capacity || length > capacity - offset)
+            throw new CliException($"range {offset}+{length} lies beyond the end of the disk ({capacity} bytes)");
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            Driver.Dispose();
+        }
+        finally
+        {
+            Transport.Dispose();
+        }
+    }
+}

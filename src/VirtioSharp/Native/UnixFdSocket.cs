@@ -25,6 +25,8 @@ public sealed unsafe class UnixFdSocket : IDisposable
 {
     /// <summary>Most descriptors accepted in one receive; more is reported as truncation.</summary>
     public const int MaxReceivedFds = 16;
+    /// <summary>Most descriptors the kernel carries in one message (SCM_MAX_FD).</summary>
+    public const int MaxSentFds = 253;
 
     private UnixFdSocket(SafeFdHandle handle) => Handle = handle;
 
@@ -117,8 +119,8 @@ public sealed unsafe class UnixFdSocket : IDisposable
     /// </summary>
     public void Send(ReadOnlySpan<byte> data, ReadOnlySpan<SafeFdHandle> fds = default)
     {
-        if (fds.Length > MaxReceivedFds)
-            throw new ArgumentOutOfRangeException(nameof(fds), $"at most {MaxReceivedFds} descriptors per message");
+        if (fds.Length > MaxSentFds)
+            throw new ArgumentOutOfRangeException(nameof(fds), $"at most {MaxSentFds} descriptors per message");
         var controlSize = fds.Length == 0 ? 0 : Interop.CmsgSpace(fds.Length * sizeof(int));
         var control = stackalloc byte[Math.Max(controlSize, 1)];
         var refs = 0;

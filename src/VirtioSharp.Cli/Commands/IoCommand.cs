@@ -73,7 +73,7 @@ public static class IoCommand
             w.WriteLine($"socket            {t.SocketPath}");
             w.WriteLine($"device features   {VirtioFeatures.Describe(t.GetDeviceFeatures())}");
             w.WriteLine($"negotiated        {VirtioFeatures.Describe(d.Features)}");
-            w.WriteLine($"protocol features {VhostUserProtocolFeatures.Describe(t.BackendProtocolFeatures)} (using {VhostUserProtocolFeatures.Describe(t.ProtocolFeatures)})");
+            w.WriteLine($"protocol features {VhostUserFeatures.DescribeProtocol(t.BackendProtocolFeatures)} (using {VhostUserFeatures.DescribeProtocol(t.ProtocolFeatures)})");
             w.WriteLine($"capacity          {d.Capacity} bytes ({ByteSize.Format(d.Capacity)}, {c.Capacity} sectors)");
             w.WriteLine($"block size        {d.BlockSize}");
             w.WriteLine($"read-only         {(d.ReadOnly ? "yes" : "no")}");

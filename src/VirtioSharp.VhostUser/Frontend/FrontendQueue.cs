@@ -23,8 +23,8 @@ internal sealed unsafe class FrontendQueue : IDisposable
         _availIdx = (ushort*)(availRing + 2); // 2.7.6: flags, then idx
         _usedIdx = (ushort*)(usedRing + 2);   // 2.7.8: flags, then idx
         _handler = handler;
-        Kick = new EventFd();
-        Call = new EventFd();
+        Kick = EventFd.Create();
+        Call = EventFd.Create();
     }
 
     public int Index { get; }
@@ -52,8 +52,9 @@ internal sealed unsafe class FrontendQueue : IDisposable
     {
         while (true)
         {
-            Call.Wait(); // until the back-end (or Stop) writes the eventfd
-            Call.Consume();
+            // Poll, then read: the descriptor is shared with the back-end, which may make it non-blocking.
+            Call.Wait(-1); // until the back-end (or Stop) writes the eventfd
+            Call.TryRead(out _);
             if (_stopping)
                 return;
             _handler()?.OnUsedBuffers(Index);

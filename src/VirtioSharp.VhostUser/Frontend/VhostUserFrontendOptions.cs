@@ -32,7 +32,7 @@ public sealed record VhostUserFrontendOptions
 
     /// <summary>Protocol features the front-end asks for, if the back-end offers them.</summary>
     public ulong ProtocolFeatures { get; init; } =
-        (1UL << VhostUserProtocolFeatures.Mq) | (1UL << VhostUserProtocolFeatures.ReplyAck) | (1UL << VhostUserProtocolFeatures.Config);
+        VhostUserFeatures.Bit(VhostUserFeatures.Mq) | VhostUserFeatures.Bit(VhostUserFeatures.ReplyAck) | VhostUserFeatures.Bit(VhostUserFeatures.Config);
 
     public ILogSink? Log { get; init; }
 }

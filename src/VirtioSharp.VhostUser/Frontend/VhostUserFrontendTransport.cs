@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Driver;
@@ -29,11 +28,10 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     private readonly VhostUserChannel _channel;
     private readonly VhostUserFrontendOptions _options;
     private readonly SafeFdHandle _memfd;
-    private readonly SafeMappingHandle _mapping;
+    private readonly Mapping _mapping;
     private readonly Lock _control = new();
-    private readonly byte[] _reply = new byte[VhostUserConstants.MaxPayloadSize];
-    private readonly FrontendQueue?[] _queues;
-    private readonly EventFd _monitorWake = new();
+        private readonly FrontendQueue?[] _queues;
+    private readonly EventFd _monitorWake = EventFd.Create();
     private readonly Thread _monitor;
     private IInterruptHandler? _handler;
     private DeviceStatus _status;
@@ -41,7 +39,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     private volatile string? _lost;
     private volatile bool _disposed;
 
-    private VhostUserFrontendTransport(string path, VhostUserChannel channel, VhostUserFrontendOptions options, SafeFdHandle memfd, SafeMappingHandle mapping, ulong size)
+    private VhostUserFrontendTransport(string path, VhostUserChannel channel, VhostUserFrontendOptions options, SafeFdHandle memfd, Mapping mapping, ulong size)
     {
         SocketPath = path;
         _channel = channel;
@@ -66,14 +64,14 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         if (options.MemorySize < 2 * PageSize)
             throw new ArgumentOutOfRangeException(nameof(options), "shared memory must be at least 8 KiB");
         var size = (options.MemorySize + PageSize - 1) & ~(ulong)(PageSize - 1);
-        var channel = VhostUserChannel.Connect(socketPath);
+        var channel = Open(socketPath);
         SafeFdHandle? memfd = null;
-        SafeMappingHandle? mapping = null;
+        Mapping? mapping = null;
         VhostUserFrontendTransport? transport = null;
         try
         {
             memfd = MemFd.Create("virtiosharp-guest-memory", size);
-            mapping = SafeMappingHandle.MapShared(memfd, size);
+            mapping = Mapping.Map(memfd, 0, size);
             transport = new VhostUserFrontendTransport(socketPath, channel, options, memfd, mapping, size);
             transport.Handshake();
             transport._monitor.Start();
@@ -91,6 +89,20 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
             }
             throw;
         }
+    }
+
+    private static VhostUserChannel Open(string path)
+    {
+        if (UnixFdSocket.TryConnect(path, out var socket, out var errno))
+            return new VhostUserChannel(socket!);
+        var why = errno switch
+        {
+            2 => "no such socket",                  // ENOENT
+            111 => "nothing is listening there",    // ECONNREFUSED
+            13 => "permission denied",              // EACCES
+            _ => Errno.Describe(errno),
+        };
+        throw new VhostUserException($"cannot connect to vhost-user socket '{path}': {why}");
     }
 
     public string SocketPath { get; }
@@ -112,8 +124,8 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     /// <summary>Null while the connection works; otherwise why it was given up.</summary>
     public string? Failure => _lost;
 
-    private bool HasProtocolFeature(int bit) => VhostUserProtocolFeatures.Has(ProtocolFeatures, bit);
-    private bool ProtocolFeaturesNegotiated => (BackendFeatures & VhostUserConstants.ProtocolFeaturesMask) != 0;
+    private bool HasProtocolFeature(int bit) => VhostUserFeatures.Has(ProtocolFeatures, bit);
+    private bool ProtocolFeaturesNegotiated => (BackendFeatures & VhostUserFeatures.ProtocolFeatures) != 0;
     private int ReplyTimeoutMs => (int)Math.Clamp(_options.ReplyTimeout.TotalMilliseconds, 1, int.MaxValue);
 
     // ---------------------------------------------------------------- connection setup
@@ -126,7 +138,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
             BackendProtocolFeatures = RequestU64(VhostUserRequest.GetProtocolFeatures);
             ProtocolFeatures = BackendProtocolFeatures & _options.ProtocolFeatures;
             SendU64(VhostUserRequest.SetProtocolFeatures, ProtocolFeatures, ack: false); // REPLY_ACK starts after this
-            if (HasProtocolFeature(VhostUserProtocolFeatures.Mq))
+            if (HasProtocolFeature(VhostUserFeatures.Mq))
             {
                 var queues = RequestU64(VhostUserRequest.GetQueueNum);
                 if (queues == 0 || queues > 256)
@@ -135,7 +147,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
             }
         }
         Send(VhostUserRequest.SetOwner, [], ack: true);
-        _options.Log.Debug($"vhost-user: connected to {SocketPath}: features 0x{BackendFeatures:x}, protocol features {VhostUserProtocolFeatures.Describe(ProtocolFeatures)}");
+        _options.Log.Debug($"vhost-user: connected to {SocketPath}: features 0x{BackendFeatures:x}, protocol features {VhostUserFeatures.DescribeProtocol(ProtocolFeatures)}");
     }
 
     // ---------------------------------------------------------------- IDriverTransport
@@ -164,7 +176,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         _status = status;
     }
 
-    public ulong GetDeviceFeatures() => BackendFeatures & ~VhostUserConstants.ProtocolFeaturesMask;
+    public ulong GetDeviceFeatures() => BackendFeatures & ~VhostUserFeatures.ProtocolFeatures;
 
     public void SetDriverFeatures(ulong features) => _driverFeatures = features;
 
@@ -188,18 +200,18 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         var q = new FrontendQueue(queue, size, (nint)avail, (nint)used, () => _handler);
         try
         {
-            Span<byte> payload = stackalloc byte[VringAddress.Size];
+            Span<byte> payload = stackalloc byte[VringAddress.Length];
             new VringState((uint)queue, (uint)size).Write(payload);
-            Send(VhostUserRequest.SetVringNum, payload[..VringState.Size], ack: true);
+            Send(VhostUserRequest.SetVringNum, payload[..VringState.Length], ack: true);
             new VringState((uint)queue, 0).Write(payload);
-            Send(VhostUserRequest.SetVringBase, payload[..VringState.Size], ack: true);
+            Send(VhostUserRequest.SetVringBase, payload[..VringState.Length], ack: true);
             new VringAddress((uint)queue, 0, desc, used, avail, 0).Write(payload);
             Send(VhostUserRequest.SetVringAddr, payload, ack: true);
             // The call eventfd first, so the ring never runs without a way to signal us.
             Span<byte> u64 = stackalloc byte[8];
-            BinaryPrimitives.WriteUInt64LittleEndian(u64, (ulong)queue);
-            Send(VhostUserRequest.SetVringCall, u64, ack: true, fds: [q.Call.Fd]);
-            Send(VhostUserRequest.SetVringKick, u64, ack: true, fds: [q.Kick.Fd]);
+            U64Payload.Write(u64, (ulong)queue);
+            Send(VhostUserRequest.SetVringCall, u64, ack: true, fds: [q.Call.Handle]);
+            Send(VhostUserRequest.SetVringKick, u64, ack: true, fds: [q.Kick.Handle]);
         }
         catch
         {
@@ -221,24 +233,25 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
 
     public void ReadConfig(int offset, Span<byte> destination)
     {
-        if (!HasProtocolFeature(VhostUserProtocolFeatures.Config))
+        if (!HasProtocolFeature(VhostUserFeatures.Config))
             throw new VirtioDeviceException("back-end does not offer the CONFIG protocol feature, so the device configuration cannot be read");
         var length = offset + destination.Length;
-        if (offset < 0 || length > VhostUserConstants.MaxConfigSize)
+        if (offset < 0 || length > ConfigSpaceHeader.MaxConfigSize)
             throw new ArgumentOutOfRangeException(nameof(offset));
         // Back-ends answer from offset 0 (libvhost-user ignores the offset), so ask for [0, end).
-        Span<byte> request = stackalloc byte[VhostUserConstants.ConfigHeaderSize + length];
+        Span<byte> request = stackalloc byte[ConfigSpaceHeader.Length + length];
         request.Clear();
         new ConfigSpaceHeader(0, (uint)length, 0).Write(request);
         lock (_control)
         {
-            var reply = Request(VhostUserRequest.GetConfig, request, out var replyLength);
+            var reply = Request(VhostUserRequest.GetConfig, request);
+            var replyLength = reply.Length;
             // The reply's size must match the request; size 0 means the back-end refused.
             if (replyLength != request.Length || ConfigSpaceHeader.Read(reply).Size != (uint)length)
-                throw Lose(replyLength <= VhostUserConstants.ConfigHeaderSize
+                throw Lose(replyLength <= ConfigSpaceHeader.Length
                     ? "back-end refused GET_CONFIG"
                     : $"back-end answered GET_CONFIG with {replyLength} bytes; expected {request.Length}");
-            reply.Slice(VhostUserConstants.ConfigHeaderSize + offset, destination.Length).CopyTo(destination);
+            reply.Slice(ConfigSpaceHeader.Length + offset, destination.Length).CopyTo(destination);
         }
     }
 
@@ -260,11 +273,11 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
             _options.Log.Warn($"vhost-user: driver asked for features 0x{_driverFeatures & ~offered:x} the back-end does not offer");
             return false;
         }
-        var features = _driverFeatures | (BackendFeatures & VhostUserConstants.ProtocolFeaturesMask);
+        var features = _driverFeatures | (BackendFeatures & VhostUserFeatures.ProtocolFeatures);
         try
         {
             SendU64(VhostUserRequest.SetFeatures, features, ack: true);
-            if (!HasProtocolFeature(VhostUserProtocolFeatures.ReplyAck))
+            if (!HasProtocolFeature(VhostUserFeatures.ReplyAck))
                 RequestU64(VhostUserRequest.GetFeatures); // without REPLY_ACK, a request with a reply shows the back-end is still there
         }
         catch (VhostUserException e)
@@ -278,15 +291,15 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
 
     private void SendMemoryTable()
     {
-        Span<byte> payload = stackalloc byte[MemoryTable.EncodedSize(1)];
-        MemoryTable.Write(payload, [new MemoryRegionDescription(0, MemorySize, (ulong)_mapping.Address, 0)]);
-        Send(VhostUserRequest.SetMemTable, payload, ack: true, fds: [_memfd.Fd]);
+        Span<byte> payload = stackalloc byte[MemoryTablePayload.LengthFor(1)];
+        MemoryTablePayload.Write(payload, [new MemoryRegionDescription(0, MemorySize, (ulong)_mapping.Address, 0)]);
+        Send(VhostUserRequest.SetMemTable, payload, ack: true, fds: [_memfd]);
     }
 
     /// <summary>DRIVER_OK: with protocol features the rings start disabled, so enable each one set up.</summary>
     private void EnableRings()
     {
-        Span<byte> payload = stackalloc byte[VringState.Size];
+        Span<byte> payload = stackalloc byte[VringState.Length];
         foreach (var q in _queues)
         {
             if (q is null || q.Enabled)
@@ -312,7 +325,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         if (!any)
             return;
         Drain();
-        Span<byte> payload = stackalloc byte[VringState.Size];
+        Span<byte> payload = stackalloc byte[VringState.Length];
         foreach (var q in _queues)
         {
             if (q is null)
@@ -322,8 +335,8 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
                 try
                 {
                     new VringState((uint)q.Index, 0).Write(payload);
-                    var reply = Request(VhostUserRequest.GetVringBase, payload, out var n);
-                    if (n >= VringState.Size)
+                    var reply = Request(VhostUserRequest.GetVringBase, payload);
+                    if (reply.Length >= VringState.Length)
                         _options.Log.Debug($"vhost-user: queue {q.Index} stopped at available index {VringState.Read(reply).Num}");
                 }
                 catch (VhostUserException)
@@ -372,16 +385,26 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     /// </summary>
     private void Monitor()
     {
-        var fds = stackalloc Interop.PollFd[2];
+        Span<PollFd> fds = stackalloc PollFd[2];
         var progressMs = (long)_options.ProgressTimeout.TotalMilliseconds;
         while (!_disposed && _lost is null)
         {
-            fds[0] = new Interop.PollFd { Fd = _channel.Fd, Events = Interop.POLLRDHUP };
-            fds[1] = new Interop.PollFd { Fd = _monitorWake.Fd, Events = Interop.POLLIN };
-            var n = Interop.Poll(fds, 2, 1000);
+            // Only hang-up on the socket: replies are read by the control path, never here.
+            fds[0] = new PollFd(_channel.Socket.Fd, PollFd.RdHup);
+            fds[1] = new PollFd(_monitorWake.Fd);
+            int n;
+            try
+            {
+                n = FdPoll.Wait(fds, 1000);
+            }
+            catch (NativeCallException e)
+            {
+                Lose($"vhost-user connection failed: {e.Message}");
+                return;
+            }
             if (_disposed)
                 return;
-            if (n > 0 && (fds[0].REvents & (Interop.POLLRDHUP | Interop.POLLHUP | Interop.POLLERR | Interop.POLLNVAL)) != 0)
+            if (n > 0 && fds[0].Ready)
             {
                 Lose("vhost-user back-end closed the connection");
                 return;
@@ -416,7 +439,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         if (first && !_disposed)
         {
             _options.Log.Error(reason);
-            _channel.Shutdown();
+            _channel.Socket.Shutdown();
             _handler?.OnDeviceLost(reason);
         }
         return new VhostUserException(_lost ?? reason);
@@ -427,23 +450,23 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     private void SendU64(VhostUserRequest request, ulong value, bool ack)
     {
         Span<byte> payload = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt64LittleEndian(payload, value);
+        U64Payload.Write(payload, value);
         Send(request, payload, ack);
     }
 
     /// <summary>Sends a request; with REPLY_ACK negotiated and <paramref name="ack"/>, waits for the back-end's verdict.</summary>
-    private void Send(VhostUserRequest request, ReadOnlySpan<byte> payload, bool ack, ReadOnlySpan<int> fds = default)
+    private void Send(VhostUserRequest request, ReadOnlySpan<byte> payload, bool ack, ReadOnlySpan<SafeFdHandle> fds = default)
     {
-        var needReply = ack && HasProtocolFeature(VhostUserProtocolFeatures.ReplyAck);
+        var needReply = ack && HasProtocolFeature(VhostUserFeatures.ReplyAck);
         lock (_control)
         {
             Transmit(request, payload, fds, needReply);
             if (!needReply)
                 return;
-            var n = ReceiveReply(request);
-            if (n != 8)
-                throw Lose($"back-end acknowledged {Name(request)} with a {n}-byte payload; expected 8");
-            var verdict = BinaryPrimitives.ReadUInt64LittleEndian(_reply);
+            var reply = ReceiveReply(request);
+            if (reply.Length != U64Payload.Length)
+                throw Lose($"back-end acknowledged {Name(request)} with a {reply.Length}-byte payload; expected {U64Payload.Length}");
+            var verdict = U64Payload.Read(reply);
             if (verdict != 0)
                 throw new VhostUserException($"back-end refused {Name(request)} (reply {verdict})");
         }
@@ -451,29 +474,34 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
 
     private ulong RequestU64(VhostUserRequest request)
     {
-        var reply = Request(request, [], out var n);
-        if (n != 8)
-            throw Lose($"back-end answered {Name(request)} with a {n}-byte payload; expected 8");
-        return BinaryPrimitives.ReadUInt64LittleEndian(reply);
+        lock (_control)
+        {
+            var reply = Request(request, []);
+            if (reply.Length != U64Payload.Length)
+                throw Lose($"back-end answered {Name(request)} with a {reply.Length}-byte payload; expected {U64Payload.Length}");
+            return U64Payload.Read(reply);
+        }
     }
 
-    /// <summary>Sends a request that always has a reply and returns the reply payload (valid until the next request).</summary>
-    private ReadOnlySpan<byte> Request(VhostUserRequest request, ReadOnlySpan<byte> payload, out int length)
+    /// <summary>
+    /// Sends a request that always has a reply and returns the reply payload. The span is valid until
+    /// the next message, so callers hold <see cref="_control"/> while they read it.
+    /// </summary>
+    private ReadOnlySpan<byte> Request(VhostUserRequest request, ReadOnlySpan<byte> payload)
     {
         lock (_control)
         {
             Transmit(request, payload, default, needReply: false);
-            length = ReceiveReply(request);
-            return _reply.AsSpan(0, length);
+            return ReceiveReply(request);
         }
     }
 
-    private void Transmit(VhostUserRequest request, ReadOnlySpan<byte> payload, ReadOnlySpan<int> fds, bool needReply)
+    private void Transmit(VhostUserRequest request, ReadOnlySpan<byte> payload, ReadOnlySpan<SafeFdHandle> fds, bool needReply)
     {
         ThrowIfUnusable();
         try
         {
-            _channel.Send(request, needReply ? VhostUserFlags.NeedReply : VhostUserFlags.None, payload, fds);
+            _channel.Send(VhostUserHeader.ForRequest(request, payload.Length, needReply), payload, fds);
         }
         catch (IOException e)
         {
@@ -481,30 +509,30 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         }
     }
 
-    /// <summary>Receives the reply to <paramref name="request"/> into <see cref="_reply"/>; any failure loses the connection.</summary>
-    private int ReceiveReply(VhostUserRequest request)
+    /// <summary>Waits (bounded) for the reply to <paramref name="request"/>; any failure loses the connection.</summary>
+    private ReadOnlySpan<byte> ReceiveReply(VhostUserRequest request)
     {
-        VhostUserHeader header;
-        int length;
+        bool ready;
         try
         {
-            header = _channel.Receive(_reply, out length, null, ReplyTimeoutMs);
+            ready = FdPoll.WaitReadable(_channel.Socket.Handle, ReplyTimeoutMs);
         }
-        catch (TimeoutException)
-        {
-            throw Lose($"vhost-user back-end did not answer {Name(request)} within {_options.ReplyTimeout.TotalSeconds:0.###} s");
-        }
-        catch (EndOfStreamException)
-        {
-            throw Lose($"vhost-user back-end closed the connection (waiting for the reply to {Name(request)})");
-        }
-        catch (IOException e)
+        catch (Exception e) when (e is NativeCallException or ObjectDisposedException)
         {
             throw Lose($"vhost-user connection failed waiting for the reply to {Name(request)}: {e.Message}");
         }
-        if (header.RequestCode != request || !header.IsReply || header.Version != 1)
-            throw Lose($"back-end answered {Name(request)} with message {header.Request} (flags 0x{(uint)header.Flags:x})");
-        return length;
+        if (!ready)
+            throw Lose($"vhost-user back-end did not answer {Name(request)} within {_options.ReplyTimeout.TotalSeconds:0.###} s");
+        switch (_channel.Receive(out var header, out var problem))
+        {
+            case ReceiveStatus.Closed:
+                throw Lose($"vhost-user back-end closed the connection (waiting for the reply to {Name(request)})");
+            case ReceiveStatus.Malformed:
+                throw Lose($"vhost-user back-end sent a malformed reply to {Name(request)}: {problem}");
+        }
+        if (header.Request != request || !header.IsReply)
+            throw Lose($"back-end answered {Name(request)} with {header}");
+        return _channel.Payload;
     }
 
     private void ThrowIfUnusable()
@@ -514,25 +542,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
             throw new VhostUserException(reason);
     }
 
-    private static string Name(VhostUserRequest request) => request switch
-    {
-        VhostUserRequest.GetFeatures => "GET_FEATURES",
-        VhostUserRequest.SetFeatures => "SET_FEATURES",
-        VhostUserRequest.SetOwner => "SET_OWNER",
-        VhostUserRequest.SetMemTable => "SET_MEM_TABLE",
-        VhostUserRequest.SetVringNum => "SET_VRING_NUM",
-        VhostUserRequest.SetVringAddr => "SET_VRING_ADDR",
-        VhostUserRequest.SetVringBase => "SET_VRING_BASE",
-        VhostUserRequest.GetVringBase => "GET_VRING_BASE",
-        VhostUserRequest.SetVringKick => "SET_VRING_KICK",
-        VhostUserRequest.SetVringCall => "SET_VRING_CALL",
-        VhostUserRequest.GetProtocolFeatures => "GET_PROTOCOL_FEATURES",
-        VhostUserRequest.SetProtocolFeatures => "SET_PROTOCOL_FEATURES",
-        VhostUserRequest.GetQueueNum => "GET_QUEUE_NUM",
-        VhostUserRequest.SetVringEnable => "SET_VRING_ENABLE",
-        VhostUserRequest.GetConfig => "GET_CONFIG",
-        _ => request.ToString(),
-    };
+    private static string Name(VhostUserRequest request) => request.SpecName();
 
     private ulong ToUser(ulong guestPhysical, ulong length)
     {
@@ -568,7 +578,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         foreach (var q in _queues)
             q?.Dispose();
         Array.Clear(_queues);
-        _channel.Shutdown();
+        _channel.Socket.Shutdown();
         _channel.Dispose();
         _monitorWake.Dispose();
         _mapping.Dispose();

@@ -3,62 +3,75 @@ using System.Runtime.InteropServices;
 namespace VirtioSharp.Native;
 
 /// <summary>
-/// An eventfd (eventfd(2)): an 8-byte counter shared by file descriptor. vhost-user uses one per
-/// queue direction: the front-end writes the kick, the back-end writes the call.
+/// An eventfd(2): an 8-byte counter one side adds to and the other drains. vhost-user uses
+/// them as kick (driver to device), call (device to driver) and error notifiers.
+/// Signal and read do not allocate.
 /// </summary>
-internal sealed unsafe class EventFd : IDisposable
+public sealed unsafe class EventFd : IDisposable
 {
-    public EventFd(bool nonBlocking = false)
-    {
-        var fd = Interop.EventFd(0, Interop.EFD_CLOEXEC | (nonBlocking ? Interop.EFD_NONBLOCK : 0));
-        if (fd < 0)
-            throw new IOException($"eventfd failed: {Errno.Describe(Marshal.GetLastPInvokeError())}");
-        Handle = new SafeFdHandle(fd);
-    }
-
-    /// <summary>Wraps an eventfd received from a peer.</summary>
-    public EventFd(SafeFdHandle handle) => Handle = handle;
+    private EventFd(SafeFdHandle handle) => Handle = handle;
 
     public SafeFdHandle Handle { get; }
     public int Fd => Handle.Fd;
 
-    /// <summary>Adds one to the counter, waking a reader. False if the descriptor is unusable (closed, EBADF).</summary>
-    public bool Signal()
+    /// <summary>Creates a close-on-exec eventfd, non-blocking unless asked otherwise.</summary>
+    public static EventFd Create(bool nonBlocking = true)
     {
-        ulong one = 1;
-        while (true)
+        var flags = Interop.EFD_CLOEXEC | (nonBlocking ? Interop.EFD_NONBLOCK : 0);
+        return new EventFd(SafeFdHandle.FromResult(Interop.EventFd(0, flags), "eventfd"));
+    }
+
+    /// <summary>Takes ownership of an eventfd received from a peer.</summary>
+    public static EventFd Adopt(SafeFdHandle handle) => new(handle);
+
+    /// <summary>Adds <paramref name="value"/> to the counter. False if the descriptor is closed or the counter is full.</summary>
+    public bool Signal(ulong value = 1)
+    {
+        try
         {
-            var n = Interop.Write(Handle, &one, sizeof(ulong));
-            if (n == sizeof(ulong))
-                return true;
-            var errno = Marshal.GetLastPInvokeError();
-            if (n < 0 && errno == Errno.EINTR)
-                continue;
-            // EAGAIN: the counter is saturated, so the reader will wake anyway.
-            return n < 0 && errno == Errno.EAGAIN;
+            while (true)
+            {
+                if (Interop.Write(Handle, &value, sizeof(ulong)) == sizeof(ulong))
+                    return true;
+                if (Marshal.GetLastPInvokeError() != Errno.EINTR)
+                    return false;
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
         }
     }
 
-    /// <summary>
-    /// Waits until the counter is non-zero, for at most <paramref name="timeoutMs"/> (-1: forever).
-    /// Use this rather than a blocking read: the peer shares the descriptor and may have made it non-blocking.
-    /// </summary>
-    public bool Wait(int timeoutMs = -1) => FdWait.Readable(Fd, timeoutMs);
-
-    /// <summary>Reads and clears the counter. Returns 0 when nothing was pending (or on error).</summary>
-    public ulong Consume()
+    /// <summary>Reads and clears the counter. False when it was zero (non-blocking) or the descriptor failed.</summary>
+    public bool TryRead(out ulong value)
     {
-        ulong value = 0;
-        while (true)
+        ulong v = 0;
+        try
         {
-            var n = Interop.Read(Handle, &value, sizeof(ulong));
-            if (n == sizeof(ulong))
-                return value;
-            if (n < 0 && Marshal.GetLastPInvokeError() == Errno.EINTR)
-                continue;
-            return 0;
+            while (true)
+            {
+                if (Interop.Read(Handle, &v, sizeof(ulong)) == sizeof(ulong))
+                {
+                    value = v;
+                    return true;
+                }
+                if (Marshal.GetLastPInvokeError() != Errno.EINTR)
+                {
+                    value = 0;
+                    return false;
+                }
+            }
+        }
+        catch (ObjectDisposedException)
+        {
+            value = 0;
+            return false;
         }
     }
+
+    /// <summary>Waits until the counter is non-zero; false on timeout. Does not read it.</summary>
+    public bool Wait(int timeoutMs) => FdPoll.WaitReadable(Handle, timeoutMs);
 
     public void Dispose() => Handle.Dispose();
 }

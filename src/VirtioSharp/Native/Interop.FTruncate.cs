@@ -4,7 +4,7 @@ namespace VirtioSharp.Native;
 
 internal static partial class Interop
 {
-    /// <summary>ftruncate(2): sets the size of a memfd.</summary>
+    /// <summary>ftruncate(2).</summary>
     [LibraryImport(Libc, EntryPoint = "ftruncate", SetLastError = true)]
     internal static partial int FTruncate(SafeFdHandle fd, long length);
 }

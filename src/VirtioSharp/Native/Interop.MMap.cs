@@ -7,10 +7,9 @@ internal static partial class Interop
     internal const int PROT_READ = 0x1;
     internal const int PROT_WRITE = 0x2;
     internal const int MAP_SHARED = 0x01;
-    internal const int MAP_NORESERVE = 0x4000;
     internal static readonly nint MAP_FAILED = -1;
 
-    /// <summary>mmap(2): maps a file descriptor (a memfd) into this process.</summary>
+    /// <summary>mmap(2) of a file descriptor.</summary>
     [LibraryImport(Libc, EntryPoint = "mmap", SetLastError = true)]
-    internal static partial nint MMap(nint addr, nuint length, int prot, int flags, SafeFdHandle fd, long offset);
+    internal static partial nint MMap(nint address, nuint length, int protection, int flags, SafeFdHandle fd, long offset);
 }

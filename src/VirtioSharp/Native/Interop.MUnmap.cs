@@ -4,7 +4,7 @@ namespace VirtioSharp.Native;
 
 internal static partial class Interop
 {
-    /// <summary>munmap(2). Called only from SafeHandle.ReleaseHandle.</summary>
+    /// <summary>munmap(2). Only <see cref="Mapping"/> calls it.</summary>
     [LibraryImport(Libc, EntryPoint = "munmap", SetLastError = true)]
-    internal static partial int MUnmap(nint addr, nuint length);
+    internal static partial int MUnmap(nint address, nuint length);
 }

@@ -4,9 +4,9 @@ namespace VirtioSharp.Native;
 
 internal static partial class Interop
 {
-    internal const uint MFD_CLOEXEC = 0x0001;
+    internal const uint MFD_CLOEXEC = 0x1;
 
-    /// <summary>memfd_create(2): anonymous memory with a file descriptor that can be passed to another process.</summary>
-    [LibraryImport(Libc, EntryPoint = "memfd_create", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    /// <summary>memfd_create(2).</summary>
+    [LibraryImport(Libc, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int MemfdCreate(string name, uint flags);
 }

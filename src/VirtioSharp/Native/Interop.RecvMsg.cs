@@ -4,7 +4,10 @@ namespace VirtioSharp.Native;
 
 internal static partial class Interop
 {
-    /// <summary>recvmsg(2): a message and any SCM_RIGHTS file descriptors that came with it.</summary>
+    internal const int MSG_CTRUNC = 0x8;
+    internal const int MSG_CMSG_CLOEXEC = 0x40000000;
+
+    /// <summary>recvmsg(2): bytes plus SCM_RIGHTS descriptors.</summary>
     [LibraryImport(Libc, EntryPoint = "recvmsg", SetLastError = true)]
-    internal static unsafe partial nint RecvMsg(SafeHandle socket, MsgHdr* message, int flags);
+    internal static unsafe partial nint RecvMsg(SafeFdHandle fd, MsgHdr* message, int flags);
 }

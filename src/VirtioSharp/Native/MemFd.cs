@@ -1,23 +1,18 @@
-using System.Runtime.InteropServices;
-
 namespace VirtioSharp.Native;
 
-/// <summary>Anonymous shared memory with a file descriptor (memfd_create(2)), for memory another process maps.</summary>
-internal static class MemFd
+/// <summary>Anonymous shared memory files (memfd_create), the usual backing of guest RAM shared over vhost-user.</summary>
+public static class MemFd
 {
-    /// <summary>Creates a memfd of <paramref name="size"/> bytes (sparse until touched).</summary>
+    /// <summary>Creates a close-on-exec memfd of <paramref name="size"/> bytes (zero-filled).</summary>
     public static SafeFdHandle Create(string name, ulong size)
     {
-        var fd = Interop.MemfdCreate(name, Interop.MFD_CLOEXEC);
-        if (fd < 0)
-            throw new IOException($"memfd_create failed: {Errno.Describe(Marshal.GetLastPInvokeError())}");
-        var handle = new SafeFdHandle(fd);
-        if (Interop.FTruncate(handle, (long)size) != 0)
+        var fd = SafeFdHandle.FromResult(Interop.MemfdCreate(name, Interop.MFD_CLOEXEC), "memfd_create");
+        if (size > long.MaxValue || Interop.FTruncate(fd, (long)size) != 0)
         {
-            var errno = Marshal.GetLastPInvokeError();
-            handle.Dispose();
-            throw new IOException($"sizing shared memory to {size} bytes failed: {Errno.Describe(errno)}");
+            var error = NativeCallException.FromLastError("ftruncate");
+            fd.Dispose();
+            throw error;
         }
-        return handle;
+        return fd;
     }
 }

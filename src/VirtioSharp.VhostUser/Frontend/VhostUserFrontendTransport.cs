@@ -30,7 +30,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     private readonly SafeFdHandle _memfd;
     private readonly Mapping _mapping;
     private readonly Lock _control = new();
-        private readonly FrontendQueue?[] _queues;
+    private readonly FrontendQueue?[] _queues;
     private readonly EventFd _monitorWake = EventFd.Create();
     private readonly Thread _monitor;
     private IInterruptHandler? _handler;
@@ -95,8 +95,10 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     {
         if (UnixFdSocket.TryConnect(path, out var socket, out var errno))
             return new VhostUserChannel(socket!);
+        var kind = FileStatus.KindOf(path);
         var why = errno switch
         {
+            _ when kind is FileKind.Regular or FileKind.Other => "it is not a socket",
             2 => "no such socket",                  // ENOENT
             111 => "nothing is listening there",    // ECONNREFUSED
             13 => "permission denied",              // EACCES

@@ -178,7 +178,7 @@ public class VhostUserServer : IDisposable
     /// <summary>Called on the connection's thread after a front-end left and its rings stopped.</summary>
     protected virtual void OnSessionEnded() { }
 
-    /// <summary>Called once by <see cref="Stop"/> after the last connection ended.</summary>
+    /// <summary>Called once by <see cref="Stop"/> after the last connection ended (if the server had started).</summary>
     protected virtual void OnStopped() { }
 
     /// <summary>Closes the connection (stopping its rings), stops listening and removes the socket file.</summary>
@@ -206,8 +206,8 @@ public class VhostUserServer : IDisposable
             }
             catch (IOException) { }
             _log.Info($"stopped listening on {SocketPath}");
+            OnStopped();
         }
-        OnStopped();
     }
 
     public void Dispose()

@@ -99,8 +99,9 @@ internal sealed class BenchRun(BenchSettings settings)
         var s = settings;
         s.Validate();
         var totalDepth = s.IoDepth * s.Queues;
-        // With indirect descriptors a request takes one descriptor; without, three. Size for the worse case.
-        var queueSize = (int)Math.Min(1024, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(16, s.IoDepth * 3)));
+        // One descriptor per request with indirect descriptors (qemu-storage-daemon and vblk serve offer them).
+        // vhost-user cannot ask for the largest ring a back-end takes; 256 is what both accept by default.
+        var queueSize = (int)Math.Min(256, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(16, s.IoDepth)));
         var maxTransfer = s.ZeroCopy ? 4096 : (int)Math.Max(4096, s.BlockSize);
         var direct = s.ZeroCopy ? (ulong)totalDepth * ((s.BlockSize + 4095) & ~4095UL) : 0;
         using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20));
@@ -110,6 +111,8 @@ internal sealed class BenchRun(BenchSettings settings)
             throw new CliException($"--size {region} is smaller than one block of {s.BlockSize} bytes");
         if (s.Rw != "randread" && s.Rw != "read" && driver.ReadOnly)
             throw new CliException("the device is read-only (VIRTIO_BLK_F_RO); use --rw randread or read");
+        if (driver.Depth < s.IoDepth)
+            Console.Error.WriteLine($"vblk bench: a queue holds {driver.Depth} requests; iodepth is effectively {driver.Depth}");
         if (driver.QueueCount < s.Queues)
             Console.Error.WriteLine($"vblk bench: the device offers {driver.QueueCount} queue(s); using {driver.QueueCount}");
 

@@ -33,7 +33,7 @@ public static class BenchCommand
         {
             socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed,
         };
-        cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", async () =>
+        cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", parse.InvocationConfiguration.Error, async () =>
         {
             var settings = new BenchSettings(
                 parse.GetValue(socket)!,
@@ -48,7 +48,7 @@ public static class BenchCommand
                 parse.GetValue(zeroCopy),
                 parse.GetValue(json),
                 parse.GetValue(seed));
-            return await new BenchRun(settings).RunAsync(ct);
+            return await new BenchRun(settings, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error).RunAsync(ct);
         }));
         return cmd;
     }
@@ -77,7 +77,7 @@ internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, 
 }
 
 /// <summary>One benchmark: a session, one async worker per in-flight request, a progress line and the summary.</summary>
-internal sealed class BenchRun(BenchSettings settings)
+internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWriter error)
 {
     private volatile bool _stop;
     private volatile bool _recording;
@@ -112,9 +112,9 @@ internal sealed class BenchRun(BenchSettings settings)
         if (s.Rw != "randread" && s.Rw != "read" && driver.ReadOnly)
             throw new CliException("the device is read-only (VIRTIO_BLK_F_RO); use --rw randread or read");
         if (driver.Depth < s.IoDepth)
-            Console.Error.WriteLine($"vblk bench: a queue holds {driver.Depth} requests; iodepth is effectively {driver.Depth}");
+            error.WriteLine($"vblk bench: a queue holds {driver.Depth} requests; iodepth is effectively {driver.Depth}");
         if (driver.QueueCount < s.Queues)
-            Console.Error.WriteLine($"vblk bench: the device offers {driver.QueueCount} queue(s); using {driver.QueueCount}");
+            error.WriteLine($"vblk bench: the device offers {driver.QueueCount} queue(s); using {driver.QueueCount}");
 
         var workers = new Worker[driver.QueueCount * s.IoDepth];
         var fill = new Random(s.Seed);
@@ -154,7 +154,7 @@ internal sealed class BenchRun(BenchSettings settings)
         var start = Stopwatch.GetTimestamp();
         _recording = true;
         var end = start + (long)(s.Runtime * Stopwatch.Frequency);
-        var progress = new ProgressLine(s.Json);
+        var progress = new ProgressLine(error, s.Json);
         long lastOps = 0, lastBytes = 0;
         var lastTick = start;
         while (!_stop && !cancel.IsCancellationRequested)
@@ -206,17 +206,17 @@ internal sealed class BenchRun(BenchSettings settings)
         }
         var result = new BenchResult(s, driver.QueueCount, elapsed, reads, writes, readOps, writeOps, readBytes, writeBytes, errors, cpuUser, cpuSys);
         if (s.Json)
-            result.WriteJson(Console.Out);
+            result.WriteJson(output);
         else
-            result.WriteTable(Console.Out);
+            result.WriteTable(output);
         if (_failure is not null)
         {
-            Console.Error.WriteLine($"vblk bench: stopped early: {_failure.Message}");
+            error.WriteLine($"vblk bench: stopped early: {_failure.Message}");
             return 1;
         }
         if (errors > 0)
         {
-            Console.Error.WriteLine($"vblk bench: {errors} requests completed with an error status");
+            error.WriteLine($"vblk bench: {errors} requests completed with an error status");
             return 1;
         }
         return 0;
@@ -319,27 +319,31 @@ internal sealed class BenchRun(BenchSettings settings)
     }
 }
 
-/// <summary>The live line on stderr: rewritten in place on a terminal, one line a second otherwise.</summary>
-internal sealed class ProgressLine(bool quietWhenRedirected)
+/// <summary>
+/// The live line on stderr: rewritten in place on a terminal, one line a second when stderr is a
+/// file (unless the result goes out as JSON), nothing when the command writes somewhere else.
+/// </summary>
+internal sealed class ProgressLine(TextWriter error, bool json)
 {
-    private readonly bool _terminal = !Console.IsErrorRedirected;
+    private readonly bool _terminal = ReferenceEquals(error, Console.Error) && !Console.IsErrorRedirected;
+    private readonly bool _lines = ReferenceEquals(error, Console.Error) && Console.IsErrorRedirected && !json;
     private int _width;
 
     public void Update(string text)
     {
         if (_terminal)
         {
-            Console.Error.Write("\r" + text.PadRight(_width));
+            error.Write("\r" + text.PadRight(_width));
             _width = text.Length;
         }
-        else if (!quietWhenRedirected)
-            Console.Error.WriteLine(text);
+        else if (_lines)
+            error.WriteLine(text);
     }
 
     public void Done()
     {
         if (_terminal && _width > 0)
-            Console.Error.Write("\r" + new string(' ', _width) + "\r");
+            error.Write("\r" + new string(' ', _width) + "\r");
     }
 }
 

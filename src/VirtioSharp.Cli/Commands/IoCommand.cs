@@ -54,8 +54,10 @@ public static class IoCommand
     private static Command Info(Option<string> socket)
     {
         var cmd = new Command("info", "Show what the back-end offers and what the driver negotiated");
-        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io info", async () =>
+        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io info", parse.InvocationConfiguration.Error, async () =>
         {
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
             using var s = FrontendSession.Open(parse.GetValue(socket)!);
             var d = s.Driver;
             var t = s.Transport;
@@ -69,7 +71,7 @@ public static class IoCommand
             {
                 serial = $"(unavailable: {e.Message})";
             }
-            var w = Console.Out;
+            var w = stdout;
             w.WriteLine($"socket            {t.SocketPath}");
             w.WriteLine($"device features   {VirtioFeatures.Describe(t.GetDeviceFeatures())}");
             w.WriteLine($"negotiated        {VirtioFeatures.Describe(d.Features)}");
@@ -99,15 +101,17 @@ public static class IoCommand
         var length = LengthOption();
         var output = new Option<string?>("--out") { Description = "Write the data to this file instead of a hexdump on stdout" };
         var cmd = new Command("read", "Read a byte range; hexdump to stdout, or raw bytes to --out") { offset, length, output };
-        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io read", async () =>
+        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io read", parse.InvocationConfiguration.Error, async () =>
         {
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
             var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
             var len = ByteSize.Parse(parse.GetValue(length)!, "--length");
             var outPath = parse.GetValue(output);
             using var s = FrontendSession.Open(parse.GetValue(socket)!);
             s.CheckRange(off, len, "read");
             await using var file = outPath is null ? null : new FileStream(outPath, FileMode.Create, FileAccess.Write);
-            var dump = outPath is null ? new Hexdump(Console.Out) : null;
+            var dump = outPath is null ? new Hexdump(stdout) : null;
             var buffer = new byte[(int)Math.Min((ulong)Chunk, Math.Max(len, 1))];
             for (ulong done = 0; done < len;)
             {
@@ -121,7 +125,7 @@ public static class IoCommand
             }
             dump?.Finish(off + len);
             if (file is not null)
-                Console.Error.WriteLine($"read {len} bytes at offset {off} into {outPath}");
+                stderr.WriteLine($"read {len} bytes at offset {off} into {outPath}");
             return 0;
         }));
         return cmd;
@@ -132,8 +136,10 @@ public static class IoCommand
         var offset = OffsetOption();
         var input = new Option<string>("--in") { Description = "File whose bytes are written (its size must be a multiple of 512)", Required = true };
         var cmd = new Command("write", "Write a file's bytes at an offset") { offset, input };
-        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io write", async () =>
+        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io write", parse.InvocationConfiguration.Error, async () =>
         {
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
             var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
             var inPath = parse.GetValue(input)!;
             if (!File.Exists(inPath))
@@ -152,7 +158,7 @@ public static class IoCommand
                 await s.Driver.WriteAsync(off + done, buffer.AsMemory(0, n), ct);
                 done += (ulong)n;
             }
-            Console.Error.WriteLine($"wrote {len} bytes at offset {off}");
+            stderr.WriteLine($"wrote {len} bytes at offset {off}");
             return 0;
         }));
         return cmd;
@@ -163,13 +169,15 @@ public static class IoCommand
     private static Command Flush(Option<string> socket)
     {
         var cmd = new Command("flush", "Ask the device to make written data durable (VIRTIO_BLK_T_FLUSH)");
-        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io flush", async () =>
+        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io flush", parse.InvocationConfiguration.Error, async () =>
         {
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
             using var s = FrontendSession.Open(parse.GetValue(socket)!);
             if (!VirtioFeatures.Has(s.Driver.Features, VirtioFeatures.BlkFlush))
                 throw new CliException("the device does not offer VIRTIO_BLK_F_FLUSH");
             await s.Driver.FlushAsync(ct);
-            Console.Error.WriteLine("flushed");
+            stderr.WriteLine("flushed");
             return 0;
         }));
         return cmd;
@@ -180,14 +188,16 @@ public static class IoCommand
         var offset = OffsetOption();
         var length = LengthOption();
         var cmd = new Command(name, description) { offset, length };
-        cmd.SetAction((parse, ct) => CliErrors.RunAsync($"io {name}", async () =>
+        cmd.SetAction((parse, ct) => CliErrors.RunAsync($"io {name}", parse.InvocationConfiguration.Error, async () =>
         {
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
             var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
             var len = ByteSize.Parse(parse.GetValue(length)!, "--length");
             using var s = FrontendSession.Open(parse.GetValue(socket)!);
             s.CheckRange(off, len, name);
             await run(s, off, len, ct);
-            Console.Error.WriteLine($"{name}: {len} bytes at offset {off} done");
+            stderr.WriteLine($"{name}: {len} bytes at offset {off} done");
             return 0;
         }));
         return cmd;
@@ -201,8 +211,10 @@ public static class IoCommand
         var length = LengthOption();
         var seed = new Option<ulong>("--seed") { Description = "Seed of the data pattern", DefaultValueFactory = _ => 1 };
         var cmd = new Command("verify", "Write a seeded pattern, read it back and report the first mismatch") { offset, length, seed };
-        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io verify", async () =>
+        cmd.SetAction((parse, ct) => CliErrors.RunAsync("io verify", parse.InvocationConfiguration.Error, async () =>
         {
+            var stdout = parse.InvocationConfiguration.Output;
+            var stderr = parse.InvocationConfiguration.Error;
             var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
             var len = ByteSize.Parse(parse.GetValue(length)!, "--length");
             var seedValue = parse.GetValue(seed);
@@ -229,13 +241,13 @@ public static class IoCommand
                 if (at < n)
                 {
                     var where = off + done + (ulong)at;
-                    Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    stderr.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"vblk io verify: mismatch at offset {where} (0x{where:x}): wrote 0x{expected[at]:x2}, read 0x{actual[at]:x2}"));
                     return 1;
                 }
                 done += (ulong)n;
             }
-            Console.WriteLine($"verified {len} bytes at offset {off} (seed {seedValue}): OK");
+            stdout.WriteLine($"verified {len} bytes at offset {off} (seed {seedValue}): OK");
             return 0;
         }));
         return cmd;

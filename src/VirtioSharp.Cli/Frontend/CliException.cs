@@ -10,7 +10,7 @@ internal sealed class CliException(string message) : Exception(message);
 /// <summary>Runs a command body and turns expected failures into one line on stderr and exit code 1.</summary>
 internal static class CliErrors
 {
-    public static async Task<int> RunAsync(string command, Func<Task<int>> body)
+    public static async Task<int> RunAsync(string command, TextWriter error, Func<Task<int>> body)
     {
         try
         {
@@ -18,20 +18,20 @@ internal static class CliErrors
         }
         catch (OperationCanceledException)
         {
-            Console.Error.WriteLine($"vblk {command}: interrupted");
+            error.WriteLine($"vblk {command}: interrupted");
             return 130;
         }
         catch (Exception e) when (IsExpected(e))
         {
-            Console.Error.WriteLine($"vblk {command}: {Describe(e)}");
+            error.WriteLine($"vblk {command}: {Describe(e)}");
             return 1;
         }
         catch (Exception e)
         {
             // Not an expected mistake, but still one line unless asked for the trace.
-            Console.Error.WriteLine($"vblk {command}: internal error: {e.GetType().Name}: {e.Message}");
+            error.WriteLine($"vblk {command}: internal error: {e.GetType().Name}: {e.Message}");
             if (Environment.GetEnvironmentVariable("VBLK_TRACE") == "1")
-                Console.Error.WriteLine(e);
+                error.WriteLine(e.ToString());
             return 2;
         }
     }

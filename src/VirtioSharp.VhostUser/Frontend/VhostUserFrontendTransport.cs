@@ -38,6 +38,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     private ulong _driverFeatures;
     private volatile string? _lost;
     private volatile bool _disposed;
+    private bool _peerClosed; // the back-end hung up (rather than timing out or answering wrongly)
 
     private VhostUserFrontendTransport(string path, VhostUserChannel channel, VhostUserFrontendOptions options, SafeFdHandle memfd, Mapping mapping, ulong size)
     {
@@ -64,6 +65,31 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         if (options.MemorySize < 2 * PageSize)
             throw new ArgumentOutOfRangeException(nameof(options), "shared memory must be at least 8 KiB");
         var size = (options.MemorySize + PageSize - 1) & ~(ulong)(PageSize - 1);
+        // A back-end serves one front-end at a time; one still tearing down the previous session may
+        // close a new connection at once. That is worth a few retries; anything else is not.
+        var deadline = Environment.TickCount64 + (long)options.ReplyTimeout.TotalMilliseconds;
+        while (true)
+        {
+            try
+            {
+                return TryConnect(socketPath, options, size);
+            }
+            catch (BusyException) when (Environment.TickCount64 < deadline)
+            {
+                Thread.Sleep(20);
+            }
+            catch (BusyException e)
+            {
+                throw new VhostUserException(e.Message);
+            }
+        }
+    }
+
+    /// <summary>The back-end closed the connection before answering anything.</summary>
+    private sealed class BusyException(string message) : Exception(message);
+
+    private static VhostUserFrontendTransport TryConnect(string socketPath, VhostUserFrontendOptions options, ulong size)
+    {
         var channel = Open(socketPath);
         SafeFdHandle? memfd = null;
         Mapping? mapping = null;
@@ -134,7 +160,14 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
 
     private void Handshake()
     {
-        BackendFeatures = RequestU64(VhostUserRequest.GetFeatures);
+        try
+        {
+            BackendFeatures = RequestU64(VhostUserRequest.GetFeatures);
+        }
+        catch (VhostUserException) when (_peerClosed)
+        {
+            throw new BusyException($"vhost-user back-end at '{SocketPath}' closed every connection before answering (is another front-end connected?)");
+        }
         if (ProtocolFeaturesNegotiated)
         {
             BackendProtocolFeatures = RequestU64(VhostUserRequest.GetProtocolFeatures);
@@ -507,6 +540,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         }
         catch (IOException e)
         {
+            _peerClosed = true;
             throw Lose($"vhost-user back-end closed the connection (sending {Name(request)}: {e.Message})");
         }
     }
@@ -528,6 +562,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         switch (_channel.Receive(out var header, out var problem))
         {
             case ReceiveStatus.Closed:
+                _peerClosed = true;
                 throw Lose($"vhost-user back-end closed the connection (waiting for the reply to {Name(request)})");
             case ReceiveStatus.Malformed:
                 throw Lose($"vhost-user back-end sent a malformed reply to {Name(request)}: {problem}");

@@ -268,6 +268,99 @@ public sealed class FrontendInteropTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Peers))]
+    public async Task Two_queues_carry_requests_side_by_side(PeerKind kind)
+    {
+        using var dir = new TempDir();
+        var image = dir.File("disk.raw");
+        FileBackend.Create(image, DiskSize);
+        using var peer = BlkPeer.ExportFile(kind, dir, image, numQueues: 2);
+        var s = Open(peer, queues: 2);
+        try
+        {
+            Assert.Equal(2, s.Driver.QueueCount);
+            Assert.Equal(2, s.Driver.Config.NumQueues);
+            if (s.Transport.BackendQueueCount is { } n)
+                Assert.True(n >= 2, $"GET_QUEUE_NUM says {n}");
+            // Requests from many threads land on both queues (the driver picks by CPU).
+            var tasks = Enumerable.Range(0, 256).Select(i => Task.Run(async () =>
+            {
+                var data = new byte[4096];
+                new Random(i).NextBytes(data);
+                await s.Driver.WriteAsync((ulong)i * 8192, data);
+                var back = new byte[4096];
+                await s.Driver.ReadAsync((ulong)i * 8192, back);
+                Assert.Equal(data, back);
+            })).ToArray();
+            await Task.WhenAll(tasks);
+        }
+        finally
+        {
+            Close(s);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Peers))]
+    public async Task Ring_indices_wrap_past_65536_requests(PeerKind kind)
+    {
+        using var dir = new TempDir();
+        using var peer = BlkPeer.ExportNull(kind, dir, 64 << 20);
+        var s = Open(peer, queueSize: 16);
+        try
+        {
+            // 70,000 requests through a 16-entry ring: the 16-bit avail and used indices wrap once.
+            var buffer = s.Transport.Allocator.Allocate(4096 * 8, 4096);
+            var workers = Enumerable.Range(0, 8).Select(w => Task.Run(async () =>
+            {
+                for (var i = 0; i < 70_000 / 8; i++)
+                {
+                    var status = await s.Driver.SubmitDirectAsync(BlkRequestType.In, (ulong)((i * 8 + w) % 16384) * 8, buffer + (ulong)w * 4096, 4096);
+                    Assert.Equal(BlkStatus.Ok, status);
+                }
+            })).ToArray();
+            await Task.WhenAll(workers);
+            Assert.Null(s.Driver.Failure);
+        }
+        finally
+        {
+            Close(s);
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Peers))]
+    public async Task A_data_buffer_ending_at_the_last_byte_of_shared_memory_works(PeerKind kind)
+    {
+        using var dir = new TempDir();
+        var image = dir.File("disk.raw");
+        FileBackend.Create(image, DiskSize);
+        using var peer = BlkPeer.ExportFile(kind, dir, image);
+        var s = Open(peer);
+        try
+        {
+            var memory = s.Transport.Memory;
+            var end = s.Transport.MemorySize;
+            var remaining = s.Transport.Allocator.Remaining;
+            Assert.True(remaining >= 8192);
+            var address = s.Transport.Allocator.Allocate(remaining, 4096);
+            Assert.Equal(end, address + remaining);
+            var last = end - 8192; // the final 8 KiB of the memfd
+            var data = new byte[8192];
+            new Random(9).NextBytes(data);
+            data.CopyTo(memory.GetSpan(last, 8192));
+            Assert.Equal(BlkStatus.Ok, await s.Driver.SubmitDirectAsync(BlkRequestType.Out, 100, last, 8192));
+            memory.GetSpan(last, 8192).Clear();
+            Assert.Equal(BlkStatus.Ok, await s.Driver.SubmitDirectAsync(BlkRequestType.In, 100, last, 8192));
+            Assert.Equal(data, memory.GetSpan(last, 8192).ToArray());
+        }
+        finally
+        {
+            Close(s);
+        }
+    }
+
     private static byte[] Filled(int length, byte value)
     {
         var b = new byte[length];

@@ -54,7 +54,8 @@ public sealed class QemuStorageDaemon : IDisposable
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         var deadline = Environment.TickCount64 + 10_000;
-        while (!File.Exists(socket))
+        // The socket file appears at bind(), a moment before listen(): wait until it takes connections.
+        while (!File.Exists(socket) || VirtioSharp.Native.UnixFdSocket.Probe(socket) != VirtioSharp.Native.SocketPathState.Listening)
         {
             if (process.HasExited)
                 throw new InvalidOperationException($"qemu-storage-daemon exited with {process.ExitCode}: {qsd.Output}");

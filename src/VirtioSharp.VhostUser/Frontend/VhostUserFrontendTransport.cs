@@ -237,7 +237,14 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         {
             Span<byte> payload = stackalloc byte[VringAddress.Length];
             new VringState((uint)queue, (uint)size).Write(payload);
-            Send(VhostUserRequest.SetVringNum, payload[..VringState.Length], ack: true);
+            try
+            {
+                Send(VhostUserRequest.SetVringNum, payload[..VringState.Length], ack: true);
+            }
+            catch (VhostUserException e) when (_lost is null)
+            {
+                throw new VhostUserException($"{e.Message}: queue {queue} of size {size} is more than the back-end takes; ask for a smaller queue");
+            }
             new VringState((uint)queue, 0).Write(payload);
             Send(VhostUserRequest.SetVringBase, payload[..VringState.Length], ack: true);
             new VringAddress((uint)queue, 0, desc, used, avail, 0).Write(payload);

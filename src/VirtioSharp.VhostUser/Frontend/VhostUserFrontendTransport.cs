@@ -91,6 +91,8 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
     private static VhostUserFrontendTransport TryConnect(string socketPath, VhostUserFrontendOptions options, ulong size)
     {
         var channel = Open(socketPath);
+        // A back-end that stops halfway through a message must not block us for good either.
+        channel.Socket.SetTimeouts(options.ReplyTimeout);
         SafeFdHandle? memfd = null;
         Mapping? mapping = null;
         VhostUserFrontendTransport? transport = null;
@@ -568,6 +570,8 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
             throw Lose($"vhost-user back-end did not answer {Name(request)} within {_options.ReplyTimeout.TotalSeconds:0.###} s");
         switch (_channel.Receive(out var header, out var problem))
         {
+            case ReceiveStatus.Closed when problem is not null:
+                throw Lose($"vhost-user connection failed reading the reply to {Name(request)}: {problem}");
             case ReceiveStatus.Closed:
                 _peerClosed = true;
                 throw Lose($"vhost-user back-end closed the connection (waiting for the reply to {Name(request)})");

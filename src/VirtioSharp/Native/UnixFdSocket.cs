@@ -240,6 +240,21 @@ public sealed unsafe class UnixFdSocket : IDisposable
         }
     }
 
+    /// <summary>
+    /// Bounds every blocking send and receive (SO_SNDTIMEO, SO_RCVTIMEO): past it the call fails with
+    /// EAGAIN instead of waiting for a peer that stopped mid-message. Zero means no bound.
+    /// </summary>
+    public void SetTimeouts(TimeSpan timeout)
+    {
+        var micros = (long)Math.Max(0, timeout.TotalMicroseconds);
+        var value = new Interop.TimeVal { Seconds = micros / 1_000_000, Microseconds = micros % 1_000_000 };
+        foreach (var option in (ReadOnlySpan<int>)[Interop.SO_RCVTIMEO, Interop.SO_SNDTIMEO])
+        {
+            if (Interop.SetSockOpt(Handle, Interop.SOL_SOCKET, option, &value, (uint)sizeof(Interop.TimeVal)) != 0)
+                throw NativeCallException.FromLastError("setsockopt");
+        }
+    }
+
     /// <summary>Shuts both directions down: a blocked receive on another thread returns 0.</summary>
     public void Shutdown()
     {

@@ -16,6 +16,8 @@ internal sealed unsafe class FakeBackend : IDisposable
     {
         /// <summary>Answers nothing, not even GET_FEATURES.</summary>
         NeverAnswer,
+        /// <summary>Answers GET_FEATURES with a header announcing a payload that never comes.</summary>
+        HeaderOnly,
         /// <summary>Refuses SET_FEATURES (REPLY_ACK with a non-zero verdict).</summary>
         RefuseFeatures,
         /// <summary>Closes the connection when the first request is kicked.</summary>
@@ -83,6 +85,13 @@ internal sealed unsafe class FakeBackend : IDisposable
     {
         if (_fault == Fault.NeverAnswer)
             return;
+        if (_fault == Fault.HeaderOnly)
+        {
+            Span<byte> bytes = stackalloc byte[VhostUserHeader.Length];
+            VhostUserHeader.ForReply(header.Request, U64Payload.Length).Write(bytes);
+            _connection!.Send(bytes);
+            return;
+        }
         var payload = channel.Payload;
         switch (header.Request)
         {

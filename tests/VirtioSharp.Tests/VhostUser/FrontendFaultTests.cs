@@ -53,6 +53,17 @@ public sealed class FrontendFaultTests
     }
 
     [Fact]
+    public void A_reply_cut_off_after_its_header_fails_the_connect_with_a_timeout()
+    {
+        using var dir = new TempDir();
+        using var fake = new FakeBackend(FakeBackend.Fault.HeaderOnly, dir);
+        var watch = Stopwatch.StartNew();
+        var e = Assert.Throws<VhostUserException>(() => VhostUserFrontendTransport.Connect(fake.SocketPath, Options));
+        Assert.Contains("reading the reply to VHOST_USER_GET_FEATURES", e.Message);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"took {watch.Elapsed}");
+    }
+
+    [Fact]
     public void A_refused_feature_set_means_FEATURES_OK_does_not_stick()
     {
         using var dir = new TempDir();

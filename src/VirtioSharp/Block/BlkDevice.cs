@@ -360,43 +360,43 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         switch ((BlkRequestType)req.Header.Type)
         {
             case BlkRequestType.In:
-            {
-                var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
-                if (trace is { Active: true })
-                    trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
-                if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
-                    return BlkStatus.IoErr;
-                req.Written = (uint)req.DataLength;
-                return BlkStatus.Ok;
-            }
+                {
+                    var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
+                    if (trace is { Active: true })
+                        trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                    if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        return BlkStatus.IoErr;
+                    req.Written = (uint)req.DataLength;
+                    return BlkStatus.Ok;
+                }
             case BlkRequestType.Out:
-            {
-                var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
-                if (trace is { Active: true })
-                    trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
-                if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
-                    return BlkStatus.IoErr;
-                // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
-                if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())
-                    return BlkStatus.IoErr;
-                return BlkStatus.Ok;
-            }
+                {
+                    var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
+                    if (trace is { Active: true })
+                        trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                    if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        return BlkStatus.IoErr;
+                    // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
+                    if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())
+                        return BlkStatus.IoErr;
+                    return BlkStatus.Ok;
+                }
             case BlkRequestType.Flush:
                 if (trace is { Active: true })
                     trace.Step("device", $"backend flush (fdatasync) of the {_backend.Description}");
                 return _backend.Flush() ? BlkStatus.Ok : BlkStatus.IoErr;
             case BlkRequestType.GetId:
-            {
-                var n = BuildIoVec(ref req, iov, writable: true, Math.Min(req.WritableData, BlkLayout.IdBytes));
-                var copied = 0;
-                for (var i = 0; i < n; i++)
                 {
-                    _serial.AsSpan(copied, (int)iov[i].Length).CopyTo(new Span<byte>((void*)iov[i].Base, (int)iov[i].Length));
-                    copied += (int)iov[i].Length;
+                    var n = BuildIoVec(ref req, iov, writable: true, Math.Min(req.WritableData, BlkLayout.IdBytes));
+                    var copied = 0;
+                    for (var i = 0; i < n; i++)
+                    {
+                        _serial.AsSpan(copied, (int)iov[i].Length).CopyTo(new Span<byte>((void*)iov[i].Base, (int)iov[i].Length));
+                        copied += (int)iov[i].Length;
+                    }
+                    req.Written = (uint)copied;
+                    return BlkStatus.Ok;
                 }
-                req.Written = (uint)copied;
-                return BlkStatus.Ok;
-            }
             case BlkRequestType.Discard:
             case BlkRequestType.WriteZeroes:
                 return ExecuteSegments(ref req, (BlkRequestType)req.Header.Type);

@@ -463,6 +463,8 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
 
     public void Dispose()
     {
+        if (_failure is null && Outstanding == 0)
+            _failure = "driver stopped";
         _transport.Reset();
         OnDeviceLost("driver stopped");
     }

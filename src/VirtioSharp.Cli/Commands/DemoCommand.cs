@@ -18,8 +18,7 @@ public static class DemoCommand
         var depth = new Option<int>("--depth") { Description = "Requests kept in flight at once by the workload.", DefaultValueFactory = _ => 32 };
         var trace = new Option<string>("--trace") { Description = "Narrate requests step by step: all, first or none.", DefaultValueFactory = _ => "first" };
         trace.AcceptOnlyFromAmong("all", "first", "none");
-        var strict = new Option<string>("--strict") { Description = "Judge the driver against the spec: off, warn or fail.", DefaultValueFactory = _ => "off", Arity = ArgumentArity.ZeroOrOne };
-        strict.AcceptOnlyFromAmong("off", "warn", "fail");
+        var strict = StrictOption.Create();
         var overwrite = new Option<bool>("--overwrite") { Description = "Allow the demo to overwrite the contents of an existing --disk image." };
         var indirect = new Option<bool>("--indirect") { Description = "Let the driver use indirect descriptor tables (VIRTIO_F_INDIRECT_DESC): one ring descriptor per request." };
         var blockSize = new Option<string>("--block-size") { Description = "Bytes per request of the workload (multiple of 512).", DefaultValueFactory = _ => "64K" };
@@ -40,7 +39,7 @@ public static class DemoCommand
                 parse.GetValue(queueSize),
                 parse.GetValue(depth),
                 parse.GetValue(trace)!,
-                ParseStrict(parse.GetValue(strict)),
+                StrictOption.Parse(parse, strict),
                 parse.GetValue(overwrite),
                 Sizes.Parse(parse.GetValue(blockSize)!, "--block-size"),
                 parse.GetValue(indirect));
@@ -48,14 +47,6 @@ public static class DemoCommand
         });
         return command;
     }
-
-    public static StrictMode ParseStrict(string? value) => value switch
-    {
-        null or "" or "warn" => value is null ? StrictMode.Off : StrictMode.Warn,
-        "off" => StrictMode.Off,
-        "fail" => StrictMode.Fail,
-        _ => throw new CliException($"--strict takes off, warn or fail, not '{value}'", true),
-    };
 
     private sealed record DemoSettings(string? Disk, ulong Size, int QueueSize, int Depth, string Trace, StrictMode Strict, bool Overwrite, ulong BlockSize, bool Indirect);
 

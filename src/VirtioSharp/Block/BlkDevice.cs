@@ -116,7 +116,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         {
             PopResult result;
             while ((result = queue.TryPop(out var chain)) == PopResult.Chain)
+            {
                 queue.AddUsed(chain.Head, HandleChain(queue.Index, chain, iov));
+                if (Breaches.ResetRequested)
+                    break; // strict=fail: stop at the first breach
+            }
 
             if (result == PopResult.RingCorrupt)
             {
@@ -254,6 +258,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             }
         }
         req.ReadableCount = readableCount;
+        if (buffers[0].Writable)
+        {
+            Breaches.Report("5.2.6", queue, chain.Head, "a device-readable request header", "the first buffer is device-writable");
+            return false;
+        }
         if (readable < BlkLayout.HeaderSize)
         {
             Breaches.Report("5.2.6", queue, chain.Head, $"a device-readable header of {BlkLayout.HeaderSize} bytes", $"{readable} device-readable bytes");
@@ -285,6 +294,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private BlkStatus Validate(int queue, ref ParsedRequest req)
     {
         var type = (BlkRequestType)req.Header.Type;
+        if (Breaches.Strict)
+            CheckStrict(queue, ref req, type);
         switch (type)
         {
             case BlkRequestType.In:
@@ -309,6 +320,45 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 return BlkStatus.Unsupp;
         }
     }
+
+    /// <summary>
+    /// Strict mode only: driver requirements of 5.2.6.1 that do not change the answer
+    /// (the device can serve the request) but that a driver author wants to hear about.
+    /// </summary>
+    private void CheckStrict(int queue, ref ParsedRequest req, BlkRequestType type)
+    {
+        const int head = -1;
+        switch (type)
+        {
+            case BlkRequestType.In:
+            case BlkRequestType.GetId:
+                if (req.ReadableData != 0)
+                    Breaches.Report("5.2.6", queue, head, $"only the 16-byte header device-readable in a {TypeName(type)} request", $"{req.ReadableData} more device-readable bytes");
+                if (type == BlkRequestType.GetId && req.WritableData != BlkLayout.IdBytes)
+                    Breaches.Report("5.2.6.1", queue, head, "a GET_ID data buffer of 20 bytes", $"{req.WritableData} bytes");
+                break;
+            default:
+                // Requests whose data the device reads: the status byte is the only writable byte.
+                if (req.WritableData != 0)
+                    Breaches.Report("5.2.6", queue, head, $"the status byte as the only device-writable byte of a {TypeName(type)} request", $"{req.WritableData} device-writable bytes before it");
+                break;
+        }
+        if (type == BlkRequestType.Flush && req.Header.Sector != 0)
+            Breaches.Report("5.2.6.1", queue, head, "sector 0 in a FLUSH request", $"sector {req.Header.Sector}");
+        if (type == BlkRequestType.Flush && req.ReadableData != 0)
+            Breaches.Report("5.2.6.1", queue, head, "no data in a FLUSH request (SHOULD NOT)", $"{req.ReadableData} bytes of data");
+    }
+
+    private static string TypeName(BlkRequestType t) => t switch
+    {
+        BlkRequestType.In => "IN",
+        BlkRequestType.Out => "OUT",
+        BlkRequestType.Flush => "FLUSH",
+        BlkRequestType.GetId => "GET_ID",
+        BlkRequestType.Discard => "DISCARD",
+        BlkRequestType.WriteZeroes => "WRITE_ZEROES",
+        _ => $"type {(uint)t}",
+    };
 
     private BlkStatus CheckRange(int queue, ref ParsedRequest req)
     {

@@ -68,6 +68,17 @@ if [[ $FORCE -eq 0 ]] && up_to_date; then
     exit 0
 fi
 
+# One build at a time per output directory (parallel test runs share it).
+exec 9>"$OUT/.lock"
+if ! flock -n 9; then
+    log "waiting for another build in $OUT"
+    flock 9
+fi
+if [[ $FORCE -eq 0 ]] && up_to_date; then
+    log "up to date (built meanwhile): $KERNEL, $INITRD"
+    exit 0
+fi
+
 # ---------------------------------------------------------------- host tools
 APT_UPDATED=0
 apt_update_once() {
@@ -125,7 +136,7 @@ fi
 [[ -n "$KPKG" ]] || die "cannot resolve the kernel package behind linux-image-amd64"
 log "kernel package: $KPKG"
 
-deb=$(ls "$WORK/debs/${KPKG}_"*.deb 2>/dev/null | head -n1 || true)
+deb=$(find "$WORK/debs" -maxdepth 1 -name "${KPKG}_*.deb" | head -n1)
 if [[ -z "$deb" ]]; then
     log "downloading $KPKG (apt-get download)"
     # -o APT::Sandbox::User=root: the download dir need not be readable by _apt
@@ -134,7 +145,7 @@ if [[ -z "$deb" ]]; then
         (cd "$WORK/debs" && apt-get download -qq -o APT::Sandbox::User=root "$KPKG") ||
             die "apt-get download $KPKG failed"
     fi
-    deb=$(ls "$WORK/debs/${KPKG}_"*.deb 2>/dev/null | head -n1 || true)
+    deb=$(find "$WORK/debs" -maxdepth 1 -name "${KPKG}_*.deb" | head -n1)
     [[ -n "$deb" ]] || die "apt-get download produced no .deb for $KPKG"
 else
     log "using cached $(basename "$deb")"
@@ -145,7 +156,7 @@ rm -rf "$KROOT"
 mkdir -p "$KROOT"
 log "extracting $(basename "$deb")"
 dpkg -x "$deb" "$KROOT"
-vmlinuz=$(ls "$KROOT"/boot/vmlinuz-* 2>/dev/null | head -n1 || true)
+vmlinuz=$(find "$KROOT/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
 [[ -n "$vmlinuz" ]] || die "no /boot/vmlinuz-* in $deb"
 KREL=${vmlinuz##*/vmlinuz-}
 MODDIR="$KROOT/lib/modules/$KREL"
@@ -202,14 +213,14 @@ declare -A MOD_STATE=()
 MOD_ORDER=()
 visit_module() {
     local m=$1 dep
-    [[ ${MOD_STATE[$m]:-} == done ]] && return 0
-    [[ ${MOD_STATE[$m]:-} == busy ]] && die "module dependency cycle at $m"
+    [[ ${MOD_STATE[$m]:-} == visited ]] && return 0
+    [[ ${MOD_STATE[$m]:-} == visiting ]] && die "module dependency cycle at $m"
     [[ -n ${MOD_PATH[$m]:-} ]] || die "module $m not found in $KPKG (built in? check config-$KREL)"
-    MOD_STATE[$m]=busy
+    MOD_STATE[$m]=visiting
     for dep in $(module_depends "$m"); do
         visit_module "${dep//-/_}"
     done
-    MOD_STATE[$m]=done
+    MOD_STATE[$m]=visited
     MOD_ORDER+=("$m")
 }
 for m in "${WANTED_MODULES[@]}"; do
@@ -300,6 +311,7 @@ extract_vmlinux() { # bzImage out
     payload_len=$(od -An -tu4 -j $((0x24c)) -N4 "$bz" | tr -d ' ')
     off=$(((setup_sects + 1) * 512 + payload_off))
     magic=$(od -An -tx1 -j "$off" -N4 "$bz" | tr -d ' ')
+    # shellcheck disable=SC2054  # the commas belong to dd's iflag
     local payload=(dd if="$bz" iflag=skip_bytes,count_bytes bs=1M skip="$off" count="$payload_len" status=none)
     case "$magic" in
         fd377a58) "${payload[@]}" | xz -dc --single-stream >"$out" ;;

@@ -103,6 +103,7 @@ APPEND="console=ttyS0 quiet panic=-1 vblk.jobs=$JOBS"
 
 # TCG on purpose: the KVM offered on some hosts cannot boot stock Debian
 # kernels, and TCG behaves the same everywhere.
+# shellcheck disable=SC2054  # commas are QEMU option syntax
 QEMU_CMD=(
     qemu-system-x86_64
     -accel tcg -cpu max
@@ -121,6 +122,7 @@ QEMU_CMD=(
 
 QEMU_PID=""
 TAIL_PID=""
+# shellcheck disable=SC2317  # called through trap
 cleanup() {
     if [[ -n "$QEMU_PID" ]] && kill -0 "$QEMU_PID" 2>/dev/null; then
         kill "$QEMU_PID" 2>/dev/null || true
@@ -160,7 +162,7 @@ while :; do
         BOOT_S=$(elapsed "$T0")
     fi
     if grep -q 'VBLK-ALL-DONE' "$LOG"; then
-        STATUS=done
+        STATUS=finished
         break
     fi
     if ! kill -0 "$QEMU_PID" 2>/dev/null; then
@@ -180,7 +182,7 @@ for _ in $(seq 1 50); do
     sleep 0.2
 done
 if kill -0 "$QEMU_PID" 2>/dev/null; then
-    [[ $STATUS == done ]] || log "stopping QEMU ($STATUS)"
+    [[ $STATUS == finished ]] || log "stopping QEMU ($STATUS)"
     kill "$QEMU_PID" 2>/dev/null || true
     sleep 1
     kill -9 "$QEMU_PID" 2>/dev/null || true
@@ -215,7 +217,7 @@ for job in "${JOB_LIST[@]}"; do
         t=$(grep -E "^VBLK-JOB-TIME $job " <<<"$CLEAN" | tail -n1 | awk '{print $3}' || true)
         echo "RESULT $job PASS${t:+ (${t}s in guest)}"
     else
-        echo "RESULT $job FAIL ${line#VBLK-JOB-END $job FAIL }"
+        echo "RESULT $job FAIL ${line#"VBLK-JOB-END $job FAIL "}"
         ok=0
     fi
 done
@@ -224,7 +226,7 @@ echo "RUN-SECONDS $RUN_S"
 echo "----------------------------------------------------------------"
 
 case $STATUS in
-    done) ;;
+    finished) ;;
     exited) log "QEMU exited (status $QEMU_RC) before the guest finished; see $LOG"; ok=0 ;;
     timeout) log "timed out after ${TIMEOUT}s; see $LOG"; ok=0 ;;
 esac

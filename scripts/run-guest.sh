@@ -177,10 +177,12 @@ while :; do
 done
 
 # The guest powers off after VBLK-ALL-DONE; give QEMU a moment to exit.
-for _ in $(seq 1 50); do
-    kill -0 "$QEMU_PID" 2>/dev/null || break
-    sleep 0.2
-done
+if [[ $STATUS == finished ]]; then
+    for _ in $(seq 1 50); do
+        kill -0 "$QEMU_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+fi
 if kill -0 "$QEMU_PID" 2>/dev/null; then
     [[ $STATUS == finished ]] || log "stopping QEMU ($STATUS)"
     kill "$QEMU_PID" 2>/dev/null || true

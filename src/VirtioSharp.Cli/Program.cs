@@ -4,4 +4,5 @@ using VirtioSharp.Cli.Commands;
 
 var root = new RootCommand("vblk: a virtio block-device stack. Shows, serves, measures and checks virtio-blk over virtio-mmio and vhost-user.");
 root.Subcommands.Add(DemoCommand.Create());
+root.Subcommands.Add(ServeCommand.Create());
 return await CliRunner.RunAsync(root, args);

@@ -22,7 +22,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     private int _inFlightCount;
     private readonly GuestMemory _memory;
 
-    private SplitDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint avail, nint used, bool eventIdx, bool indirect, ushort startIndex)
+    private SplitDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint avail, nint used, bool eventIdx, bool indirect, ushort startIndex, ushort usedStartIndex)
     {
         Index = index;
         Size = size;
@@ -35,16 +35,18 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         _scratch = new ChainBuffer[size];
         _inFlight = new bool[size];
         _lastAvail = startIndex;
-        _usedShadow = startIndex;
-        _usedPublished = startIndex;
+        _usedShadow = usedStartIndex;
+        _usedPublished = usedStartIndex;
     }
 
     /// <summary>
     /// Builds the queue over rings at guest-physical addresses. Returns null (with a reason)
     /// when a ring is misaligned or not wholly inside one region of guest memory.
+    /// <paramref name="usedStartIndex"/> defaults to <paramref name="startIndex"/>; vhost-user
+    /// resumes a ring with the used index it finds in the ring (vhost-user.rst, SET_VRING_BASE).
     /// </summary>
     public static SplitDeviceQueue? Create(int index, int size, GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr,
-        bool eventIdx, bool indirect, out string? error, ushort startIndex = 0, bool addressesAreUser = false)
+        bool eventIdx, bool indirect, out string? error, ushort startIndex = 0, bool addressesAreUser = false, ushort? usedStartIndex = null)
     {
         error = null;
         if (!SplitRing.IsValidSize(size))
@@ -70,7 +72,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             error = $"ring desc=0x{descAddr:x} avail=0x{availAddr:x} used=0x{usedAddr:x} (size {size}) is not inside guest memory";
             return null;
         }
-        return new SplitDeviceQueue(index, (ushort)size, memory, d, a, u, eventIdx, indirect, startIndex);
+        return new SplitDeviceQueue(index, (ushort)size, memory, d, a, u, eventIdx, indirect, startIndex, usedStartIndex ?? startIndex);
     }
 
     public int Index { get; }

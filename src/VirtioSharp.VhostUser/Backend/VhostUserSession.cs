@@ -1,0 +1,655 @@
+using VirtioSharp.Block;
+using VirtioSharp.Devices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Native;
+using VirtioSharp.Queues;
+using VirtioSharp.VhostUser.Protocol;
+
+namespace VirtioSharp.VhostUser.Backend;
+
+/// <summary>
+/// One front-end connection: reads its messages on one thread, keeps the memory table and the
+/// rings, and starts and stops one worker per ring. Anything the front-end sends is checked
+/// before use; a bad message gets an error reply when the front-end asked for one
+/// (REPLY_ACK), otherwise the connection is closed. Either way it is logged by name.
+/// </summary>
+internal sealed class VhostUserSession : IDisposable
+{
+    /// <summary>Protocol features this back-end offers.</summary>
+    public static readonly ulong OfferedProtocolFeatures =
+        VhostUserFeatures.Bit(VhostUserFeatures.Mq)
+        | VhostUserFeatures.Bit(VhostUserFeatures.ReplyAck)
+        | VhostUserFeatures.Bit(VhostUserFeatures.Config)
+        | VhostUserFeatures.Bit(VhostUserFeatures.ResetDevice)
+        | VhostUserFeatures.Bit(VhostUserFeatures.ConfigureMemSlots);
+
+    private enum Verdict { Done, Failed, Close }
+
+    private readonly IVirtioDevice _device;
+    private readonly VhostUserChannel _channel;
+    private readonly ILogSink? _log;
+    private readonly MemoryTable _memory = new();
+    private readonly Vring[] _vrings;
+    private readonly ulong _offeredFeatures;
+    private ulong _features;
+    private bool _featuresSet;
+    private ulong _protocolFeatures;
+    private bool _versionWarned;
+    private string _why = "";
+
+    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log)
+    {
+        _device = device;
+        _log = log;
+        _channel = new VhostUserChannel(connection);
+        _offeredFeatures = device.DeviceFeatures | VhostUserFeatures.ProtocolFeatures;
+        _vrings = new Vring[device.NumQueues];
+        for (var i = 0; i < _vrings.Length; i++)
+            _vrings[i] = new Vring(i, device, log);
+    }
+
+    public ulong Features => _features;
+    public ulong ProtocolFeatures => _protocolFeatures;
+    internal IReadOnlyList<Vring> Vrings => _vrings;
+    private bool ReplyAck => VhostUserFeatures.Has(_protocolFeatures, VhostUserFeatures.ReplyAck);
+
+    /// <summary>Serves messages until the front-end leaves, breaks the protocol, or <paramref name="stop"/> is signalled.</summary>
+    public void Run(EventFd stop)
+    {
+        bool socketRef = false, stopRef = false;
+        try
+        {
+            _channel.Socket.Handle.DangerousAddRef(ref socketRef);
+            stop.Handle.DangerousAddRef(ref stopRef);
+            Span<PollFd> fds = stackalloc PollFd[2];
+            while (true)
+            {
+                fds[0] = new PollFd(_channel.Socket.Fd);
+                fds[1] = new PollFd(stop.Fd);
+                FdPoll.Wait(fds, -1);
+                if (fds[1].Ready)
+                {
+                    _log.Info("closing the front-end connection: the server is stopping");
+                    return;
+                }
+                switch (_channel.Receive(out var header, out var problem))
+                {
+                    case ReceiveStatus.Closed:
+                        _log.Info(problem is null ? "front-end disconnected" : $"front-end disconnected ({problem})");
+                        return;
+                    case ReceiveStatus.Malformed:
+                        _log.Error($"closing the connection: malformed message: {problem}");
+                        return;
+                }
+                if (!Dispatch(header))
+                    return;
+            }
+        }
+        catch (IOException e)
+        {
+            _log.Info($"front-end connection lost: {e.Message}");
+        }
+        finally
+        {
+            if (socketRef)
+                _channel.Socket.Handle.DangerousRelease();
+            if (stopRef)
+                stop.Handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>Handles one message and its reply; false when the connection must close.</summary>
+    private bool Dispatch(VhostUserHeader header)
+    {
+        _why = "";
+        _log.Debug($"<- {header}, {_channel.FdCount} fd(s)");
+        if (header.IsReply)
+            return Close(header, "the front-end sent a reply flag on a request");
+        Verdict verdict;
+        try
+        {
+            verdict = Handle(header);
+        }
+        catch (Exception e) when (e is NativeCallException or InvalidOperationException or ArgumentException)
+        {
+            _why = e.Message;
+            verdict = Verdict.Failed;
+        }
+
+        var ackable = header.NeedReply && ReplyAck && !header.Request.AlwaysReplies();
+        switch (verdict)
+        {
+            case Verdict.Done:
+                if (ackable)
+                    _channel.SendU64Reply(header.Request, 0);
+                return true;
+            case Verdict.Failed when ackable:
+                _log.Warn($"{header.Request.SpecName()} refused: {_why}");
+                _channel.SendU64Reply(header.Request, 1);
+                return true;
+            default:
+                return Close(header, _why);
+        }
+    }
+
+    private bool Close(VhostUserHeader header, string why)
+    {
+        _log.Error($"closing the connection: {header.Request.SpecName()}: {why}"
+            + (header.NeedReply && ReplyAck ? "" : " (no REPLY_ACK requested, so no other way to report it)"));
+        return false;
+    }
+
+    private Verdict Fail(string why)
+    {
+        _why = why;
+        return Verdict.Failed;
+    }
+
+    private Verdict Handle(VhostUserHeader h)
+    {
+        var p = _channel.Payload;
+        var request = h.Request;
+        if (!FdsAllowed(request) && _channel.FdCount != 0)
+            return Fail($"{_channel.FdCount} unexpected file descriptor(s) attached");
+
+        switch (request)
+        {
+            case VhostUserRequest.GetFeatures:
+                if (!Size(p, 0)) return Verdict.Failed;
+                _channel.SendU64Reply(request, _offeredFeatures);
+                return Verdict.Done;
+            case VhostUserRequest.SetFeatures:
+                return Size(p, U64Payload.Length) ? SetFeatures(U64Payload.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.GetProtocolFeatures:
+                if (!Size(p, 0)) return Verdict.Failed;
+                _channel.SendU64Reply(request, OfferedProtocolFeatures);
+                return Verdict.Done;
+            case VhostUserRequest.SetProtocolFeatures:
+                return Size(p, U64Payload.Length) ? SetProtocolFeatures(U64Payload.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.SetOwner:
+                return Size(p, 0) ? Verdict.Done : Verdict.Failed;
+            case VhostUserRequest.ResetOwner:
+                if (!Size(p, 0)) return Verdict.Failed;
+                // Deprecated; the spec suggests ignoring it or disabling all rings.
+                foreach (var v in _vrings)
+                    v.SetEnabled(false);
+                _log.Info("VHOST_USER_RESET_OWNER: all rings disabled");
+                return Verdict.Done;
+            case VhostUserRequest.ResetDevice:
+                if (!Size(p, 0)) return Verdict.Failed;
+                ResetDevice();
+                return Verdict.Done;
+            case VhostUserRequest.GetQueueNum:
+                if (!Size(p, 0)) return Verdict.Failed;
+                _channel.SendU64Reply(request, (ulong)_vrings.Length);
+                return Verdict.Done;
+            case VhostUserRequest.GetMaxMemSlots:
+                if (!Size(p, 0)) return Verdict.Failed;
+                _channel.SendU64Reply(request, MemoryTable.MaxSlots);
+                return Verdict.Done;
+            case VhostUserRequest.SetMemTable:
+                return SetMemTable(p);
+            case VhostUserRequest.AddMemReg:
+                return Size(p, SingleRegionPayload.Length) ? AddMemReg(SingleRegionPayload.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.RemMemReg:
+                return Size(p, SingleRegionPayload.Length) ? RemMemReg(SingleRegionPayload.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.SetVringNum:
+                return Size(p, VringState.Length) ? SetVringNum(VringState.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.SetVringAddr:
+                return Size(p, VringAddress.Length) ? SetVringAddr(VringAddress.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.SetVringBase:
+                return Size(p, VringState.Length) ? SetVringBase(VringState.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.GetVringBase:
+                return Size(p, VringState.Length) ? GetVringBase(VringState.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.SetVringKick:
+            case VhostUserRequest.SetVringCall:
+            case VhostUserRequest.SetVringErr:
+                return Size(p, U64Payload.Length) ? SetVringFd(request, U64Payload.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.SetVringEnable:
+                return Size(p, VringState.Length) ? SetVringEnable(VringState.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.GetConfig:
+                return GetConfig(p);
+            case VhostUserRequest.SetConfig:
+                return SetConfig(p);
+            default:
+                return Fail($"request {(uint)request} ({request.SpecName()}) is not supported by this back-end");
+        }
+    }
+
+    private static bool FdsAllowed(VhostUserRequest r) => r is VhostUserRequest.SetMemTable or VhostUserRequest.AddMemReg
+        or VhostUserRequest.RemMemReg or VhostUserRequest.SetVringKick or VhostUserRequest.SetVringCall or VhostUserRequest.SetVringErr;
+
+    private bool Size(ReadOnlySpan<byte> payload, int expected)
+    {
+        if (payload.Length == expected)
+            return true;
+        _why = $"payload is {payload.Length} bytes, expected {expected}";
+        return false;
+    }
+
+    private bool TryRing(uint index, out Vring ring)
+    {
+        if (index < (uint)_vrings.Length)
+        {
+            ring = _vrings[index];
+            return true;
+        }
+        ring = null!;
+        _why = $"queue index {index} is out of range (the device has {_vrings.Length} queue{(_vrings.Length == 1 ? "" : "s")})";
+        return false;
+    }
+
+    // --- features ---
+
+    private Verdict SetFeatures(ulong features)
+    {
+        var unknown = features & ~_offeredFeatures;
+        if (unknown != 0)
+            return Fail($"features 0x{unknown:x} ({VirtioFeatures.Describe(unknown)}) were not offered");
+        var changed = !_featuresSet || features != _features;
+        var anyStarted = _vrings.Any(v => v.Started);
+        if (!anyStarted && _device.Breaches.Total > 0)
+        {
+            // A new device start: the breaches of the last one have been reported.
+            _log.Info(_device.Breaches.Summary());
+            _device.Breaches.Clear();
+        }
+        _features = features;
+        _featuresSet = true;
+        if (!VirtioFeatures.Has(features, VirtioFeatures.Version1) && !_versionWarned)
+        {
+            _versionWarned = true;
+            _log.Warn("front-end did not acknowledge VIRTIO_F_VERSION_1 (feature bit 32); serving the driver as a little-endian modern device");
+        }
+        _device.Activate(features & ~VhostUserFeatures.ProtocolFeatures);
+        // vhost-user.rst, "Ring states": without VHOST_USER_F_PROTOCOL_FEATURES all rings are enabled at once.
+        if (!VirtioFeatures.Has(features, VhostUserFeatures.ProtocolFeaturesBit))
+        {
+            foreach (var v in _vrings)
+                v.SetEnabled(true);
+        }
+        if (changed)
+            _log.Info($"features agreed: {VirtioFeatures.Describe(features)}");
+        if (changed && anyStarted)
+            Requeue("the features changed"); // EVENT_IDX and INDIRECT_DESC are fixed per queue object
+        return Verdict.Done;
+    }
+
+    private Verdict SetProtocolFeatures(ulong features)
+    {
+        var unknown = features & ~OfferedProtocolFeatures;
+        if (unknown != 0)
+            return Fail($"protocol features 0x{unknown:x} ({VhostUserFeatures.DescribeProtocol(unknown)}) were not offered");
+        _protocolFeatures = features;
+        _log.Info($"protocol features agreed: {VhostUserFeatures.DescribeProtocol(features)}");
+        return Verdict.Done;
+    }
+
+    private void ResetDevice()
+    {
+        foreach (var v in _vrings)
+            v.Reset();
+        _features = 0;
+        _featuresSet = false;
+        _device.Reset();
+        _log.Info("device reset by the front-end (VHOST_USER_RESET_DEVICE)");
+    }
+
+    // --- memory table ---
+
+    private Verdict SetMemTable(ReadOnlySpan<byte> p)
+    {
+        if (p.Length < MemoryTablePayload.HeaderLength)
+            return Fail($"payload is {p.Length} bytes, shorter than the {MemoryTablePayload.HeaderLength}-byte table header");
+        var count = MemoryTablePayload.Count(p);
+        if (count > MemoryTablePayload.MaxRegions)
+            return Fail($"{count} regions; at most {MemoryTablePayload.MaxRegions} fit in one table");
+        // Exactly the regions listed; some front-ends send the whole 8-slot array.
+        if (p.Length != MemoryTablePayload.LengthFor((int)count) && p.Length != MemoryTablePayload.LengthFor(MemoryTablePayload.MaxRegions))
+            return Fail($"payload is {p.Length} bytes; {count} regions take {MemoryTablePayload.LengthFor((int)count)}");
+        if (_channel.FdCount != count)
+            return Fail($"{count} regions came with {_channel.FdCount} file descriptor(s); each region needs exactly one");
+
+        var descriptions = new List<MemoryRegionDescription>((int)count);
+        for (var i = 0; i < count; i++)
+        {
+            var r = MemoryTablePayload.Region(p, i);
+            if (MemoryTable.CheckShape(r) is { } shape)
+                return Fail(shape);
+            descriptions.Add(r);
+        }
+        if (MemoryTable.CheckOverlaps(descriptions) is { } overlap)
+            return Fail(overlap);
+
+        var mapped = new List<MappedRegion>(descriptions.Count);
+        for (var i = 0; i < descriptions.Count; i++)
+        {
+            using var fd = _channel.TakeFd(i);
+            var region = MemoryTable.Map(descriptions[i], fd, out var error);
+            if (region is null)
+            {
+                foreach (var m in mapped)
+                    m.Dispose();
+                return Fail(error!);
+            }
+            mapped.Add(region);
+        }
+        SwapMemory(mapped, $"memory table set: {mapped.Count} region{(mapped.Count == 1 ? "" : "s")}");
+        return Verdict.Done;
+    }
+
+    private Verdict AddMemReg(MemoryRegionDescription r)
+    {
+        if (_channel.FdCount != 1)
+            return Fail($"a region needs exactly one file descriptor, {_channel.FdCount} came");
+        if (_memory.Regions.Count >= MemoryTable.MaxSlots)
+            return Fail($"all {MemoryTable.MaxSlots} memory slots are in use");
+        if (MemoryTable.CheckShape(r) is { } shape)
+            return Fail(shape);
+        var all = _memory.Regions.Select(m => m.Description).Append(r).ToList();
+        if (MemoryTable.CheckOverlaps(all) is { } overlap)
+            return Fail(overlap);
+        using var fd = _channel.TakeFd(0);
+        var region = MemoryTable.Map(r, fd, out var error);
+        if (region is null)
+            return Fail(error!);
+        SwapMemory([.. _memory.Regions, region], $"memory region added: {r}", logRegions: false);
+        return Verdict.Done;
+    }
+
+    private Verdict RemMemReg(MemoryRegionDescription r)
+    {
+        // vhost-user.rst: no descriptor SHOULD come; one MAY, and is closed unused (the channel closes it).
+        if (_channel.FdCount > 1)
+            return Fail($"{_channel.FdCount} file descriptors attached; at most one is tolerated");
+        var victim = _memory.Regions.FirstOrDefault(m => m.Description.GuestAddress == r.GuestAddress
+            && m.Description.UserAddress == r.UserAddress && m.Description.Size == r.Size);
+        if (victim is null)
+            return Fail($"no region matches {r}");
+        SwapMemory(_memory.Regions.Where(m => m != victim).ToList(), $"memory region removed: {r}", logRegions: false);
+        return Verdict.Done;
+    }
+
+    /// <summary>
+    /// Installs a new memory table: stops the running rings, swaps, unmaps what left the table,
+    /// and restarts the rings over the new table at the indices they stopped at.
+    /// </summary>
+    private void SwapMemory(List<MappedRegion> regions, string what, bool logRegions = true)
+    {
+        var running = StopRunning();
+        var old = _memory.Replace(regions);
+        foreach (var m in old)
+        {
+            if (!regions.Contains(m))
+                m.Dispose();
+        }
+        _log.Info(what);
+        if (logRegions)
+        {
+            for (var i = 0; i < regions.Count; i++)
+                _log.Info($"  region {i}: {regions[i].Description}");
+        }
+        Restart(running);
+    }
+
+    private List<Vring> StopRunning()
+    {
+        var running = _vrings.Where(v => v.Started).ToList();
+        foreach (var v in running)
+            v.Stop();
+        return running;
+    }
+
+    private void Restart(List<Vring> rings)
+    {
+        foreach (var v in rings)
+        {
+            if (!TryStart(v, out var error))
+                _log.Error($"queue {v.Index}: not restarted: {error}");
+        }
+    }
+
+    private void Requeue(string why)
+    {
+        _log.Debug($"restarting running queues: {why}");
+        Restart(StopRunning());
+    }
+
+    // --- rings ---
+
+    private Verdict SetVringNum(VringState s)
+    {
+        if (!TryRing(s.Index, out var v))
+            return Verdict.Failed;
+        if (v.Started)
+            return Fail($"queue {s.Index}: size change while the ring runs");
+        if (s.Num == 0 || s.Num > _device.MaxQueueSize || !SplitRing.IsValidSize((int)s.Num))
+            return Fail($"queue {s.Index}: size {s.Num} is not a power of two in 1..{_device.MaxQueueSize} (the device's queue size)");
+        v.Num = s.Num;
+        return Verdict.Done;
+    }
+
+    private Verdict SetVringAddr(VringAddress a)
+    {
+        if (!TryRing(a.Index, out var v))
+            return Verdict.Failed;
+        if ((a.Flags & VringAddress.FlagLog) != 0)
+            return Fail($"queue {a.Index}: VHOST_VRING_F_LOG asks for dirty logging, which this back-end does not offer");
+        if (a.Flags != 0)
+            return Fail($"queue {a.Index}: unknown vring flags 0x{a.Flags:x}");
+        // Ring addresses are front-end virtual addresses: translate them through the table's user addresses.
+        var size = v.Num == 0 ? 1 : (int)v.Num;
+        if (!CoveredByTable(a, size, out var error))
+            return Fail($"queue {a.Index}: {error}");
+        var wasStarted = v.Started;
+        v.Stop();
+        v.Address = a;
+        if (wasStarted && !TryStart(v, out var restartError))
+            return Fail($"queue {a.Index}: {restartError}");
+        return Verdict.Done;
+    }
+
+    private bool CoveredByTable(VringAddress a, int size, out string error)
+    {
+        error = "";
+        var memory = _memory.Memory;
+        if (_memory.IsEmpty)
+        {
+            error = "ring addresses arrived before any memory table";
+            return false;
+        }
+        if (!memory.TryTranslateUser(a.Descriptor, SplitQueueLayout.DescriptorTableSize(size), out _))
+            error = $"descriptor table at user address 0x{a.Descriptor:x} is not inside any memory region";
+        else if (!memory.TryTranslateUser(a.Available, SplitQueueLayout.AvailRingSize(size), out _))
+            error = $"available ring at user address 0x{a.Available:x} is not inside any memory region";
+        else if (!memory.TryTranslateUser(a.Used, SplitQueueLayout.UsedRingSize(size), out _))
+            error = $"used ring at user address 0x{a.Used:x} is not inside any memory region";
+        return error.Length == 0;
+    }
+
+    private Verdict SetVringBase(VringState s)
+    {
+        if (!TryRing(s.Index, out var v))
+            return Verdict.Failed;
+        if (v.Started)
+            return Fail($"queue {s.Index}: base change while the ring runs");
+        if (s.Num > ushort.MaxValue)
+            return Fail($"queue {s.Index}: base {s.Num} does not fit a 16-bit split-ring index");
+        v.Base = (ushort)s.Num;
+        return Verdict.Done;
+    }
+
+    private Verdict GetVringBase(VringState s)
+    {
+        if (!TryRing(s.Index, out var v))
+            return Verdict.Failed;
+        var wasStarted = v.Started;
+        v.Stop();
+        // The ring needs a new kick descriptor to start again.
+        v.SetKick(null);
+        if (wasStarted)
+            _log.Info($"queue {s.Index}: stopped at available index {v.Base} ({v.Kicks} kicks, {v.Calls} calls so far)");
+        Span<byte> reply = stackalloc byte[VringState.Length];
+        new VringState(s.Index, v.Base).Write(reply);
+        _channel.Send(VhostUserHeader.ForReply(VhostUserRequest.GetVringBase, VringState.Length), reply);
+        return Verdict.Done;
+    }
+
+    private Verdict SetVringFd(VhostUserRequest request, ulong value)
+    {
+        var index = (uint)(value & U64Payload.VringIndexMask);
+        var noFd = (value & U64Payload.InvalidFdFlag) != 0;
+        if (!TryRing(index, out var v))
+            return Verdict.Failed;
+        if (noFd && _channel.FdCount != 0)
+            return Fail($"queue {index}: the no-descriptor flag is set but {_channel.FdCount} descriptor(s) came");
+        if (!noFd && _channel.FdCount != 1)
+            return Fail($"queue {index}: expected one eventfd, {_channel.FdCount} came");
+        var fd = noFd ? null : EventFd.Adopt(_channel.TakeFd(0));
+        switch (request)
+        {
+            case VhostUserRequest.SetVringCall:
+                v.SetCall(fd);
+                return Verdict.Done;
+            case VhostUserRequest.SetVringErr:
+                v.SetErr(fd);
+                return Verdict.Done;
+        }
+        if (fd is null)
+            return Fail($"queue {index}: polling the ring without a kick descriptor is not supported");
+        var wasStarted = v.Started;
+        v.Stop();
+        v.SetKick(fd);
+        // vhost-user.rst, "Ring states": the ring starts once it has a kick descriptor.
+        if (!TryStart(v, out var error))
+            return Fail($"queue {index}: kick received but the ring cannot start: {error}");
+        if (!wasStarted)
+            _log.Info($"queue {index}: started: size {v.Num}, avail index {v.Base}, {(v.Enabled ? "enabled" : "disabled until VHOST_USER_SET_VRING_ENABLE")}");
+        return Verdict.Done;
+    }
+
+    private Verdict SetVringEnable(VringState s)
+    {
+        if (!TryRing(s.Index, out var v))
+            return Verdict.Failed;
+        if (s.Num > 1)
+            return Fail($"queue {s.Index}: enable value {s.Num} is neither 0 nor 1");
+        if (!VirtioFeatures.Has(_features, VhostUserFeatures.ProtocolFeaturesBit))
+            _log.Debug($"queue {s.Index}: VHOST_USER_SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated");
+        v.SetEnabled(s.Num == 1);
+        _log.Debug($"queue {s.Index}: {(s.Num == 1 ? "enabled" : "disabled")}");
+        return Verdict.Done;
+    }
+
+    /// <summary>Builds the queue over the current table and starts the worker.</summary>
+    private bool TryStart(Vring v, out string error)
+    {
+        error = "";
+        if (v.Kick is null)
+            error = "no kick descriptor";
+        else if (_memory.IsEmpty)
+            error = "no memory table yet (VHOST_USER_SET_MEM_TABLE or VHOST_USER_ADD_MEM_REG first)";
+        else if (v.Num == 0)
+            error = "no size yet (VHOST_USER_SET_VRING_NUM first)";
+        else if (v.Address is not { } a)
+            error = "no ring addresses yet (VHOST_USER_SET_VRING_ADDR first)";
+        else if (!CoveredByTable(a, (int)v.Num, out var coverage))
+            error = coverage;
+        else
+        {
+            var memory = _memory.Memory;
+            // vhost-user.rst, SET_VRING_BASE: the used index is the one in the ring in memory.
+            var usedIdx = ReadUsedIndex(memory, a.Used);
+            var queue = SplitDeviceQueue.Create(v.Index, (int)v.Num, memory, a.Descriptor, a.Available, a.Used,
+                VirtioFeatures.Has(_features, VirtioFeatures.RingEventIdx), VirtioFeatures.Has(_features, VirtioFeatures.RingIndirectDesc),
+                out var queueError, startIndex: v.Base, addressesAreUser: true, usedStartIndex: usedIdx);
+            if (queue is null)
+                error = queueError ?? "the ring cannot be laid out";
+            else
+            {
+                if (usedIdx != v.Base)
+                    _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
+                v.Start(queue);
+                _log.Debug($"queue {v.Index}: worker running: desc 0x{a.Descriptor:x} avail 0x{a.Available:x} used 0x{a.Used:x}, avail {v.Base}, used {usedIdx}");
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private static unsafe ushort ReadUsedIndex(Memory.GuestMemory memory, ulong usedUserAddress)
+    {
+        // CoveredByTable checked the used ring lies in the table.
+        memory.TryTranslateUser(usedUserAddress + 2, 2, out var host);
+        return Volatile.Read(ref *(ushort*)host);
+    }
+
+    // --- config space ---
+
+    private Verdict GetConfig(ReadOnlySpan<byte> p)
+    {
+        if (!TryConfigHeader(p, out var cfg))
+        {
+            // vhost-user.rst, GET_CONFIG: an empty payload tells the front-end it failed.
+            _log.Warn($"VHOST_USER_GET_CONFIG refused: {_why}");
+            _channel.Send(VhostUserHeader.ForReply(VhostUserRequest.GetConfig, 0), default);
+            return Verdict.Done;
+        }
+        Span<byte> reply = stackalloc byte[ConfigSpaceHeader.Length + (int)cfg.Size];
+        cfg.Write(reply);
+        _device.ReadConfig((int)cfg.Offset, reply[ConfigSpaceHeader.Length..]);
+        _channel.Send(VhostUserHeader.ForReply(VhostUserRequest.GetConfig, reply.Length), reply);
+        return Verdict.Done;
+    }
+
+    private Verdict SetConfig(ReadOnlySpan<byte> p)
+    {
+        if (!TryConfigHeader(p, out var cfg))
+            return Verdict.Failed;
+        _device.WriteConfig((int)cfg.Offset, p.Slice(ConfigSpaceHeader.Length, (int)cfg.Size));
+        return Verdict.Done;
+    }
+
+    private bool TryConfigHeader(ReadOnlySpan<byte> p, out ConfigSpaceHeader cfg)
+    {
+        cfg = default;
+        if (p.Length < ConfigSpaceHeader.Length)
+        {
+            _why = $"payload is {p.Length} bytes, shorter than the {ConfigSpaceHeader.Length}-byte config header";
+            return false;
+        }
+        cfg = ConfigSpaceHeader.Read(p);
+        if (cfg.Size > ConfigSpaceHeader.MaxConfigSize || cfg.Offset > ConfigSpaceHeader.MaxConfigSize - cfg.Size)
+        {
+            _why = $"config range {cfg.Offset}+{cfg.Size} exceeds the {ConfigSpaceHeader.MaxConfigSize}-byte config space";
+            return false;
+        }
+        if (p.Length != ConfigSpaceHeader.Length + cfg.Size)
+        {
+            _why = $"payload is {p.Length} bytes, expected {ConfigSpaceHeader.Length + cfg.Size} for {cfg.Size} config bytes";
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>Stops every ring and releases every descriptor and mapping of this connection.</summary>
+    public void Dispose()
+    {
+        foreach (var v in _vrings)
+        {
+            var wasStarted = v.Started;
+            v.Stop();
+            if (wasStarted)
+                _log.Info($"queue {v.Index}: stopped at available index {v.Base} (connection closed)");
+            v.Dispose();
+        }
+        _memory.Dispose();
+        _channel.Dispose();
+        if (_device.Breaches.Total > 0)
+        {
+            _log.Info(_device.Breaches.Summary());
+            _device.Breaches.Clear();
+        }
+        _device.Reset();
+    }
+}

@@ -1,0 +1,212 @@
+using VirtioSharp.Devices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Native;
+using VirtioSharp.Queues;
+using VirtioSharp.VhostUser.Protocol;
+
+namespace VirtioSharp.VhostUser.Backend;
+
+/// <summary>
+/// One virtqueue as the vhost-user front-end configured it, and the worker thread that serves it.
+/// Configuration is changed by the connection's thread only; while the worker runs, the queue
+/// object belongs to it. A ring is started (worker running) or stopped, and independently
+/// enabled or disabled (vhost-user.rst, "Ring states"); the worker drains only when both.
+/// </summary>
+internal sealed class Vring : IDisposable
+{
+    private readonly IVirtioDevice _device;
+    private readonly ILogSink? _log;
+    private readonly EventFd _control = EventFd.Create();
+    private Thread? _worker;
+    private volatile bool _stopRequested;
+    private volatile bool _enabled;
+    private EventFd? _call;
+    private EventFd? _err;
+
+    public Vring(int index, IVirtioDevice device, ILogSink? log)
+    {
+        Index = index;
+        _device = device;
+        _log = log;
+    }
+
+    public int Index { get; }
+
+    // --- configuration (connection thread) ---
+    /// <summary>SET_VRING_NUM; 0 until set.</summary>
+    public uint Num { get; set; }
+    /// <summary>SET_VRING_ADDR; null until set.</summary>
+    public VringAddress? Address { get; set; }
+    /// <summary>Next available index to process: SET_VRING_BASE, and where a stopped ring left off.</summary>
+    public ushort Base { get; set; }
+    public EventFd? Kick { get; private set; }
+    public bool Enabled => _enabled;
+
+    // --- running state ---
+    public SplitDeviceQueue? Queue { get; private set; }
+    public bool Started => _worker != null;
+    /// <summary>The worker stopped because the driver broke the ring (vhost-user has no status register to say so).</summary>
+    public bool Failed { get; private set; }
+    public long Kicks => Interlocked.Read(ref _kicks);
+    public long Calls => Interlocked.Read(ref _calls);
+    private long _kicks, _calls;
+
+    /// <summary>Replaces the kick descriptor (the ring must be stopped).</summary>
+    public void SetKick(EventFd? kick)
+    {
+        if (Started)
+            throw new InvalidOperationException("stop the ring before replacing its kick descriptor");
+        Kick?.Dispose();
+        Kick = kick;
+    }
+
+    /// <summary>Replaces the call descriptor; safe while the worker runs.</summary>
+    public void SetCall(EventFd? call)
+    {
+        Interlocked.Exchange(ref _call, call)?.Dispose();
+        // A notification sent to the old descriptor may have been lost in the swap; an extra
+        // one is harmless (the driver re-reads the used ring), a lost one stalls it.
+        if (call != null && Started)
+            call.Signal();
+    }
+
+    public void SetErr(EventFd? err) => Interlocked.Exchange(ref _err, err)?.Dispose();
+
+    public void SetEnabled(bool enabled)
+    {
+        if (_enabled == enabled)
+            return;
+        _enabled = enabled;
+        _control.Signal(); // the worker re-evaluates: starts or stops watching the kick
+    }
+
+    /// <summary>Starts the worker over <paramref name="queue"/> (built over the current memory table).</summary>
+    public void Start(SplitDeviceQueue queue)
+    {
+        if (Started)
+            throw new InvalidOperationException($"queue {Index} is already started");
+        if (Kick is null)
+            throw new InvalidOperationException($"queue {Index} has no kick descriptor");
+        Queue = queue;
+        Failed = false;
+        _stopRequested = false;
+        _control.TryRead(out _);
+        _worker = new Thread(Run) { IsBackground = true, Name = $"vhost-user queue {Index}" };
+        _worker.Start();
+    }
+
+    /// <summary>Stops the worker (waits for the drain in progress) and records where the ring stands.</summary>
+    public void Stop()
+    {
+        if (_worker is null)
+            return;
+        _stopRequested = true;
+        _control.Signal();
+        _worker.Join();
+        _worker = null;
+        if (Queue != null)
+            Base = Queue.LastAvailIndex;
+        Queue = null;
+    }
+
+    /// <summary>Forgets everything the front-end set (RESET_DEVICE, disconnect).</summary>
+    public void Reset()
+    {
+        Stop();
+        SetKick(null);
+        SetCall(null);
+        SetErr(null);
+        _enabled = false;
+        Num = 0;
+        Address = null;
+        Base = 0;
+        Failed = false;
+    }
+
+    private void Run()
+    {
+        var queue = Queue!;
+        var kick = Kick!;
+        bool kickRef = false, controlRef = false;
+        try
+        {
+            kick.Handle.DangerousAddRef(ref kickRef);
+            _control.Handle.DangerousAddRef(ref controlRef);
+            Span<PollFd> fds = stackalloc PollFd[2];
+            var drain = true; // buffers may have been made available before the ring started
+            while (!_stopRequested)
+            {
+                if (drain && _enabled && !Drain(queue))
+                    return;
+                drain = false;
+                fds[0] = new PollFd(_control.Fd);
+                fds[1] = new PollFd(_enabled ? kick.Fd : -1); // poll skips negative descriptors
+                FdPoll.Wait(fds, -1);
+                if (fds[0].Ready)
+                {
+                    _control.TryRead(out _);
+                    drain = true;
+                }
+                if (fds[1].Ready)
+                {
+                    kick.TryRead(out _);
+                    Interlocked.Increment(ref _kicks);
+                    drain = true;
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            // Nothing the driver writes reaches here (the device never throws for it); this is
+            // a host-side failure. Stop this queue, keep the process alive.
+            Failed = true;
+            _log.Error($"queue {Index}: worker stopped by an unexpected error: {e.GetType().Name}: {e.Message}");
+            _err?.Signal();
+        }
+        finally
+        {
+            if (kickRef)
+                kick.Handle.DangerousRelease();
+            if (controlRef)
+                _control.Handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>One drain of the available ring; false when the queue must stop.</summary>
+    private bool Drain(SplitDeviceQueue queue)
+    {
+        switch (_device.ProcessQueue(queue))
+        {
+            case QueueOutcome.Interrupt:
+                SignalCall();
+                return true;
+            case QueueOutcome.NeedsReset:
+                SignalCall(); // completions published before the breach still deserve a notification
+                Failed = true;
+                var why = _device.Breaches.ResetRequested && queue.LastRingError == RingError.None
+                    ? "strict mode stopped at the first driver breach"
+                    : $"the ring is corrupt ({queue.LastRingError}, {queue.LastRingErrorValue})";
+                _log.Error($"queue {Index}: stopped, device needs reset: {why}. vhost-user has no status register; "
+                    + (_err != null ? "signalled the error descriptor" : "no error descriptor was given")
+                    + "; the guest must reset the device");
+                _err?.Signal();
+                return false;
+            default:
+                return true;
+        }
+    }
+
+    private void SignalCall()
+    {
+        Interlocked.Increment(ref _calls);
+        // A concurrent SET_VRING_CALL may dispose the descriptor we read; then use the new one.
+        if (Volatile.Read(ref _call) is { } call && !call.Signal())
+            Volatile.Read(ref _call)?.Signal();
+    }
+
+    public void Dispose()
+    {
+        Reset();
+        _control.Dispose();
+    }
+}

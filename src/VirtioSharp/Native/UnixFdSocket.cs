@@ -1,0 +1,265 @@
+using System.Runtime.InteropServices;
+using System.Text;
+using VirtioSharp.Block;
+
+namespace VirtioSharp.Native;
+
+/// <summary>What is at a socket path.</summary>
+public enum SocketPathState
+{
+    Missing,
+    /// <summary>A socket someone is listening on.</summary>
+    Listening,
+    /// <summary>A socket file nobody listens on any more (left by a process that died).</summary>
+    Stale,
+    /// <summary>Something that is not a socket.</summary>
+    NotASocket,
+}
+
+/// <summary>
+/// A Unix stream socket that carries file descriptors (SCM_RIGHTS), as vhost-user needs.
+/// Blocking; one reader and one writer at a time. Received descriptors arrive close-on-exec,
+/// each wrapped in a <see cref="SafeFdHandle"/> the caller owns.
+/// </summary>
+public sealed unsafe class UnixFdSocket : IDisposable
+{
+    /// <summary>Most descriptors accepted in one receive; more is reported as truncation.</summary>
+    public const int MaxReceivedFds = 16;
+    /// <summary>Most descriptors the kernel carries in one message (SCM_MAX_FD).</summary>
+    public const int MaxSentFds = 253;
+
+    private UnixFdSocket(SafeFdHandle handle) => Handle = handle;
+
+    public SafeFdHandle Handle { get; }
+    public int Fd => Handle.Fd;
+
+    /// <summary>Creates a listening socket bound to <paramref name="path"/> (which must not exist).</summary>
+    public static UnixFdSocket Listen(string path, int backlog = 4)
+    {
+        var socket = NewSocket();
+        try
+        {
+            var address = Address(path, out var length);
+            if (Interop.Bind(socket.Handle, &address, length) != 0)
+                throw NativeCallException.FromLastError($"bind {path}");
+            if (Interop.Listen(socket.Handle, backlog) != 0)
+                throw NativeCallException.FromLastError("listen");
+            return socket;
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Connects to a listening socket.</summary>
+    public static UnixFdSocket Connect(string path)
+    {
+        if (TryConnect(path, out var socket, out var errno))
+            return socket!;
+        throw new NativeCallException($"connect {path}", errno);
+    }
+
+    /// <summary>Connects to a listening socket; on failure returns false with errno (ECONNREFUSED: nobody listens).</summary>
+    public static bool TryConnect(string path, out UnixFdSocket? socket, out int errno)
+    {
+        var s = NewSocket();
+        var address = Address(path, out var length);
+        if (Interop.Connect(s.Handle, &address, length) != 0)
+        {
+            errno = Marshal.GetLastPInvokeError();
+            s.Dispose();
+            socket = null;
+            return false;
+        }
+        errno = 0;
+        socket = s;
+        return true;
+    }
+
+    /// <summary>Finds out whether <paramref name="path"/> is free, a live socket, a stale one, or something else.</summary>
+    public static SocketPathState Probe(string path)
+    {
+        switch (FileStatus.KindOf(path))
+        {
+            case FileKind.Missing:
+                return SocketPathState.Missing;
+            case FileKind.Socket:
+                if (TryConnect(path, out var probe, out var errno))
+                {
+                    probe!.Dispose();
+                    return SocketPathState.Listening;
+                }
+                if (errno == Interop.ECONNREFUSED)
+                    return SocketPathState.Stale;
+                throw new NativeCallException($"connect {path}", errno);
+            default:
+                return SocketPathState.NotASocket;
+        }
+    }
+
+    /// <summary>Accepts one connection (blocks; poll <see cref="Handle"/> first to wait with a timeout).</summary>
+    public UnixFdSocket Accept()
+    {
+        while (true)
+        {
+            var fd = Interop.Accept4(Handle, 0, 0, Interop.SOCK_CLOEXEC);
+            if (fd >= 0)
+                return new UnixFdSocket(new SafeFdHandle(fd));
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno != Errno.EINTR)
+                throw new NativeCallException("accept4", errno);
+        }
+    }
+
+    /// <summary>
+    /// Sends all of <paramref name="data"/>; <paramref name="fds"/> travel with the first byte.
+    /// Throws <see cref="NativeCallException"/> when the peer is gone.
+    /// </summary>
+    public void Send(ReadOnlySpan<byte> data, ReadOnlySpan<SafeFdHandle> fds = default)
+    {
+        if (fds.Length > MaxSentFds)
+            throw new ArgumentOutOfRangeException(nameof(fds), $"at most {MaxSentFds} descriptors per message");
+        var controlSize = fds.Length == 0 ? 0 : Interop.CmsgSpace(fds.Length * sizeof(int));
+        var control = stackalloc byte[Math.Max(controlSize, 1)];
+        var refs = 0;
+        try
+        {
+            if (fds.Length > 0)
+            {
+                new Span<byte>(control, controlSize).Clear();
+                var header = (CMsgHdr*)control;
+                header->Length = (nuint)(Interop.CmsgHeaderSize + fds.Length * sizeof(int));
+                header->Level = Interop.SOL_SOCKET;
+                header->Type = Interop.SCM_RIGHTS;
+                var slots = (int*)(control + Interop.CmsgHeaderSize);
+                for (var i = 0; i < fds.Length; i++, refs++)
+                {
+                    var added = false;
+                    fds[i].DangerousAddRef(ref added);
+                    slots[i] = fds[i].Fd;
+                }
+            }
+            fixed (byte* p = data)
+            {
+                var sent = 0;
+                do
+                {
+                    var iov = new IoVec((nint)(p + sent), (nuint)(data.Length - sent));
+                    var message = new MsgHdr { Iov = &iov, IovLength = 1 };
+                    if (sent == 0 && controlSize > 0)
+                    {
+                        message.Control = control;
+                        message.ControlLength = (nuint)controlSize;
+                    }
+                    var n = Interop.SendMsg(Handle, &message, Interop.MSG_NOSIGNAL);
+                    if (n < 0)
+                    {
+                        var errno = Marshal.GetLastPInvokeError();
+                        if (errno == Errno.EINTR)
+                            continue;
+                        throw new NativeCallException("sendmsg", errno);
+                    }
+                    sent += (int)n;
+                }
+                while (sent < data.Length);
+            }
+        }
+        finally
+        {
+            for (var i = 0; i < refs; i++)
+                fds[i].DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// One recvmsg: up to <paramref name="buffer"/>.Length bytes; descriptors that came with them
+    /// are appended to <paramref name="fds"/>. Returns 0 when the peer closed the connection.
+    /// <paramref name="fdsTruncated"/> is set when the peer sent more descriptors than fit
+    /// (the kernel closed the rest).
+    /// </summary>
+    public int Receive(Span<byte> buffer, List<SafeFdHandle> fds, out bool fdsTruncated)
+    {
+        var controlSize = Interop.CmsgSpace(MaxReceivedFds * sizeof(int));
+        var control = stackalloc byte[controlSize];
+        fixed (byte* p = buffer)
+        {
+            while (true)
+            {
+                var iov = new IoVec((nint)p, (nuint)buffer.Length);
+                var message = new MsgHdr { Iov = &iov, IovLength = 1, Control = control, ControlLength = (nuint)controlSize };
+                var n = Interop.RecvMsg(Handle, &message, Interop.MSG_CMSG_CLOEXEC);
+                if (n < 0)
+                {
+                    var errno = Marshal.GetLastPInvokeError();
+                    if (errno == Errno.EINTR)
+                        continue;
+                    throw new NativeCallException("recvmsg", errno);
+                }
+                CollectFds(control, (int)message.ControlLength, fds);
+                fdsTruncated = (message.Flags & Interop.MSG_CTRUNC) != 0;
+                return (int)n;
+            }
+        }
+    }
+
+    /// <summary>Fills <paramref name="buffer"/> completely; false if the peer closed first.</summary>
+    public bool ReceiveExactly(Span<byte> buffer, List<SafeFdHandle> fds, out bool fdsTruncated)
+    {
+        fdsTruncated = false;
+        var done = 0;
+        while (done < buffer.Length)
+        {
+            var n = Receive(buffer[done..], fds, out var truncated);
+            fdsTruncated |= truncated;
+            if (n == 0)
+                return false;
+            done += n;
+        }
+        return true;
+    }
+
+    private static void CollectFds(byte* control, int length, List<SafeFdHandle> fds)
+    {
+        var offset = 0;
+        while (offset + Interop.CmsgHeaderSize <= length)
+        {
+            var header = (CMsgHdr*)(control + offset);
+            var cmsgLength = (int)header->Length;
+            if (cmsgLength < Interop.CmsgHeaderSize || offset + cmsgLength > length)
+                break;
+            if (header->Level == Interop.SOL_SOCKET && header->Type == Interop.SCM_RIGHTS)
+            {
+                var count = (cmsgLength - Interop.CmsgHeaderSize) / sizeof(int);
+                var slots = (int*)(control + offset + Interop.CmsgHeaderSize);
+                for (var i = 0; i < count; i++)
+                    fds.Add(new SafeFdHandle(slots[i]));
+            }
+            offset += Interop.CmsgAlign(cmsgLength);
+        }
+    }
+
+    /// <summary>Shuts both directions down: a blocked receive on another thread returns 0.</summary>
+    public void Shutdown()
+    {
+        try { Interop.Shutdown(Handle, Interop.SHUT_RDWR); }
+        catch (ObjectDisposedException) { }
+    }
+
+    public void Dispose() => Handle.Dispose();
+
+    private static UnixFdSocket NewSocket() =>
+        new(SafeFdHandle.FromResult(Interop.Socket(Interop.AF_UNIX, Interop.SOCK_STREAM | Interop.SOCK_CLOEXEC, 0), "socket"));
+
+    private static SockAddrUn Address(string path, out uint length)
+    {
+        var bytes = Encoding.UTF8.GetByteCount(path);
+        if (bytes == 0 || bytes >= SockAddrUn.PathSize)
+            throw new ArgumentException($"socket path '{path}' must be 1..{SockAddrUn.PathSize - 1} bytes long");
+        var address = new SockAddrUn { Family = Interop.AF_UNIX };
+        Encoding.UTF8.GetBytes(path, new Span<byte>(address.Path, SockAddrUn.PathSize));
+        length = (uint)(sizeof(ushort) + bytes + 1);
+        return address;
+    }
+}

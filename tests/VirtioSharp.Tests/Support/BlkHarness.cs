@@ -84,7 +84,8 @@ public sealed class BlkHarness : IDisposable
         if ((ushort)(after - before) != 1)
             throw new InvalidOperationException($"expected exactly one used element, used idx went {before} -> {after}");
         var (id, len) = Ring.UsedElement(before);
-        return new Completion(head, id, len, statusAddress == 0 ? Untouched : Ring.Span(statusAddress, 1)[0]);
+        var status = statusAddress != 0 && Ring.Memory.TryTranslate(statusAddress, 1, out _) ? Ring.Span(statusAddress, 1)[0] : Untouched;
+        return new Completion(head, id, len, status);
     }
 
     private static ulong StatusAddressOf(Buf[] buffers) =>

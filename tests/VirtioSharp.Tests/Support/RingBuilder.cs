@@ -9,6 +9,7 @@ public readonly record struct Buf(ulong Address, uint Length, bool Writable = fa
 {
     public static Buf R(ulong address, uint length) => new(address, length, false);
     public static Buf W(ulong address, uint length) => new(address, length, true);
+    public static Buf New(ulong address, uint length, bool writable) => new(address, length, writable);
 }
 
 /// <summary>

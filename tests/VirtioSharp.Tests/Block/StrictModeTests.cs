@@ -60,6 +60,43 @@ public sealed class StrictModeTests
         Assert.True(rig.Log.Contains("DEVICE_NEEDS_RESET") || rig.Log.Contains("device needs reset"));
     }
 
+    // 2.1.1: the driver cannot rely on requests in flight when DEVICE_NEEDS_RESET is set; it must
+    // not wait for them forever either. Every caller, including ones racing with the failure, ends.
+    [Fact]
+    public async Task Every_caller_racing_with_DEVICE_NEEDS_RESET_finishes_2_1_2()
+    {
+        for (var round = 0; round < 20; round++)
+        {
+            using var rig = new MachineRig(new MemoryBackend(1 << 20), queueSize: 16, device: new BlkDeviceOptions { Strict = StrictMode.Fail });
+            var driver = rig.Driver;
+            var bad = driver.Transport.Allocator.Allocate(512, 4096);
+            var callers = Enumerable.Range(0, 16).Select(t => Task.Run(async () =>
+            {
+                var buffer = new byte[512];
+                for (var i = 0; i < 200; i++)
+                {
+                    try
+                    {
+                        if (t == 0 && i == 20)
+                            await driver.SubmitDirectAsync(BlkRequestType.In, 0, bad, 100); // the breach
+                        else
+                            await driver.WriteAsync((ulong)t * 512, buffer);
+                    }
+                    catch (VirtioDeviceException)
+                    {
+                        return;
+                    }
+                }
+            })).ToArray();
+            var all = Task.WhenAll(callers);
+            var finished = await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(20)));
+            Assert.True(finished == all, $"round {round}: a caller never finished ({driver.Outstanding} requests outstanding, failure: {driver.Failure})");
+            await all;
+            Assert.NotNull(driver.Failure);
+            Assert.Equal(0, driver.Outstanding);
+        }
+    }
+
     [Fact]
     public void Strict_warn_also_reports_a_driver_without_VERSION_1_6_1()
     {

@@ -400,6 +400,19 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             Breaches.Report("5.2.6.1", queue, -1, $"at most {maxSeg} segments", $"{count}");
             return BlkStatus.IoErr;
         }
+        // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP. Checked for every
+        // segment before any is executed, so an UNSUPP request has changed nothing.
+        Span<byte> raw = stackalloc byte[BlkLayout.DiscardSegmentSize];
+        for (var s = 0UL; s < count; s++)
+        {
+            CopyReadable(ref req, s * BlkLayout.DiscardSegmentSize, raw);
+            var flags = BlkDiscardSegment.Read(raw).Flags;
+            if ((flags & ~BlkLayout.SegmentFlagUnmap) != 0 || (discard && flags != 0))
+            {
+                Breaches.Report("5.2.6.2", queue, -1, discard ? "discard flags 0" : "write-zeroes flags 0 or unmap", $"flags 0x{flags:x} in segment {s}");
+                return BlkStatus.Unsupp;
+            }
+        }
         req.DataLength = 0;
         return BlkStatus.Ok;
     }
@@ -465,13 +478,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         for (var s = 0; s < count && status == BlkStatus.Ok; s++)
         {
             CopyReadable(ref req, (ulong)s * BlkLayout.DiscardSegmentSize, raw);
-            var seg = BlkDiscardSegment.Read(raw);
-            // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP.
-            if ((seg.Flags & ~BlkLayout.SegmentFlagUnmap) != 0 || (discard && seg.Flags != 0))
-            {
-                Breaches.Report("5.2.6.2", -1, -1, discard ? "discard flags 0" : "write-zeroes flags 0 or unmap", $"flags 0x{seg.Flags:x}");
-                return BlkStatus.Unsupp;
-            }
+            var seg = BlkDiscardSegment.Read(raw); // flags were checked by ValidateSegments
             if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
             {
                 Breaches.Report("5.2.6.1", -1, -1, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors", $"sector {seg.Sector} + {seg.NumSectors}");

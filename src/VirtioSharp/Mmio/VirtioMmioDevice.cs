@@ -228,8 +228,11 @@ public sealed class VirtioMmioDevice : IMmioHandler
             NeedsReset($"queue {index}: QueueNum {q.Num} is not in 1..{_device.MaxQueueSize}");
             return;
         }
-        var eventIdx = VirtioFeatures.Has(_driverFeatures, VirtioFeatures.RingEventIdx);
-        var indirect = VirtioFeatures.Has(_driverFeatures, VirtioFeatures.RingIndirectDesc);
+        // Only what was both offered and accepted is negotiated (2.2), also for a driver that
+        // carried on after FEATURES_OK was refused.
+        var accepted = _driverFeatures & _device.DeviceFeatures;
+        var eventIdx = VirtioFeatures.Has(accepted, VirtioFeatures.RingEventIdx);
+        var indirect = VirtioFeatures.Has(accepted, VirtioFeatures.RingIndirectDesc);
         var queue = SplitDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out var error);
         if (queue is null)
         {

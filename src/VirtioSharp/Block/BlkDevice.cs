@@ -33,7 +33,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         Encoding.ASCII.GetBytes(_options.Serial, _serial);
         Breaches = new BreachReporter(_options.Log, _options.Strict);
 
-        var segMax = _options.SegMax != 0 ? _options.SegMax : (uint)_options.QueueSize - 2;
+        // The driver reads seg_max before it picks a queue size, and 2.7.5.3.1 keeps every chain
+        // (header + segments + status) within the queue size. A front-end may choose a smaller ring
+        // than our maximum (QEMU's vhost-user-blk defaults to 128), so seg_max assumes at most 128.
+        var segMax = _options.SegMax != 0 ? _options.SegMax : (uint)Math.Min(_options.QueueSize, 128) - 2;
         var blkSize = Math.Max(backend.BlockSize, BlkLayout.SectorSize);
         var features = VirtioFeatures.Bit(VirtioFeatures.Version1)
             | VirtioFeatures.Bit(VirtioFeatures.BlkSizeMax)

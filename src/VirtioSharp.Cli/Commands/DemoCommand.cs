@@ -150,7 +150,7 @@ public static class DemoCommand
         Console.WriteLine($"  verified     {Sizes.Format(r.VerifiedBytes)} read back: {(r.Mismatches == 0 ? "every byte OK" : $"{r.Mismatches} MISMATCHED blocks, first at offset {r.FirstMismatch}")}; zeroed range reads zeroes: {(r.ZeroesOk ? "OK" : "FAILED")}");
         Console.WriteLine($"  device id    \"{r.DeviceId}\"");
         Console.WriteLine($"  errors       IOERR {st.IoErrors}, UNSUPP {st.Unsupported}, malformed {st.Malformed}, failed calls {r.Failures}");
-        Console.WriteLine($"  interrupts   {machine.Irq.Delivered} handled; device thread woke {machine.IoThread.Wakeups} times");
+        Console.WriteLine($"  interrupts   {machine.Irq.Delivered} handled; device I/O threads woke {machine.IoWakeups} times");
         Console.WriteLine($"  elapsed      {elapsed.TotalSeconds:0.000} s, {r.Requests / Math.Max(elapsed.TotalSeconds, 1e-9):0} requests/s, {r.Bytes / Math.Max(elapsed.TotalSeconds, 1e-9) / (1 << 20):0.0} MiB/s");
     }
 }

@@ -38,12 +38,12 @@ public static class BenchCommand
             var settings = new BenchSettings(
                 parse.GetValue(socket)!,
                 parse.GetValue(rw)!,
-                ByteSize.Parse(parse.GetValue(bs)!, "--bs"),
+                Sizes.Parse(parse.GetValue(bs)!, "--bs"),
                 parse.GetValue(iodepth),
                 parse.GetValue(queues),
                 parse.GetValue(runtime),
                 parse.GetValue(ramp),
-                parse.GetValue(size) is { } s ? ByteSize.Parse(s, "--size") : null,
+                parse.GetValue(size) is { } s ? Sizes.Parse(s, "--size") : null,
                 parse.GetValue(mix),
                 parse.GetValue(zeroCopy),
                 parse.GetValue(json),
@@ -62,17 +62,17 @@ internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, 
     public void Validate()
     {
         if (BlockSize == 0 || BlockSize % BlkLayout.SectorSize != 0 || BlockSize > 16 << 20)
-            throw new CliException($"--bs {BlockSize} must be a multiple of 512 up to 16M");
+            throw new CliException($"--bs {BlockSize} must be a multiple of 512 up to 16M", true);
         if (IoDepth is < 1 or > 1024)
-            throw new CliException($"--iodepth {IoDepth} must be 1..1024");
+            throw new CliException($"--iodepth {IoDepth} must be 1..1024", true);
         if (Queues is < 1 or > 64)
-            throw new CliException($"--queues {Queues} must be 1..64");
+            throw new CliException($"--queues {Queues} must be 1..64", true);
         if (!(Runtime > 0) || Runtime > 24 * 3600)
-            throw new CliException($"--runtime {Runtime} must be a positive number of seconds");
+            throw new CliException($"--runtime {Runtime} must be a positive number of seconds", true);
         if (!(Ramp >= 0))
-            throw new CliException($"--ramp {Ramp} must be zero or more seconds");
+            throw new CliException($"--ramp {Ramp} must be zero or more seconds", true);
         if (ReadMix is < 0 or > 100)
-            throw new CliException($"--rwmixread {ReadMix} must be 0..100");
+            throw new CliException($"--rwmixread {ReadMix} must be 0..100", true);
     }
 }
 
@@ -108,7 +108,7 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var driver = session.Driver;
         var region = Math.Min(s.Size ?? driver.Capacity, driver.Capacity);
         if (region < s.BlockSize)
-            throw new CliException($"--size {region} is smaller than one block of {s.BlockSize} bytes");
+            throw new CliException($"--size {region} is smaller than one block of {s.BlockSize} bytes", true);
         if (s.Rw != "randread" && s.Rw != "read" && driver.ReadOnly)
             throw new CliException("the device is read-only (VIRTIO_BLK_F_RO); use --rw randread or read");
         if (driver.Depth < s.IoDepth)
@@ -354,7 +354,7 @@ internal sealed record BenchResult(BenchSettings Settings, int Queues, double Se
     {
         var s = Settings;
         var ci = CultureInfo.InvariantCulture;
-        w.WriteLine(string.Create(ci, $"vblk bench: {s.Rw} bs={ByteSize.Format(s.BlockSize)} iodepth={s.IoDepth} queues={Queues} runtime={Seconds:0.0}s zero-copy={(s.ZeroCopy ? "on" : "off")}"));
+        w.WriteLine(string.Create(ci, $"vblk bench: {s.Rw} bs={Sizes.Format(s.BlockSize)} iodepth={s.IoDepth} queues={Queues} runtime={Seconds:0.0}s zero-copy={(s.ZeroCopy ? "on" : "off")}"));
         w.WriteLine("          ops        IOPS      MB/s   lat mean    p50 (us)    p99 (us)  p99.9 (us)");
         if (ReadOps > 0 || s.Rw.Contains("read", StringComparison.Ordinal))
             Row(w, "read", ReadOps, ReadBytes, Reads);

@@ -76,7 +76,7 @@ public static class IoCommand
             w.WriteLine($"device features   {VirtioFeatures.Describe(t.GetDeviceFeatures())}");
             w.WriteLine($"negotiated        {VirtioFeatures.Describe(d.Features)}");
             w.WriteLine($"protocol features {VhostUserFeatures.DescribeProtocol(t.BackendProtocolFeatures)} (using {VhostUserFeatures.DescribeProtocol(t.ProtocolFeatures)})");
-            w.WriteLine($"capacity          {d.Capacity} bytes ({ByteSize.Format(d.Capacity)}, {c.Capacity} sectors)");
+            w.WriteLine($"capacity          {d.Capacity} bytes ({Sizes.Format(d.Capacity)}, {c.Capacity} sectors)");
             w.WriteLine($"block size        {d.BlockSize}");
             w.WriteLine($"read-only         {(d.ReadOnly ? "yes" : "no")}");
             w.WriteLine($"queues            {d.QueueCount} in use, device has {c.NumQueues}{(t.BackendQueueCount is { } n ? $", back-end supports {n}" : "")}");
@@ -105,8 +105,8 @@ public static class IoCommand
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
-            var len = ByteSize.Parse(parse.GetValue(length)!, "--length");
+            var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
+            var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var outPath = parse.GetValue(output);
             using var s = FrontendSession.Open(parse.GetValue(socket)!);
             s.CheckRange(off, len, "read");
@@ -140,7 +140,7 @@ public static class IoCommand
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
+            var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var inPath = parse.GetValue(input)!;
             if (!File.Exists(inPath))
                 throw new CliException($"input file '{inPath}' does not exist");
@@ -192,8 +192,8 @@ public static class IoCommand
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
-            var len = ByteSize.Parse(parse.GetValue(length)!, "--length");
+            var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
+            var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             using var s = FrontendSession.Open(parse.GetValue(socket)!);
             s.CheckRange(off, len, name);
             await run(s, off, len, ct);
@@ -215,8 +215,8 @@ public static class IoCommand
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            var off = ByteSize.Parse(parse.GetValue(offset)!, "--offset");
-            var len = ByteSize.Parse(parse.GetValue(length)!, "--length");
+            var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
+            var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var seedValue = parse.GetValue(seed);
             using var s = FrontendSession.Open(parse.GetValue(socket)!);
             if (s.Driver.ReadOnly)

@@ -48,8 +48,7 @@ public static class ServeCommand
         var backend = new Option<string>("--backend") { Description = "Storage: file (IMAGE), memory (a RAM disk of --size), null (reads zeroes, drops writes)", DefaultValueFactory = _ => "file" };
         backend.AcceptOnlyFromAmong("file", "memory", "null");
         var size = new Option<string?>("--size") { Description = "Disk size for --backend memory or null, in bytes or with K, M, G suffix (e.g. 64M)" };
-        var strict = new Option<string>("--strict") { Description = "How strictly to judge the guest driver: off, warn (log every breach), fail (stop the queue at the first)", DefaultValueFactory = _ => "off" };
-        strict.AcceptOnlyFromAmong("off", "warn", "fail");
+        var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
 
         var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, strict, verbose };
@@ -58,7 +57,7 @@ public static class ServeCommand
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket)!, result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
-                result.GetValue(size), result.GetValue(strict)!, result.GetValue(verbose));
+                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose));
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
@@ -66,7 +65,7 @@ public static class ServeCommand
 
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
-        string Serial, string Backend, string? Size, string Strict, bool Verbose);
+        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose);
 
     /// <summary>Runs the server until SIGINT/SIGTERM (or <paramref name="stop"/>). Expected mistakes are one line on <paramref name="error"/> and exit code 2.</summary>
     public static int Run(ServeSettings s, TextWriter error, CancellationToken stop = default)
@@ -82,7 +81,7 @@ public static class ServeCommand
                 QueueSize = s.QueueSize,
                 Serial = s.Serial,
                 ReadOnly = s.ReadOnly,
-                Strict = s.Strict switch { "warn" => StrictMode.Warn, "fail" => StrictMode.Fail, _ => StrictMode.Off },
+                Strict = s.Strict,
                 Log = log,
             };
             var device = new BlkDevice(backend, options);

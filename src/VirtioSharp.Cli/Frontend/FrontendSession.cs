@@ -57,7 +57,7 @@ internal sealed class FrontendSession : IDisposable
     public void CheckRange(ulong offset, ulong length, string what)
     {
         if (offset % BlkLayout.SectorSize != 0 || length % BlkLayout.SectorSize != 0)
-            throw new CliException($"offset {offset} and length {length} must be multiples of {BlkLayout.SectorSize}");
+            throw new CliException($"offset {offset} and length {length} must be multiples of {BlkLayout.SectorSize}", true);
         var capacity = Driver.Capacity;
         if (offset > capacity || length > capacity - offset)
             throw new CliException($"range {offset}+{length} lies beyond the end of the disk ({capacity} bytes)");

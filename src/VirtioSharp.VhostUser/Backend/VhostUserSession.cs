@@ -392,12 +392,13 @@ internal sealed class VhostUserSession : IDisposable
         Restart(running);
     }
 
+    /// <summary>Stops every started ring; returns those to restart (a ring that needs a device reset stays stopped).</summary>
     private List<Vring> StopRunning()
     {
         var running = _vrings.Where(v => v.Started).ToList();
         foreach (var v in running)
             v.Stop();
-        return running;
+        return running.Where(v => !v.Failed).ToList();
     }
 
     private void Restart(List<Vring> rings)

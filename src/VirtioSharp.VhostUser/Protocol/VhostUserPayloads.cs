@@ -77,7 +77,7 @@ public readonly record struct MemoryRegionDescription(ulong GuestAddress, ulong 
     }
 
     public override string ToString() =>
-        $"guest 0x{GuestAddress:x}..0x{GuestAddress + Size - 1:x} ({Size >> 20} MiB), user 0x{UserAddress:x}, offset 0x{MmapOffset:x}";
+        $"guest 0x{GuestAddress:x}..0x{GuestAddress + Size - 1:x} ({(Size >= 1 << 20 ? $"{Size >> 20} MiB" : $"{Size >> 10} KiB")}), user 0x{UserAddress:x}, offset 0x{MmapOffset:x}";
 }
 
 /// <summary>SET_MEM_TABLE payload: u32 count, u32 padding, then up to 8 regions (one descriptor each).</summary>

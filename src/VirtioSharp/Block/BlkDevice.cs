@@ -33,7 +33,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         Encoding.ASCII.GetBytes(_options.Serial, _serial);
         Breaches = new BreachReporter(_options.Log, _options.Strict);
 
-        var segMax = _options.SegMax != 0 ? _options.SegMax : (uint)_options.QueueSize - 2;
+        // The driver reads seg_max before it picks a queue size, and 2.7.5.3.1 keeps every chain
+        // (header + segments + status) within the queue size. A front-end may choose a smaller ring
+        // than our maximum (QEMU's vhost-user-blk defaults to 128), so seg_max assumes at most 128.
+        var segMax = _options.SegMax != 0 ? _options.SegMax : (uint)Math.Min(_options.QueueSize, 128) - 2;
         var blkSize = Math.Max(backend.BlockSize, BlkLayout.SectorSize);
         var features = VirtioFeatures.Bit(VirtioFeatures.Version1)
             | VirtioFeatures.Bit(VirtioFeatures.BlkSizeMax)
@@ -116,7 +119,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         {
             PopResult result;
             while ((result = queue.TryPop(out var chain)) == PopResult.Chain)
+            {
                 queue.AddUsed(chain.Head, HandleChain(queue.Index, chain, iov));
+                if (Breaches.ResetRequested)
+                    break; // strict=fail: stop at the first breach
+            }
 
             if (result == PopResult.RingCorrupt)
             {
@@ -254,6 +261,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             }
         }
         req.ReadableCount = readableCount;
+        if (buffers[0].Writable)
+        {
+            Breaches.Report("5.2.6", queue, chain.Head, "a device-readable request header", "the first buffer is device-writable");
+            return false;
+        }
         if (readable < BlkLayout.HeaderSize)
         {
             Breaches.Report("5.2.6", queue, chain.Head, $"a device-readable header of {BlkLayout.HeaderSize} bytes", $"{readable} device-readable bytes");
@@ -285,6 +297,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private BlkStatus Validate(int queue, ref ParsedRequest req)
     {
         var type = (BlkRequestType)req.Header.Type;
+        if (Breaches.Strict)
+            CheckStrict(queue, ref req, type);
         switch (type)
         {
             case BlkRequestType.In:
@@ -309,6 +323,45 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 return BlkStatus.Unsupp;
         }
     }
+
+    /// <summary>
+    /// Strict mode only: driver requirements of 5.2.6.1 that do not change the answer
+    /// (the device can serve the request) but that a driver author wants to hear about.
+    /// </summary>
+    private void CheckStrict(int queue, ref ParsedRequest req, BlkRequestType type)
+    {
+        const int head = -1;
+        switch (type)
+        {
+            case BlkRequestType.In:
+            case BlkRequestType.GetId:
+                if (req.ReadableData != 0)
+                    Breaches.Report("5.2.6", queue, head, $"only the 16-byte header device-readable in a {TypeName(type)} request", $"{req.ReadableData} more device-readable bytes");
+                if (type == BlkRequestType.GetId && req.WritableData != BlkLayout.IdBytes)
+                    Breaches.Report("5.2.6.1", queue, head, "a GET_ID data buffer of 20 bytes", $"{req.WritableData} bytes");
+                break;
+            default:
+                // Requests whose data the device reads: the status byte is the only writable byte.
+                if (req.WritableData != 0)
+                    Breaches.Report("5.2.6", queue, head, $"the status byte as the only device-writable byte of a {TypeName(type)} request", $"{req.WritableData} device-writable bytes before it");
+                break;
+        }
+        if (type == BlkRequestType.Flush && req.Header.Sector != 0)
+            Breaches.Report("5.2.6.1", queue, head, "sector 0 in a FLUSH request", $"sector {req.Header.Sector}");
+        if (type == BlkRequestType.Flush && req.ReadableData != 0)
+            Breaches.Report("5.2.6.1", queue, head, "no data in a FLUSH request (SHOULD NOT)", $"{req.ReadableData} bytes of data");
+    }
+
+    private static string TypeName(BlkRequestType t) => t switch
+    {
+        BlkRequestType.In => "IN",
+        BlkRequestType.Out => "OUT",
+        BlkRequestType.Flush => "FLUSH",
+        BlkRequestType.GetId => "GET_ID",
+        BlkRequestType.Discard => "DISCARD",
+        BlkRequestType.WriteZeroes => "WRITE_ZEROES",
+        _ => $"type {(uint)t}",
+    };
 
     private BlkStatus CheckRange(int queue, ref ParsedRequest req)
     {
@@ -350,6 +403,19 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             Breaches.Report("5.2.6.1", queue, -1, $"at most {maxSeg} segments", $"{count}");
             return BlkStatus.IoErr;
         }
+        // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP. Checked for every
+        // segment before any is executed, so an UNSUPP request has changed nothing.
+        Span<byte> raw = stackalloc byte[BlkLayout.DiscardSegmentSize];
+        for (var s = 0UL; s < count; s++)
+        {
+            CopyReadable(ref req, s * BlkLayout.DiscardSegmentSize, raw);
+            var flags = BlkDiscardSegment.Read(raw).Flags;
+            if ((flags & ~BlkLayout.SegmentFlagUnmap) != 0 || (discard && flags != 0))
+            {
+                Breaches.Report("5.2.6.2", queue, -1, discard ? "discard flags 0" : "write-zeroes flags 0 or unmap", $"flags 0x{flags:x} in segment {s}");
+                return BlkStatus.Unsupp;
+            }
+        }
         req.DataLength = 0;
         return BlkStatus.Ok;
     }
@@ -360,43 +426,43 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         switch ((BlkRequestType)req.Header.Type)
         {
             case BlkRequestType.In:
-            {
-                var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
-                if (trace is { Active: true })
-                    trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
-                if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
-                    return BlkStatus.IoErr;
-                req.Written = (uint)req.DataLength;
-                return BlkStatus.Ok;
-            }
+                {
+                    var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
+                    if (trace is { Active: true })
+                        trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                    if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        return BlkStatus.IoErr;
+                    req.Written = (uint)req.DataLength;
+                    return BlkStatus.Ok;
+                }
             case BlkRequestType.Out:
-            {
-                var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
-                if (trace is { Active: true })
-                    trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
-                if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
-                    return BlkStatus.IoErr;
-                // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
-                if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())
-                    return BlkStatus.IoErr;
-                return BlkStatus.Ok;
-            }
+                {
+                    var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
+                    if (trace is { Active: true })
+                        trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                    if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        return BlkStatus.IoErr;
+                    // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
+                    if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())
+                        return BlkStatus.IoErr;
+                    return BlkStatus.Ok;
+                }
             case BlkRequestType.Flush:
                 if (trace is { Active: true })
                     trace.Step("device", $"backend flush (fdatasync) of the {_backend.Description}");
                 return _backend.Flush() ? BlkStatus.Ok : BlkStatus.IoErr;
             case BlkRequestType.GetId:
-            {
-                var n = BuildIoVec(ref req, iov, writable: true, Math.Min(req.WritableData, BlkLayout.IdBytes));
-                var copied = 0;
-                for (var i = 0; i < n; i++)
                 {
-                    _serial.AsSpan(copied, (int)iov[i].Length).CopyTo(new Span<byte>((void*)iov[i].Base, (int)iov[i].Length));
-                    copied += (int)iov[i].Length;
+                    var n = BuildIoVec(ref req, iov, writable: true, Math.Min(req.WritableData, BlkLayout.IdBytes));
+                    var copied = 0;
+                    for (var i = 0; i < n; i++)
+                    {
+                        _serial.AsSpan(copied, (int)iov[i].Length).CopyTo(new Span<byte>((void*)iov[i].Base, (int)iov[i].Length));
+                        copied += (int)iov[i].Length;
+                    }
+                    req.Written = (uint)copied;
+                    return BlkStatus.Ok;
                 }
-                req.Written = (uint)copied;
-                return BlkStatus.Ok;
-            }
             case BlkRequestType.Discard:
             case BlkRequestType.WriteZeroes:
                 return ExecuteSegments(ref req, (BlkRequestType)req.Header.Type);
@@ -415,13 +481,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         for (var s = 0; s < count && status == BlkStatus.Ok; s++)
         {
             CopyReadable(ref req, (ulong)s * BlkLayout.DiscardSegmentSize, raw);
-            var seg = BlkDiscardSegment.Read(raw);
-            // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP.
-            if ((seg.Flags & ~BlkLayout.SegmentFlagUnmap) != 0 || (discard && seg.Flags != 0))
-            {
-                Breaches.Report("5.2.6.2", -1, -1, discard ? "discard flags 0" : "write-zeroes flags 0 or unmap", $"flags 0x{seg.Flags:x}");
-                return BlkStatus.Unsupp;
-            }
+            var seg = BlkDiscardSegment.Read(raw); // flags were checked by ValidateSegments
             if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
             {
                 Breaches.Report("5.2.6.1", -1, -1, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors", $"sector {seg.Sector} + {seg.NumSectors}");

@@ -12,7 +12,7 @@ public sealed record BlkDeviceOptions
     public bool ReadOnly { get; init; }
     /// <summary>Largest single segment (VIRTIO_BLK_F_SIZE_MAX).</summary>
     public uint SizeMax { get; init; } = 1 << 20;
-    /// <summary>Most data segments per request (VIRTIO_BLK_F_SEG_MAX); 0 = queue size - 2.</summary>
+    /// <summary>Most data segments per request (VIRTIO_BLK_F_SEG_MAX); 0 = min(queue size, 128) - 2.</summary>
     public uint SegMax { get; init; }
     public uint MaxDiscardSectors { get; init; } = 1 << 22;
     public uint MaxDiscardSegments { get; init; } = 32;

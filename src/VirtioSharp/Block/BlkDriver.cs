@@ -261,10 +261,16 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         bool placed;
         var trace = Trace;
         slot.Tracing = trace is { Active: true };
+        string? failure;
         lock (ctx.Lock)
         {
-            ushort head;
-            if (ctx.Indirect)
+            // OnDeviceLost sets _failure before it untracks under this lock: a request placed
+            // after that would never be completed nor failed, so its caller would wait forever.
+            failure = _failure;
+            ushort head = 0;
+            if (failure is not null)
+                placed = false;
+            else if (ctx.Indirect)
             {
                 SplitDriverQueue.WriteIndirectTable(memory.GetSpan(slot.IndirectAddress, n * SplitRing.DescriptorSize), chain[..n]);
                 placed = ctx.Queue.TryAddIndirect(slot.IndirectAddress, n, out head);
@@ -285,8 +291,8 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         }
         if (!placed)
         {
-            // Cannot happen while the semaphore admits at most Depth requests; fail loudly if it does.
-            slot.Fail(new InvalidOperationException("no free descriptors although a slot was admitted"));
+            // No free descriptors cannot happen while the semaphore admits at most Depth requests; fail loudly if it does.
+            slot.Fail(failure is not null ? new VirtioDeviceException(failure) : new InvalidOperationException("no free descriptors although a slot was admitted"));
             return result;
         }
         if (notify)
@@ -466,6 +472,8 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
 
     public void Dispose()
     {
+        if (_failure is null && Outstanding == 0)
+            _failure = "driver stopped";
         _transport.Reset();
         OnDeviceLost("driver stopped");
     }

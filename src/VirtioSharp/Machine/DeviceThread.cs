@@ -3,33 +3,29 @@ using VirtioSharp.Mmio;
 namespace VirtioSharp.Machine;
 
 /// <summary>
-/// The device's I/O thread, as a hypervisor runs one: a QueueNotify write marks the queue and
-/// wakes the thread, which drains every marked queue.
+/// One queue's I/O thread, as a hypervisor runs one per queue: a QueueNotify write for the
+/// queue wakes it, and it drains that queue. Queues are served in parallel.
 /// </summary>
 public sealed class DeviceThread : IDisposable
 {
     private readonly VirtioMmioDevice _device;
+    private readonly int _queue;
     private readonly AutoResetEvent _wake = new(false);
     private readonly Thread _thread;
-    private long _pending;
     private volatile bool _stopping;
     private long _wakeups;
 
-    public DeviceThread(VirtioMmioDevice device, string name)
+    public DeviceThread(VirtioMmioDevice device, int queue, string name)
     {
         _device = device;
-        device.QueueNotified = Kick;
+        _queue = queue;
         _thread = new Thread(Run) { IsBackground = true, Name = name };
         _thread.Start();
     }
 
     public long Wakeups => Interlocked.Read(ref _wakeups);
 
-    public void Kick(int queue)
-    {
-        Interlocked.Or(ref _pending, 1L << (queue & 63));
-        _wake.Set();
-    }
+    public void Kick() => _wake.Set();
 
     private void Run()
     {
@@ -39,13 +35,7 @@ public sealed class DeviceThread : IDisposable
             if (_stopping)
                 return;
             Interlocked.Increment(ref _wakeups);
-            var pending = Interlocked.Exchange(ref _pending, 0);
-            while (pending != 0)
-            {
-                var q = System.Numerics.BitOperations.TrailingZeroCount(pending);
-                pending &= pending - 1;
-                _device.ProcessQueue(q);
-            }
+            _device.ProcessQueue(_queue);
         }
     }
 

@@ -7,7 +7,7 @@ namespace VirtioSharp.Machine;
 
 /// <summary>
 /// The simulated machine: guest RAM, an MMIO bus with one virtio-mmio device at 0x10001000
-/// (where QEMU's riscv virt board puts its first one), a device I/O thread and an interrupt line
+/// (where QEMU's riscv virt board puts its first one), an I/O thread per queue and an interrupt line
 /// whose thread runs the driver's interrupt handler.
 /// </summary>
 public sealed class VirtioMachine : IDisposable
@@ -23,7 +23,10 @@ public sealed class VirtioMachine : IDisposable
         Bus.Map(MmioBase, Device);
         Irq = new InterruptLine("virtio-irq");
         Device.InterruptRaised = Irq.Raise;
-        IoThread = new DeviceThread(Device, "virtio-blk-io");
+        IoThreads = new DeviceThread[device.NumQueues];
+        for (var q = 0; q < IoThreads.Length; q++)
+            IoThreads[q] = new DeviceThread(Device, q, $"virtio-io-q{q}");
+        Device.QueueNotified = q => IoThreads[q].Kick();
         Trace = trace;
     }
 
@@ -31,7 +34,9 @@ public sealed class VirtioMachine : IDisposable
     public MmioBus Bus { get; }
     public VirtioMmioDevice Device { get; }
     public InterruptLine Irq { get; }
-    public DeviceThread IoThread { get; }
+    /// <summary>One I/O thread per queue.</summary>
+    public DeviceThread[] IoThreads { get; }
+    public long IoWakeups => IoThreads.Sum(t => t.Wakeups);
     public ITraceSink? Trace { get; }
 
     /// <summary>A driver-side transport for the device, with an allocator over all of guest RAM.</summary>
@@ -48,7 +53,8 @@ public sealed class VirtioMachine : IDisposable
 
     public void Dispose()
     {
-        IoThread.Dispose();
+        foreach (var t in IoThreads)
+            t.Dispose();
         Irq.Dispose();
         Ram.Dispose();
     }

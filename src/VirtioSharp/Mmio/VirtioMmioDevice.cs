@@ -20,6 +20,8 @@ public sealed class VirtioMmioDevice : IMmioHandler
         public bool Ready;
         public ulong Desc, Driver, Device;
         public IDeviceQueue? Queue;
+        /// <summary>Held while the queue is drained; register changes to the queue take it too.</summary>
+        public readonly Lock Gate = new();
     }
 
     private readonly IVirtioDevice _device;
@@ -63,6 +65,11 @@ public sealed class VirtioMmioDevice : IMmioHandler
             Breaches.Report("4.2.2.2", -1, -1, "32-bit aligned register reads", $"{width}-byte read at 0x{offset:x}");
             return 0;
         }
+        // The interrupt handler's registers never wait for a queue being drained.
+        if (offset == MmioRegisters.InterruptStatus)
+            return Volatile.Read(ref _interruptStatus);
+        if (offset == MmioRegisters.Status)
+            return Volatile.Read(ref _status);
         lock (_lock)
         {
             var q = _queueSel < _queues.Length ? _queues[_queueSel] : null;
@@ -80,8 +87,6 @@ public sealed class VirtioMmioDevice : IMmioHandler
                 },
                 MmioRegisters.QueueNumMax => q is null ? 0u : _device.MaxQueueSize,
                 MmioRegisters.QueueReady => q is { Ready: true } ? 1u : 0u,
-                MmioRegisters.InterruptStatus => Volatile.Read(ref _interruptStatus),
-                MmioRegisters.Status => _status,
                 MmioRegisters.ConfigGeneration => 0u, // config space never changes under the driver
                 MmioRegisters.ShmLenLow or MmioRegisters.ShmLenHigh => 0xffffffff, // 4.2.2: no shared memory regions
                 _ => 0,
@@ -175,8 +180,11 @@ public sealed class VirtioMmioDevice : IMmioHandler
                     EnableQueue((int)_queueSel, q);
                 else if (value == 0)
                 {
-                    q.Ready = false;
-                    q.Queue = null;
+                    lock (q.Gate)
+                    {
+                        q.Ready = false;
+                        q.Queue = null;
+                    }
                 }
                 break;
             case MmioRegisters.Status:
@@ -198,6 +206,8 @@ public sealed class VirtioMmioDevice : IMmioHandler
             Breaches.Report("4.2.3.2", (int)_queueSel, -1, $"a queue below {_queues.Length}", $"{MmioRegisters.Name(offset)} on a missing queue");
             return;
         }
+        if (Breaches.Strict && ((DeviceStatus)_status & DeviceStatus.DriverOk) != 0)
+            Breaches.Report("3.1.1", (int)_queueSel, -1, "queue setup before DRIVER_OK", $"{MmioRegisters.Name(offset)} written after DRIVER_OK");
         if (q.Ready)
         {
             // 4.2.2.2 / 4.2.3.2: queue registers are set while QueueReady is 0.
@@ -226,8 +236,11 @@ public sealed class VirtioMmioDevice : IMmioHandler
             NeedsReset($"queue {index}: QueueNum {q.Num} is not in 1..{_device.MaxQueueSize}");
             return;
         }
-        var eventIdx = VirtioFeatures.Has(_driverFeatures, VirtioFeatures.RingEventIdx);
-        var indirect = VirtioFeatures.Has(_driverFeatures, VirtioFeatures.RingIndirectDesc);
+        // Only what was both offered and accepted is negotiated (2.2), also for a driver that
+        // carried on after FEATURES_OK was refused.
+        var accepted = _driverFeatures & _device.DeviceFeatures;
+        var eventIdx = VirtioFeatures.Has(accepted, VirtioFeatures.RingEventIdx);
+        var indirect = VirtioFeatures.Has(accepted, VirtioFeatures.RingIndirectDesc);
         var queue = SplitDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out var error);
         if (queue is null)
         {
@@ -235,8 +248,11 @@ public sealed class VirtioMmioDevice : IMmioHandler
             NeedsReset($"queue {index}: {error}");
             return;
         }
-        q.Queue = queue;
-        q.Ready = true;
+        lock (q.Gate)
+        {
+            q.Queue = queue;
+            q.Ready = true;
+        }
         Log.Debug($"queue {index}: size {q.Num}, desc 0x{q.Desc:x}, driver 0x{q.Driver:x}, device 0x{q.Device:x}");
     }
 
@@ -266,7 +282,13 @@ public sealed class VirtioMmioDevice : IMmioHandler
             _device.Activate(_negotiated);
             Log.Info($"driver ready: features {VirtioFeatures.Describe(_negotiated)}");
         }
-        _status = (uint)(now | (old & DeviceStatus.DeviceNeedsReset));
+        // DEVICE_NEEDS_RESET is the device's bit: keep it, even if a queue worker sets it right now.
+        uint seen, next;
+        do
+        {
+            seen = Volatile.Read(ref _status);
+            next = (uint)now | (seen & (uint)DeviceStatus.DeviceNeedsReset);
+        } while (Interlocked.CompareExchange(ref _status, next, seen) != seen);
         if ((now & DeviceStatus.DriverOk) != 0 && (old & DeviceStatus.DriverOk) == 0)
         {
             // Chains made available before DRIVER_OK are served now.
@@ -301,7 +323,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
     private void NeedsReset(string why)
     {
         Log.Error($"device needs reset: {why}");
-        _status |= (uint)DeviceStatus.DeviceNeedsReset;
+        Interlocked.Or(ref _status, (uint)DeviceStatus.DeviceNeedsReset);
         // 2.1.2: a device entering DEVICE_NEEDS_RESET sends a configuration change notification.
         RaiseInterrupt(MmioRegisters.InterruptConfigChange);
     }
@@ -316,14 +338,17 @@ public sealed class VirtioMmioDevice : IMmioHandler
     {
         foreach (var q in _queues)
         {
-            q.Ready = false;
-            q.Queue = null;
+            lock (q.Gate) // waits for a drain in progress to finish
+            {
+                q.Ready = false;
+                q.Queue = null;
+            }
             q.Num = 0;
             q.Desc = q.Driver = q.Device = 0;
         }
         if (_status != 0 && Breaches.Total > 0)
             Log.Info(Breaches.Summary());
-        _status = 0;
+        Volatile.Write(ref _status, 0);
         _driverFeatures = 0;
         _negotiated = 0;
         _deviceFeaturesSel = _driverFeaturesSel = _queueSel = 0;
@@ -331,17 +356,22 @@ public sealed class VirtioMmioDevice : IMmioHandler
         _device.Reset();
     }
 
-    /// <summary>Device thread: drains queue <paramref name="index"/> if the driver is live.</summary>
+    /// <summary>
+    /// A queue's worker thread: drains queue <paramref name="index"/> if the driver is live.
+    /// Queues are drained in parallel; each holds only its own gate.
+    /// </summary>
     public void ProcessQueue(int index)
     {
-        lock (_lock)
+        if ((uint)index >= (uint)_queues.Length)
+            return;
+        var regs = _queues[index];
+        lock (regs.Gate)
         {
-            var status = (DeviceStatus)_status;
-            if ((uint)index >= (uint)_queues.Length
-                || (status & DeviceStatus.DriverOk) == 0
+            var status = (DeviceStatus)Volatile.Read(ref _status);
+            if ((status & DeviceStatus.DriverOk) == 0
                 || (status & (DeviceStatus.DeviceNeedsReset | DeviceStatus.Failed)) != 0)
                 return;
-            var queue = _queues[index].Queue;
+            var queue = regs.Queue;
             if (queue is null)
                 return;
             switch (_device.ProcessQueue(queue))

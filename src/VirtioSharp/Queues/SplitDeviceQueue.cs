@@ -167,6 +167,9 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
                 if (entries > Size) { error = ChainError.ChainTooLong; return count; }
                 if (!_memory.TryTranslate(addr, len, out var t)) { error = ChainError.IndirectOutOfMemory; return count; }
                 errorDescriptor = -1;
+                // The descriptor that refers to the table carries no buffer: the chain is the
+                // table's entries (plus any direct ones before it), up to the queue size.
+                visited--;
                 table = (byte*)t;
                 tableSize = entries;
                 inIndirect = true;

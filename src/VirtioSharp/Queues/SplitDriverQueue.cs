@@ -191,7 +191,12 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         head = (ushort)id;
         FreeChain(head);
         if (EventIdx)
+        {
             Volatile.Write(ref UsedEvent, _lastUsed); // 2.7.7: interrupt me when the next one is used
+            // 2.7.14: full barrier between re-enabling and the next read of used idx, or an
+            // element the device adds meanwhile is neither seen here nor interrupted for.
+            Interlocked.MemoryBarrier();
+        }
         return true;
     }
 

@@ -105,27 +105,6 @@ public sealed class FrontendCliTests
         AssertOneLineError(code, error, "multiple of 512");
     }
 
-    [Theory]
-    [InlineData("4096", 4096UL)]
-    [InlineData("4K", 4096UL)]
-    [InlineData("4k", 4096UL)]
-    [InlineData("128KiB", 131072UL)]
-    [InlineData("1M", 1UL << 20)]
-    [InlineData("2G", 2UL << 30)]
-    [InlineData("512B", 512UL)]
-    public void Sizes_take_binary_suffixes(string text, ulong expected) => Assert.Equal(expected, ByteSize.Parse(text, "--size"));
-
-    [Theory]
-    [InlineData("")]
-    [InlineData("1.5M")]
-    [InlineData("-4K")]
-    [InlineData("99999999999999T")]
-    public void Bad_sizes_are_one_clear_error(string text)
-    {
-        var e = Assert.Throws<CliException>(() => ByteSize.Parse(text, "--length"));
-        Assert.StartsWith("--length", e.Message);
-    }
-
     [Fact]
     public void Histogram_percentiles_are_within_a_few_percent()
     {

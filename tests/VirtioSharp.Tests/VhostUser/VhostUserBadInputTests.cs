@@ -1,6 +1,6 @@
-using Xunit;
 using VirtioSharp.Native;
 using VirtioSharp.VhostUser.Protocol;
+using Xunit;
 
 namespace VirtioSharp.Tests.VhostUser;
 
@@ -237,6 +237,6 @@ public class VhostUserBadInputTests
         using var next = server.Connect();
         next.Negotiate();
         next.SetMemTable();
-        Assert.Equal(Block.BlkStatus.Ok, next.SetupQueue(0).Request(Block.BlkRequestType.Flush, 0, default));
+        Assert.Equal(global::VirtioSharp.Block.BlkStatus.Ok, next.SetupQueue(0).Request(global::VirtioSharp.Block.BlkRequestType.Flush, 0, default));
     }
 }

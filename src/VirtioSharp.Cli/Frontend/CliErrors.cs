@@ -4,10 +4,8 @@ using VirtioSharp.VhostUser;
 
 namespace VirtioSharp.Cli.Frontend;
 
-/// <summary>A mistake on the command line or a condition the user must fix; printed as one line.</summary>
-internal sealed class CliException(string message) : Exception(message);
-
-/// <summary>Runs a command body and turns expected failures into one line on stderr and exit code 1.</summary>
+/// <summary>Runs a command body and turns expected failures into one line on stderr and a non-zero exit code
+/// (2 for a usage mistake, 1 for a failure), as <see cref="CliRunner"/> does for the other commands.</summary>
 internal static class CliErrors
 {
     public static async Task<int> RunAsync(string command, TextWriter error, Func<Task<int>> body)
@@ -24,7 +22,7 @@ internal static class CliErrors
         catch (Exception e) when (IsExpected(e))
         {
             error.WriteLine($"vblk {command}: {Describe(e)}");
-            return 1;
+            return e is CliException { IsUsage: true } or ArgumentException ? CliRunner.UsageError : CliRunner.Failure;
         }
         catch (Exception e)
         {

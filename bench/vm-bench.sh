@@ -1,0 +1,346 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: the test guest (QEMU, TCG) runs fio against a
+# vhost-user-blk back-end; compares qemu-storage-daemon with a second back-end.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
+RUN_GUEST="$REPO_ROOT/scripts/run-guest.sh"
+
+OURS=""
+OURS_NULL=""
+DEVICES="file,null"
+JOBS="fio-randread-qd1,fio-randread-qd32,fio-randwrite-qd32,fio-seqread-qd8"
+RUNTIME=10
+SIZE_MIB=1024
+ROUNDS=1
+OUT=""
+WORKDIR=""
+KEEP=0
+VCPUS=1
+QUEUES=1
+MEM=512
+
+usage() {
+    cat <<'EOF'
+Usage: bench/vm-bench.sh [--ours TEMPLATE] [--ours-null TEMPLATE] [options]
+
+Boots the test guest (scripts/run-guest.sh: QEMU under TCG, 1 vCPU, 1 queue)
+against vhost-user-blk back-ends and runs the guest's fio perf jobs:
+  fio-randread-qd1    4 KiB random read, queue depth 1
+  fio-randread-qd32   4 KiB random read, queue depth 32
+  fio-randwrite-qd32  4 KiB random write, queue depth 32
+  fio-seqread-qd8     128 KiB sequential read, queue depth 8
+on two devices:
+  file   a raw image, written out in full and read once beforehand so it is
+         allocated and in the host page cache
+  null   a device that stores nothing (qemu-storage-daemon: null-co, reads
+         leave the guest buffer untouched)
+
+The reference back-end is always qemu-storage-daemon (qsd).  With --ours, the
+second back-end runs too; the back-ends alternate device by device (and round
+by round when --rounds > 1, qsd first in odd rounds, ours first in even ones).
+
+  --ours TEMPLATE       command line of the second back-end, run with bash from
+                        the repo root.  Placeholders: {image} {socket} {size}
+                        (bytes) {queues}.  Example:
+                        --ours "./vblk serve {image} --socket {socket} --num-queues {queues}"
+  --ours-null TEMPLATE  the same for the null device; default: --ours with
+                        {image} replaced by "--backend null --size {size}"
+  --devices LIST        file,null (default both)
+  --jobs LIST           guest perf jobs (default: all four above)
+  --runtime S           seconds per fio job (default 10)
+  --size-mib N          device size and fio region in MiB (default 1024)
+  --rounds N            repeat everything N times; the table shows means
+  --vcpus N / --queues N / --mem MiB   guest shape (default 1 / 1 / 512)
+  --out FILE            also write the table to FILE
+  --workdir DIR         image, sockets, logs (default: new dir under .cache/)
+  --keep                keep the work directory
+  -h, --help            show this help
+
+Columns: IOPS and MB/s (10^6 bytes/s) as fio in the guest reports them;
+CPU s/Mreq = back-end CPU seconds per million requests.
+
+How the CPU is measured: the guest's fio runs each perf job with
+exec_prerun/exec_postrun hooks that print VBLK-IO-START <job> and
+VBLK-IO-STOP <job> on the serial console.  This script follows the console log
+as QEMU writes it and, on each marker, reads utime+stime from /proc/PID/stat
+of the back-end process and of all its descendants (a process's stat covers
+all of its threads).  CPU s/Mreq = (CPU at STOP - CPU at START) / requests
+fio completed in that job * 10^6.  The window is fio's I/O phase plus the few
+milliseconds of hook and console latency; a back-end that polls while idle is
+charged for that too.  The resolution is one clock tick (usually 10 ms).
+
+Note: under TCG the guest, not the back-end, is the bottleneck, so IOPS and
+MB/s mostly measure the emulated guest; CPU s/Mreq is the number that
+compares back-ends.  Exit status 0 only if every run succeeded.
+EOF
+}
+
+log() { printf '[vm-bench] %s\n' "$*" >&2; }
+die() { printf '[vm-bench] ERROR: %s\n' "$*" >&2; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --ours|--ours-null|--devices|--jobs|--runtime|--size-mib|--rounds|--out|--workdir|--vcpus|--queues|--mem)
+            [[ $# -ge 2 ]] || die "$1 needs a value"
+            case "$1" in
+                --ours) OURS=$2 ;;
+                --ours-null) OURS_NULL=$2 ;;
+                --devices) DEVICES=$2 ;;
+                --jobs) JOBS=$2 ;;
+                --runtime) RUNTIME=$2 ;;
+                --size-mib) SIZE_MIB=$2 ;;
+                --rounds) ROUNDS=$2 ;;
+                --out) OUT=$2 ;;
+                --workdir) WORKDIR=$2 ;;
+                --vcpus) VCPUS=$2 ;;
+                --queues) QUEUES=$2 ;;
+                --mem) MEM=$2 ;;
+            esac
+            shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+
+for v in RUNTIME SIZE_MIB ROUNDS VCPUS QUEUES MEM; do
+    [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || die "${v} must be a positive integer"
+done
+IFS=',' read -r -a DEVICE_LIST <<<"$DEVICES"
+for d in "${DEVICE_LIST[@]}"; do
+    [[ $d == file || $d == null ]] || die "unknown device '$d' (file or null)"
+done
+if [[ -n "$OURS" && -z "$OURS_NULL" ]]; then
+    OURS_NULL=${OURS//\{image\}/--backend null --size \{size\}}
+fi
+[[ -z "$OURS_NULL" || -n "$OURS" ]] || die "--ours-null needs --ours"
+
+"$REPO_ROOT/scripts/build-guest.sh" >&2
+command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
+CLK_TCK=$(getconf CLK_TCK)
+
+if [[ -z "$WORKDIR" ]]; then
+    mkdir -p "$REPO_ROOT/.cache"
+    WORKDIR=$(mktemp -d "$REPO_ROOT/.cache/vm-bench.XXXXXX")
+else
+    mkdir -p "$WORKDIR"
+fi
+WORKDIR=$(cd "$WORKDIR" && pwd)
+IMG="$WORKDIR/bench.img"
+SOCK="$WORKDIR/vblk.sock"
+SIZE_BYTES=$((SIZE_MIB * 1048576))
+RESULTS="$WORKDIR/results.tsv"
+: >"$RESULTS"
+
+BACKEND_PID=""
+stop_backend() {
+    if [[ -n "$BACKEND_PID" ]]; then
+        kill "$BACKEND_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do
+            kill -0 "$BACKEND_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$BACKEND_PID" 2>/dev/null || true
+        wait "$BACKEND_PID" 2>/dev/null || true
+        BACKEND_PID=""
+    fi
+    rm -f "$SOCK"
+}
+cleanup() {
+    stop_backend
+    if [[ $KEEP -eq 0 && -n "$WORKDIR" ]]; then
+        rm -f "$IMG"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# utime+stime (clock ticks) of a process and all its descendants.
+tree_ticks() {
+    local root=$1 f line rest total=0
+    local -A parent=() ticks=()
+    local -a fields
+    for f in /proc/[0-9]*/stat; do
+        { line=$(<"$f"); } 2>/dev/null || continue
+        rest=${line##*) }
+        read -r -a fields <<<"$rest"
+        local pid=${f#/proc/}
+        pid=${pid%/stat}
+        parent[$pid]=${fields[1]}
+        ticks[$pid]=$((fields[11] + fields[12]))
+    done
+    local -a queue=("$root")
+    local -A seen=()
+    while [[ ${#queue[@]} -gt 0 ]]; do
+        local p=${queue[0]}
+        queue=("${queue[@]:1}")
+        [[ -z ${seen[$p]:-} ]] || continue
+        seen[$p]=1
+        total=$((total + ${ticks[$p]:-0}))
+        local c
+        for c in "${!parent[@]}"; do
+            [[ ${parent[$c]} == "$p" ]] && queue+=("$c")
+        done
+    done
+    echo "$total"
+}
+
+start_backend() { # backend device log
+    local backend=$1 device=$2 blog=$3 cmd
+    rm -f "$SOCK"
+    if [[ $backend == qsd ]]; then
+        local node
+        if [[ $device == file ]]; then
+            node=(--blockdev "driver=file,node-name=file0,filename=$IMG,cache.direct=off"
+                  --blockdev "driver=raw,node-name=disk0,file=file0")
+        else
+            node=(--blockdev "driver=null-co,node-name=disk0,size=$SIZE_BYTES")
+        fi
+        qemu-storage-daemon "${node[@]}" \
+            --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$QUEUES" \
+            >"$blog" 2>&1 &
+        BACKEND_PID=$!
+    else
+        if [[ $device == file ]]; then cmd=$OURS; else cmd=$OURS_NULL; fi
+        cmd=${cmd//\{image\}/$IMG}
+        cmd=${cmd//\{socket\}/$SOCK}
+        cmd=${cmd//\{size\}/$SIZE_BYTES}
+        cmd=${cmd//\{queues\}/$QUEUES}
+        log "starting: $cmd"
+        (cd "$REPO_ROOT" && exec bash -c "exec $cmd") >"$blog" 2>&1 &
+        BACKEND_PID=$!
+    fi
+    for _ in $(seq 1 600); do
+        [[ -S "$SOCK" ]] && return 0
+        kill -0 "$BACKEND_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    tail -n 20 "$blog" >&2 || true
+    BACKEND_PID=""
+    die "back-end $backend ($device) did not create its socket"
+}
+
+ANY_FAILED=0
+
+run_one() { # round backend device
+    local round=$1 backend=$2 device=$3
+    local tag="r${round}-${backend}-${device}"
+    local clog="$WORKDIR/$tag.console.log" samples="$WORKDIR/$tag.samples" rc=0
+    : >"$samples"
+    : >"$clog"
+    log "round $round: $backend on $device: jobs $JOBS (${RUNTIME}s each)"
+    start_backend "$backend" "$device" "$WORKDIR/$tag.backend.log"
+    local bpid=$BACKEND_PID
+    "$RUN_GUEST" --socket "$SOCK" --jobs "$JOBS" --vcpus "$VCPUS" --queues "$QUEUES" --mem "$MEM" \
+        --log "$clog" --quiet --timeout $((120 + 40 * RUNTIME)) \
+        --extra-append "vblk.runtime=$RUNTIME vblk.perf_size_mib=$SIZE_MIB" \
+        >"$WORKDIR/$tag.run.out" 2>&1 &
+    local rpid=$!
+    # Follow the console; sample the back-end's CPU on the I/O markers.
+    local line
+    while IFS= read -r line; do
+        line=${line%$'\r'}
+        case "$line" in
+            "VBLK-IO-START "*|"VBLK-IO-STOP "*)
+                # shellcheck disable=SC2086  # split the marker into words
+                set -- $line
+                printf '%s %s %s\n' "${1#VBLK-IO-}" "$2" "$(tree_ticks "$bpid")" >>"$samples" ;;
+        esac
+    done < <(tail -n +1 -F -s 0.05 --pid="$rpid" "$clog" 2>/dev/null)
+    wait "$rpid" || rc=$?
+    stop_backend
+    if [[ $rc -ne 0 ]]; then
+        ANY_FAILED=1
+        log "guest run failed ($tag); see $WORKDIR/$tag.run.out"
+        grep '^RESULT' "$WORKDIR/$tag.run.out" >&2 || true
+    fi
+    grep -o 'BOOT-SECONDS.*\|RUN-SECONDS.*' "$WORKDIR/$tag.run.out" | tr '\n' ' ' >&2 || true
+    echo >&2
+    # One row per job: round backend device job iops bw_kib ios cpu_ticks
+    tr -d '\r' <"$clog" | grep '^VBLK-PERF ' | while read -r _ kvs; do
+        local name="" iops="" bw="" ios="" kv
+        for kv in $kvs; do
+            case "$kv" in
+                name=*) name=${kv#name=} ;;
+                iops=*) iops=${kv#iops=} ;;
+                bw_kib=*) bw=${kv#bw_kib=} ;;
+                ios=*) ios=${kv#ios=} ;;
+            esac
+        done
+        local t0 t1
+        t0=$(awk -v n="$name" '$1 == "START" && $2 == n {print $3}' "$samples" | tail -n1)
+        t1=$(awk -v n="$name" '$1 == "STOP" && $2 == n {print $3}' "$samples" | tail -n1)
+        local cpu_ticks=NA
+        [[ -z "$t0" || -z "$t1" ]] || cpu_ticks=$((t1 - t0))
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$backend" "$device" "$name" "$iops" "$bw" "$ios" "$cpu_ticks" >>"$RESULTS"
+    done
+}
+
+if [[ " ${DEVICE_LIST[*]} " == *" file "* ]]; then
+    log "preparing ${SIZE_MIB} MiB raw image (allocated, page-cached)"
+    qemu-img create -q -f raw "$IMG" "${SIZE_MIB}M"
+    dd if=/dev/zero of="$IMG" bs=1M count="$SIZE_MIB" conv=notrunc status=none
+    cat "$IMG" >/dev/null
+fi
+
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+BACKENDS=(qsd)
+[[ -z "$OURS" ]] || BACKENDS+=(ours)
+for round in $(seq 1 "$ROUNDS"); do
+    order=("${BACKENDS[@]}")
+    if [[ ${#BACKENDS[@]} -eq 2 && $((round % 2)) -eq 0 ]]; then
+        order=(ours qsd)
+    fi
+    for device in "${DEVICE_LIST[@]}"; do
+        for backend in "${order[@]}"; do
+            run_one "$round" "$backend" "$device"
+        done
+    done
+done
+
+# ---------------------------------------------------------------- table
+TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_ours="${OURS:+1}" '
+    {
+        k = $2 SUBSEP $3 SUBSEP $4
+        n[k]++; iops[k] += $5; bw[k] += $6; ios[k] += $7
+        if ($8 == "NA") bad[k] = 1; else ticks[k] += $8
+    }
+    function cpu(k) { return (k in bad || ios[k] == 0) ? -1 : (ticks[k] / tck) / ios[k] * 1e6 }
+    function fmtcpu(c) { return c < 0 ? "n/a" : sprintf("%.2f", c) }
+    END {
+        nj = split(jobs, J, ","); nd = split(devs, D, ",")
+        printf "%-8s %-6s %-20s %10s %10s %14s\n", "backend", "device", "job", "IOPS", "MB/s", "CPU s/Mreq"
+        for (d = 1; d <= nd; d++) for (j = 1; j <= nj; j++) {
+            nb = split(have_ours ? "qsd ours" : "qsd", B, " ")
+            for (b = 1; b <= nb; b++) {
+                k = B[b] SUBSEP D[d] SUBSEP J[j]
+                if (!(k in n)) { printf "%-8s %-6s %-20s %10s %10s %14s\n", B[b], D[d], J[j], "FAIL", "-", "-"; continue }
+                printf "%-8s %-6s %-20s %10d %10.1f %14s\n", B[b], D[d], J[j],
+                    iops[k] / n[k], bw[k] / n[k] * 1024 / 1e6, fmtcpu(cpu(k))
+            }
+            if (have_ours) {
+                q = "qsd" SUBSEP D[d] SUBSEP J[j]; o = "ours" SUBSEP D[d] SUBSEP J[j]
+                if ((q in n) && (o in n) && iops[q] > 0 && bw[q] > 0) {
+                    cq = cpu(q); co = cpu(o)
+                    printf "%-8s %-6s %-20s %10.2f %10.2f %14s\n", "ours/qsd", D[d], J[j],
+                        (iops[o] / n[o]) / (iops[q] / n[q]), (bw[o] / n[o]) / (bw[q] / n[q]),
+                        (cq > 0 && co >= 0) ? sprintf("%.2f", co / cq) : "n/a"
+                }
+            }
+        }
+    }' "$RESULTS")
+
+HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}"
+{
+    echo "$HEADER"
+    echo "$TABLE"
+} | tee ${OUT:+"$OUT"}
+
+if [[ $KEEP -eq 1 ]]; then
+    log "kept $WORKDIR"
+else
+    rm -rf "$WORKDIR"
+fi
+[[ $ANY_FAILED -eq 0 ]] || die "some guest runs failed"

@@ -1,0 +1,122 @@
+using System.Diagnostics;
+
+namespace VirtioSharp.Tests.Interop;
+
+/// <summary>Paths and process helpers for tests that run real peers.</summary>
+internal static class Repo
+{
+    public static string Root { get; } = FindRoot();
+
+    private static string FindRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "VirtioSharp.slnx")))
+                return dir.FullName;
+        }
+        throw new InvalidOperationException("repository root (VirtioSharp.slnx) not found above the test binaries");
+    }
+
+    /// <summary>The vblk CLI built next to the tests (the test project references it).</summary>
+    public static string VblkDll => Path.Combine(AppContext.BaseDirectory, "vblk.dll");
+
+    public static string Script(string name) => Path.Combine(Root, "scripts", name);
+
+    /// <summary>Runs a program to completion and returns its exit code and combined output.</summary>
+    public static (int ExitCode, string Output) Run(string file, IEnumerable<string> args, TimeSpan timeout)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Root };
+        foreach (var a in args)
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
+        var output = new System.Text.StringBuilder();
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        if (!p.WaitForExit(timeout))
+        {
+            p.Kill(entireProcessTree: true);
+            p.WaitForExit();
+            lock (output) return (-1, output + $"\n(timed out after {timeout.TotalSeconds} s)");
+        }
+        p.WaitForExit();
+        lock (output) return (p.ExitCode, output.ToString());
+    }
+}
+
+/// <summary>A background process whose output is collected (a back-end under test).</summary>
+internal sealed class BackgroundProcess : IDisposable
+{
+    private readonly Process _process;
+    private readonly System.Text.StringBuilder _output = new();
+
+    public BackgroundProcess(string file, IEnumerable<string> args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Repo.Root };
+        foreach (var a in args)
+            psi.ArgumentList.Add(a);
+        _process = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
+        _process.OutputDataReceived += (_, e) => Append(e.Data);
+        _process.ErrorDataReceived += (_, e) => Append(e.Data);
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+    }
+
+    private void Append(string? line)
+    {
+        if (line is not null)
+            lock (_output) _output.AppendLine(line);
+    }
+
+    public string Output { get { lock (_output) return _output.ToString(); } }
+    public bool HasExited => _process.HasExited;
+    public int ExitCode => _process.ExitCode;
+
+    public void WaitForSocket(string path, TimeSpan timeout)
+    {
+        var until = DateTime.UtcNow + timeout;
+        while (DateTime.UtcNow < until)
+        {
+            if (File.Exists(path))
+                return;
+            if (_process.HasExited)
+                throw new InvalidOperationException($"back-end exited with {_process.ExitCode} before creating {path}:\n{Output}");
+            Thread.Sleep(50);
+        }
+        throw new TimeoutException($"back-end did not create {path} within {timeout.TotalSeconds} s:\n{Output}");
+    }
+
+    /// <summary>Asks the process to stop with SIGTERM and waits; returns its exit code.</summary>
+    public int Stop(TimeSpan timeout)
+    {
+        if (!_process.HasExited)
+        {
+            Interop.Kill(_process.Id, 15);
+            if (!_process.WaitForExit(timeout))
+            {
+                _process.Kill(entireProcessTree: true);
+                _process.WaitForExit();
+                throw new TimeoutException($"back-end did not stop within {timeout.TotalSeconds} s of SIGTERM:\n{Output}");
+            }
+        }
+        _process.WaitForExit();
+        return _process.ExitCode;
+    }
+
+    public void Dispose()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill(entireProcessTree: true);
+            _process.WaitForExit();
+        }
+        _process.Dispose();
+    }
+}
+
+internal static partial class Interop
+{
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill")]
+    internal static partial int Kill(int pid, int signal);
+}

@@ -22,10 +22,10 @@ public sealed class FrontendCliTests
     public async Task Io_subcommands_work_against_a_back_end_and_fail_with_one_line()
     {
         using var dir = new TempDir();
-        using var peer = BlkPeer.ExportNull(PeerKind.Vblk, dir, 1 << 20);
         var image = dir.File("disk.raw");
         FileBackend.Create(image, 4 << 20);
-        using var file = BlkPeer.ExportFile(PeerKind.Vblk, new TempDir(), image);
+        using var serverDir = new TempDir();
+        using var file = BlkPeer.ExportFile(PeerKind.Vblk, serverDir, image);
 
         var (code, output, error) = await Run(IoCommand.Create(), "--socket", file.SocketPath, "info");
         Assert.True(code == 0, error);

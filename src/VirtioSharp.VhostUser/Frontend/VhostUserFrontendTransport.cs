@@ -571,6 +571,8 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         switch (_channel.Receive(out var header, out var problem))
         {
             case ReceiveStatus.Closed when problem is not null:
+                // EAGAIN here is our receive timeout in the middle of a message; anything else (a reset) is a hang-up.
+                _peerClosed = !problem.Contains($"(errno {Errno.EAGAIN})", StringComparison.Ordinal);
                 throw Lose($"vhost-user connection failed reading the reply to {Name(request)}: {problem}");
             case ReceiveStatus.Closed:
                 _peerClosed = true;

@@ -116,7 +116,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         {
             PopResult result;
             while ((result = queue.TryPop(out var chain)) == PopResult.Chain)
+            {
                 queue.AddUsed(chain.Head, HandleChain(queue.Index, chain, iov));
+                if (Breaches.ResetRequested)
+                    break; // strict=fail: stop at the first breach
+            }
 
             if (result == PopResult.RingCorrupt)
             {
@@ -254,6 +258,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             }
         }
         req.ReadableCount = readableCount;
+        if (buffers[0].Writable)
+        {
+            Breaches.Report("5.2.6", queue, chain.Head, "a device-readable request header", "the first buffer is device-writable");
+            return false;
+        }
         if (readable < BlkLayout.HeaderSize)
         {
             Breaches.Report("5.2.6", queue, chain.Head, $"a device-readable header of {BlkLayout.HeaderSize} bytes", $"{readable} device-readable bytes");
@@ -285,6 +294,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private BlkStatus Validate(int queue, ref ParsedRequest req)
     {
         var type = (BlkRequestType)req.Header.Type;
+        if (Breaches.Strict)
+            CheckStrict(queue, ref req, type);
         switch (type)
         {
             case BlkRequestType.In:
@@ -309,6 +320,45 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 return BlkStatus.Unsupp;
         }
     }
+
+    /// <summary>
+    /// Strict mode only: driver requirements of 5.2.6.1 that do not change the answer
+    /// (the device can serve the request) but that a driver author wants to hear about.
+    /// </summary>
+    private void CheckStrict(int queue, ref ParsedRequest req, BlkRequestType type)
+    {
+        const int head = -1;
+        switch (type)
+        {
+            case BlkRequestType.In:
+            case BlkRequestType.GetId:
+                if (req.ReadableData != 0)
+                    Breaches.Report("5.2.6", queue, head, $"only the 16-byte header device-readable in a {TypeName(type)} request", $"{req.ReadableData} more device-readable bytes");
+                if (type == BlkRequestType.GetId && req.WritableData != BlkLayout.IdBytes)
+                    Breaches.Report("5.2.6.1", queue, head, "a GET_ID data buffer of 20 bytes", $"{req.WritableData} bytes");
+                break;
+            default:
+                // Requests whose data the device reads: the status byte is the only writable byte.
+                if (req.WritableData != 0)
+                    Breaches.Report("5.2.6", queue, head, $"the status byte as the only device-writable byte of a {TypeName(type)} request", $"{req.WritableData} device-writable bytes before it");
+                break;
+        }
+        if (type == BlkRequestType.Flush && req.Header.Sector != 0)
+            Breaches.Report("5.2.6.1", queue, head, "sector 0 in a FLUSH request", $"sector {req.Header.Sector}");
+        if (type == BlkRequestType.Flush && req.ReadableData != 0)
+            Breaches.Report("5.2.6.1", queue, head, "no data in a FLUSH request (SHOULD NOT)", $"{req.ReadableData} bytes of data");
+    }
+
+    private static string TypeName(BlkRequestType t) => t switch
+    {
+        BlkRequestType.In => "IN",
+        BlkRequestType.Out => "OUT",
+        BlkRequestType.Flush => "FLUSH",
+        BlkRequestType.GetId => "GET_ID",
+        BlkRequestType.Discard => "DISCARD",
+        BlkRequestType.WriteZeroes => "WRITE_ZEROES",
+        _ => $"type {(uint)t}",
+    };
 
     private BlkStatus CheckRange(int queue, ref ParsedRequest req)
     {
@@ -360,43 +410,43 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         switch ((BlkRequestType)req.Header.Type)
         {
             case BlkRequestType.In:
-            {
-                var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
-                if (trace is { Active: true })
-                    trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
-                if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
-                    return BlkStatus.IoErr;
-                req.Written = (uint)req.DataLength;
-                return BlkStatus.Ok;
-            }
+                {
+                    var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
+                    if (trace is { Active: true })
+                        trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                    if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        return BlkStatus.IoErr;
+                    req.Written = (uint)req.DataLength;
+                    return BlkStatus.Ok;
+                }
             case BlkRequestType.Out:
-            {
-                var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
-                if (trace is { Active: true })
-                    trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
-                if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
-                    return BlkStatus.IoErr;
-                // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
-                if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())
-                    return BlkStatus.IoErr;
-                return BlkStatus.Ok;
-            }
+                {
+                    var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
+                    if (trace is { Active: true })
+                        trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                    if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        return BlkStatus.IoErr;
+                    // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
+                    if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())
+                        return BlkStatus.IoErr;
+                    return BlkStatus.Ok;
+                }
             case BlkRequestType.Flush:
                 if (trace is { Active: true })
                     trace.Step("device", $"backend flush (fdatasync) of the {_backend.Description}");
                 return _backend.Flush() ? BlkStatus.Ok : BlkStatus.IoErr;
             case BlkRequestType.GetId:
-            {
-                var n = BuildIoVec(ref req, iov, writable: true, Math.Min(req.WritableData, BlkLayout.IdBytes));
-                var copied = 0;
-                for (var i = 0; i < n; i++)
                 {
-                    _serial.AsSpan(copied, (int)iov[i].Length).CopyTo(new Span<byte>((void*)iov[i].Base, (int)iov[i].Length));
-                    copied += (int)iov[i].Length;
+                    var n = BuildIoVec(ref req, iov, writable: true, Math.Min(req.WritableData, BlkLayout.IdBytes));
+                    var copied = 0;
+                    for (var i = 0; i < n; i++)
+                    {
+                        _serial.AsSpan(copied, (int)iov[i].Length).CopyTo(new Span<byte>((void*)iov[i].Base, (int)iov[i].Length));
+                        copied += (int)iov[i].Length;
+                    }
+                    req.Written = (uint)copied;
+                    return BlkStatus.Ok;
                 }
-                req.Written = (uint)copied;
-                return BlkStatus.Ok;
-            }
             case BlkRequestType.Discard:
             case BlkRequestType.WriteZeroes:
                 return ExecuteSegments(ref req, (BlkRequestType)req.Header.Type);

@@ -38,19 +38,25 @@ public sealed class BreachReporter(ILogSink? log, StrictMode mode)
     /// <summary>Set when strict=fail saw a breach; the transport turns it into DEVICE_NEEDS_RESET.</summary>
     public bool ResetRequested { get; private set; }
 
-    /// <summary>Records a breach. <paramref name="strictOnly"/> breaches are checked only in strict mode.</summary>
+    /// <summary>Records a breach: counted, logged (boundedly), and with strict=fail a reset request.</summary>
     public void Report(DriverBreach breach)
     {
+        int count;
         lock (_lock)
         {
             _total++;
-            _bySection[breach.Section] = _bySection.GetValueOrDefault(breach.Section) + 1;
+            count = _bySection[breach.Section] = _bySection.GetValueOrDefault(breach.Section) + 1;
             if (_recent.Count < 1000)
                 _recent.Add(breach);
             if (Mode == StrictMode.Fail)
                 ResetRequested = true;
         }
-        log.Warn($"driver breach: {breach}");
+        // A hostile driver must not flood the log: each section is logged a bounded number of times.
+        var limit = Strict ? 100 : 20;
+        if (count <= limit)
+            log.Warn($"driver breach: {breach}");
+        if (count == limit)
+            log.Warn($"further breaches of spec {breach.Section} are counted, not logged");
     }
 
     public void Report(string section, int queue, int descriptor, string expected, string found) =>

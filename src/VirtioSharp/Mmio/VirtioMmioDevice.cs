@@ -198,6 +198,8 @@ public sealed class VirtioMmioDevice : IMmioHandler
             Breaches.Report("4.2.3.2", (int)_queueSel, -1, $"a queue below {_queues.Length}", $"{MmioRegisters.Name(offset)} on a missing queue");
             return;
         }
+        if (Breaches.Strict && ((DeviceStatus)_status & DeviceStatus.DriverOk) != 0)
+            Breaches.Report("3.1.1", (int)_queueSel, -1, "queue setup before DRIVER_OK", $"{MmioRegisters.Name(offset)} written after DRIVER_OK");
         if (q.Ready)
         {
             // 4.2.2.2 / 4.2.3.2: queue registers are set while QueueReady is 0.

@@ -24,6 +24,8 @@ public interface IDriverQueue
     int FreeDescriptors { get; }
     /// <summary>Places a chain (device-readable buffers first) and makes it available; false when descriptors run out.</summary>
     bool TryAdd(ReadOnlySpan<DriverBuffer> buffers, out ushort head);
+    /// <summary>Makes an indirect table of <paramref name="count"/> descriptors available as one chain (2.7.5.3).</summary>
+    bool TryAddIndirect(ulong table, int count, out ushort head);
     /// <summary>Publishes the available index; true if the device wants a notification (2.7.13.4).</summary>
     bool Publish();
     /// <summary>Takes the next used element, if any. A bogus element yields false with an error.</summary>

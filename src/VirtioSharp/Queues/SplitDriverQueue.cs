@@ -110,6 +110,44 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         return true;
     }
 
+    /// <summary>
+    /// 2.7.5.3: makes one descriptor with VIRTQ_DESC_F_INDIRECT pointing at a table of
+    /// <paramref name="count"/> descriptors the caller wrote at <paramref name="table"/>.
+    /// </summary>
+    public bool TryAddIndirect(ulong table, int count, out ushort head)
+    {
+        head = 0;
+        if (_free == 0 || count <= 0 || count > Size)
+            return false;
+        head = _freeHead;
+        var d = _desc + head * SplitRing.DescriptorSize;
+        Unsafe.WriteUnaligned(d, table);
+        Unsafe.WriteUnaligned(d + 8, (uint)(count * SplitRing.DescriptorSize));
+        Unsafe.WriteUnaligned(d + 12, SplitRing.DescFIndirect);
+        Unsafe.WriteUnaligned(d + 14, (ushort)0);
+        _freeHead = _next[head];
+        _free--;
+        _chainLength[head] = 1;
+        AvailRingSlot(_availShadow & (Size - 1)) = head;
+        _availShadow++;
+        return true;
+    }
+
+    /// <summary>Writes a chain of descriptors into an indirect table (2.7.5.3.1: no INDIRECT inside).</summary>
+    public static void WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers)
+    {
+        for (var i = 0; i < buffers.Length; i++)
+        {
+            var b = buffers[i];
+            var e = table.Slice(i * SplitRing.DescriptorSize, SplitRing.DescriptorSize);
+            var last = i == buffers.Length - 1;
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(e, b.Address);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(e[8..], b.Length);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(e[12..], (ushort)((b.DeviceWritable ? SplitRing.DescFWrite : 0) | (last ? 0 : SplitRing.DescFNext)));
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(e[14..], last ? (ushort)0 : (ushort)(i + 1));
+        }
+    }
+
     public bool Publish()
     {
         var oldIdx = _availPublished;

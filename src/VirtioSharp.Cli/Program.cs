@@ -1,0 +1,7 @@
+using System.CommandLine;
+using VirtioSharp.Cli;
+using VirtioSharp.Cli.Commands;
+
+var root = new RootCommand("vblk: a virtio block-device stack. Shows, serves, measures and checks virtio-blk over virtio-mmio and vhost-user.");
+root.Subcommands.Add(DemoCommand.Create());
+return await CliRunner.RunAsync(root, args);

@@ -1,0 +1,43 @@
+using System.Globalization;
+
+namespace VirtioSharp.Cli;
+
+/// <summary>Parses sizes such as 4096, 64K, 128M, 2G (binary units).</summary>
+public static class Sizes
+{
+    public static ulong Parse(string text, string what)
+    {
+        var t = text.Trim();
+        if (t.Length == 0)
+            throw new CliException($"{what} is empty", true);
+        ulong unit = 1;
+        var last = char.ToUpperInvariant(t[^1]);
+        if (last == 'B' && t.Length > 1 && char.IsLetter(t[^2]))
+        {
+            t = t[..^1];
+            last = char.ToUpperInvariant(t[^1]);
+        }
+        switch (last)
+        {
+            case 'K': unit = 1UL << 10; t = t[..^1]; break;
+            case 'M': unit = 1UL << 20; t = t[..^1]; break;
+            case 'G': unit = 1UL << 30; t = t[..^1]; break;
+            case 'T': unit = 1UL << 40; t = t[..^1]; break;
+        }
+        if (!ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var n) || n > ulong.MaxValue / unit)
+            throw new CliException($"{what} '{text}' is not a size (examples: 4096, 64K, 128M, 2G)", true);
+        return n * unit;
+    }
+
+    public static string Format(double bytes)
+    {
+        string[] units = ["B", "KiB", "MiB", "GiB", "TiB"];
+        var i = 0;
+        while (bytes >= 1024 && i < units.Length - 1)
+        {
+            bytes /= 1024;
+            i++;
+        }
+        return i == 0 ? $"{bytes:0} {units[i]}" : $"{bytes:0.#} {units[i]}";
+    }
+}

@@ -1,0 +1,471 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using VirtioSharp.Devices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Driver;
+using VirtioSharp.Queues;
+
+namespace VirtioSharp.Block;
+
+/// <summary>
+/// The virtio-blk driver (5.2): builds header/data/status chains, makes them available,
+/// notifies, and completes the waiting callers when the device returns them. It runs over any
+/// <see cref="IDriverTransport"/>. Many callers on many threads may have requests in flight.
+/// </summary>
+public sealed class BlkDriver : IInterruptHandler, IDisposable
+{
+    /// <summary>Every feature this driver understands.</summary>
+    public const ulong SupportedFeatures =
+        (1UL << VirtioFeatures.Version1) | (1UL << VirtioFeatures.BlkSizeMax) | (1UL << VirtioFeatures.BlkSegMax)
+        | (1UL << VirtioFeatures.BlkRo) | (1UL << VirtioFeatures.BlkBlkSize) | (1UL << VirtioFeatures.BlkFlush)
+        | (1UL << VirtioFeatures.BlkMq) | (1UL << VirtioFeatures.BlkDiscard) | (1UL << VirtioFeatures.BlkWriteZeroes)
+        | (1UL << VirtioFeatures.RingIndirectDesc) | (1UL << VirtioFeatures.RingEventIdx);
+
+    private readonly IDriverTransport _transport;
+    private readonly BlkDriverOptions _options;
+    private readonly BlkQueueContext[] _queues;
+    private volatile string? _failure;
+
+    private BlkDriver(IDriverTransport transport, BlkDriverOptions options, ulong features, BlkConfig config, BlkQueueContext[] queues)
+    {
+        _transport = transport;
+        _options = options;
+        Features = features;
+        Config = config;
+        _queues = queues;
+    }
+
+    /// <summary>Initializes the device (3.1.1) and sets up its queues.</summary>
+    public static BlkDriver Start(IDriverTransport transport, BlkDriverOptions? options = null)
+    {
+        options ??= new BlkDriverOptions();
+        var features = VirtioDriverInit.Begin(transport, 2, offered => offered & options.AcceptFeatures);
+        Span<byte> raw = stackalloc byte[BlkLayout.ConfigSize];
+        uint generation;
+        do
+        {
+            // 2.5.1: re-read while ConfigGeneration changes under us.
+            generation = transport.ConfigGeneration;
+            transport.ReadConfig(0, raw);
+        } while (generation != transport.ConfigGeneration);
+        var config = BlkConfig.Parse(raw);
+
+        var numQueues = VirtioFeatures.Has(features, VirtioFeatures.BlkMq) ? Math.Clamp(options.NumQueues, 1, Math.Max((int)config.NumQueues, 1)) : 1;
+        var eventIdx = VirtioFeatures.Has(features, VirtioFeatures.RingEventIdx);
+        var indirect = VirtioFeatures.Has(features, VirtioFeatures.RingIndirectDesc);
+        var bounce = (uint)Math.Max(BlkLayout.SectorSize, options.MaxTransfer & ~(BlkLayout.SectorSize - 1));
+        if (VirtioFeatures.Has(features, VirtioFeatures.BlkSizeMax) && config.SizeMax >= BlkLayout.SectorSize)
+            bounce = Math.Min(bounce, config.SizeMax & ~(uint)(BlkLayout.SectorSize - 1));
+        var queues = new BlkQueueContext[numQueues];
+        for (var q = 0; q < numQueues; q++)
+        {
+            var max = transport.GetMaxQueueSize(q);
+            if (max == 0)
+                throw new VirtioDeviceException($"device has no queue {q}");
+            var size = Math.Min(options.QueueSize, max);
+            size = 1 << (31 - int.LeadingZeroCount(size)); // round down to a power of two (2.7)
+            var ring = SplitDriverQueue.Allocate(q, size, transport.Allocator, eventIdx);
+            transport.SetupQueue(q, size, ring.DescriptorTable, ring.DriverArea, ring.DeviceArea);
+            var depth = indirect ? size : Math.Max(1, size / 3);
+            queues[q] = new BlkQueueContext(ring, transport.Memory, transport.Allocator, depth, bounce, indirect);
+        }
+        var driver = new BlkDriver(transport, options, features, config, queues);
+        transport.SetInterruptHandler(driver);
+        VirtioDriverInit.Finish(transport);
+        return driver;
+    }
+
+    public ulong Features { get; }
+    public BlkConfig Config { get; }
+    public ulong Capacity => Config.Capacity << BlkLayout.SectorShift;
+    public uint BlockSize => VirtioFeatures.Has(Features, VirtioFeatures.BlkBlkSize) && Config.BlkSize >= BlkLayout.SectorSize ? Config.BlkSize : BlkLayout.SectorSize;
+    public bool ReadOnly => VirtioFeatures.Has(Features, VirtioFeatures.BlkRo);
+    public int QueueCount => _queues.Length;
+    public int QueueSize(int queue) => _queues[queue].Queue.Size;
+    /// <summary>Requests one queue can have in flight.</summary>
+    public int Depth => _queues[0].Depth;
+    public IDriverTransport Transport => _transport;
+    private ITraceSink? Trace => _options.Trace;
+
+    // ---------------------------------------------------------------- the public block API
+
+    /// <summary>Reads <paramref name="destination"/>.Length bytes at byte <paramref name="offset"/> (both multiples of 512).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask ReadAsync(ulong offset, Memory<byte> destination, CancellationToken cancel = default)
+    {
+        CheckRange(offset, (ulong)destination.Length);
+        var chunk = ChunkSize;
+        for (var done = 0; done < destination.Length; done += chunk)
+        {
+            var n = Math.Min(chunk, destination.Length - done);
+            var status = await Submit(BlkRequestType.In, (offset + (ulong)done) >> BlkLayout.SectorShift, default, destination.Slice(done, n), (uint)n, cancel);
+            ThrowIfFailed(status, "read", offset + (ulong)done);
+        }
+    }
+
+    /// <summary>Writes <paramref name="source"/> at byte <paramref name="offset"/> (both multiples of 512).</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask WriteAsync(ulong offset, ReadOnlyMemory<byte> source, CancellationToken cancel = default)
+    {
+        CheckRange(offset, (ulong)source.Length);
+        var chunk = ChunkSize;
+        for (var done = 0; done < source.Length; done += chunk)
+        {
+            var n = Math.Min(chunk, source.Length - done);
+            var status = await Submit(BlkRequestType.Out, (offset + (ulong)done) >> BlkLayout.SectorShift, source.Slice(done, n), default, (uint)n, cancel);
+            ThrowIfFailed(status, "write", offset + (ulong)done);
+        }
+    }
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    public async ValueTask FlushAsync(CancellationToken cancel = default)
+    {
+        var status = await Submit(BlkRequestType.Flush, 0, default, default, 0, cancel);
+        ThrowIfFailed(status, "flush", 0);
+    }
+
+    public ValueTask DiscardAsync(ulong offset, ulong length, CancellationToken cancel = default) =>
+        SegmentsAsync(BlkRequestType.Discard, offset, length, 0, cancel);
+
+    public ValueTask WriteZeroesAsync(ulong offset, ulong length, bool mayUnmap = false, CancellationToken cancel = default) =>
+        SegmentsAsync(BlkRequestType.WriteZeroes, offset, length, mayUnmap ? BlkLayout.SegmentFlagUnmap : 0, cancel);
+
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    private async ValueTask SegmentsAsync(BlkRequestType type, ulong offset, ulong length, uint flags, CancellationToken cancel)
+    {
+        CheckRange(offset, length);
+        var feature = type == BlkRequestType.Discard ? VirtioFeatures.BlkDiscard : VirtioFeatures.BlkWriteZeroes;
+        if (!VirtioFeatures.Has(Features, feature))
+            throw new BlkException($"the device does not offer {VirtioFeatures.Name(feature)}", BlkStatus.Unsupp);
+        var maxSectors = type == BlkRequestType.Discard ? Config.MaxDiscardSectors : Config.MaxWriteZeroesSectors;
+        if (maxSectors == 0)
+            maxSectors = uint.MaxValue;
+        var sector = offset >> BlkLayout.SectorShift;
+        var sectors = length >> BlkLayout.SectorShift;
+        var segment = new byte[BlkLayout.DiscardSegmentSize];
+        while (sectors > 0)
+        {
+            var n = (uint)Math.Min(sectors, maxSectors);
+            new BlkDiscardSegment(sector, n, flags).Write(segment);
+            var status = await Submit(type, 0, segment, default, 0, cancel);
+            ThrowIfFailed(status, type == BlkRequestType.Discard ? "discard" : "write-zeroes", sector << BlkLayout.SectorShift);
+            sector += n;
+            sectors -= n;
+        }
+    }
+
+    /// <summary>GET_ID: the device's serial, up to 20 bytes.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    public async ValueTask<string> GetIdAsync(CancellationToken cancel = default)
+    {
+        var id = new byte[BlkLayout.IdBytes];
+        var status = await Submit(BlkRequestType.GetId, 0, default, id, BlkLayout.IdBytes, cancel);
+        ThrowIfFailed(status, "get-id", 0);
+        var end = Array.IndexOf(id, (byte)0);
+        return Encoding.ASCII.GetString(id, 0, end < 0 ? id.Length : end);
+    }
+
+    /// <summary>
+    /// Zero-copy I/O: the data already lies in the transport's memory at <paramref name="dataAddress"/>.
+    /// Returns the status byte instead of throwing.
+    /// </summary>
+    public ValueTask<BlkStatus> SubmitDirectAsync(BlkRequestType type, ulong sector, ulong dataAddress, uint dataLength, CancellationToken cancel = default) =>
+        Submit(type, sector, default, default, dataLength, cancel, dataAddress);
+
+    /// <summary>A seekable <see cref="Stream"/> over the disk.</summary>
+    public Stream AsStream() => new BlkStream(this);
+
+    /// <summary>Largest transfer one request carries; larger calls are split into requests of this size.</summary>
+    public int ChunkSize => (int)_queues[0].BounceSize;
+
+    // ---------------------------------------------------------------- submission
+
+    private void CheckRange(ulong offset, ulong length)
+    {
+        if ((offset | length) % BlkLayout.SectorSize != 0)
+            throw new ArgumentException($"offset {offset} and length {length} must be multiples of {BlkLayout.SectorSize}");
+        if (offset > Capacity || length > Capacity - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range {offset}+{length} is beyond the disk's {Capacity} bytes");
+    }
+
+    private static void ThrowIfFailed(BlkStatus status, string what, ulong offset)
+    {
+        if (status != BlkStatus.Ok)
+            throw new BlkException($"{what} at offset {offset} failed: device answered {status switch { BlkStatus.IoErr => "VIRTIO_BLK_S_IOERR", BlkStatus.Unsupp => "VIRTIO_BLK_S_UNSUPP", _ => $"status {(byte)status}" }}", status);
+    }
+
+    private BlkQueueContext PickQueue() =>
+        _queues.Length == 1 ? _queues[0] : _queues[Thread.GetCurrentProcessorId() % _queues.Length];
+
+    /// <summary>
+    /// Builds header / data / status, places the chain, publishes it and notifies (2.7.13).
+    /// Readable data comes from <paramref name="source"/>, writable data lands in <paramref name="destination"/>
+    /// (both through the slot's bounce buffer), or lies at <paramref name="direct"/> in device-visible memory.
+    /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
+    private async ValueTask<BlkStatus> Submit(BlkRequestType type, ulong sector, ReadOnlyMemory<byte> source, Memory<byte> destination,
+        uint length, CancellationToken cancel, ulong direct = 0)
+    {
+        ThrowIfBroken();
+        var ctx = PickQueue();
+        await ctx.Capacity.WaitAsync(cancel).ConfigureAwait(false);
+        BlkRequestSlot slot;
+        try
+        {
+            ThrowIfBroken();
+            slot = ctx.Rent();
+        }
+        catch
+        {
+            ctx.Capacity.Release();
+            throw;
+        }
+        var task = Place(ctx, slot, type, sector, source, destination, length, direct);
+        return await task.ConfigureAwait(false);
+    }
+
+    private ValueTask<BlkStatus> Place(BlkQueueContext ctx, BlkRequestSlot slot, BlkRequestType type, ulong sector,
+        ReadOnlyMemory<byte> source, Memory<byte> destination, uint length, ulong direct)
+    {
+        var memory = ctx.Memory;
+        new BlkRequestHeader((uint)type, 0, sector).Write(memory.GetSpan(slot.HeaderAddress, BlkLayout.HeaderSize));
+        memory.GetSpan(slot.StatusAddress, 1)[0] = 0xff; // not yet written by the device
+
+        Span<DriverBuffer> chain = stackalloc DriverBuffer[3];
+        var n = 0;
+        chain[n++] = new DriverBuffer(slot.HeaderAddress, BlkLayout.HeaderSize, false);
+        var writable = 1u;
+        if (!source.IsEmpty)
+        {
+            source.Span.CopyTo(memory.GetSpan(slot.BounceAddress, source.Length));
+            chain[n++] = new DriverBuffer(slot.BounceAddress, (uint)source.Length, false);
+        }
+        else if (!destination.IsEmpty)
+        {
+            slot.CopyBack = destination;
+            chain[n++] = new DriverBuffer(slot.BounceAddress, (uint)destination.Length, true);
+            writable += (uint)destination.Length;
+        }
+        else if (direct != 0 && length > 0)
+        {
+            var deviceWrites = type is BlkRequestType.In or BlkRequestType.GetId;
+            chain[n++] = new DriverBuffer(direct, length, deviceWrites);
+            if (deviceWrites)
+                writable += length;
+        }
+        chain[n++] = new DriverBuffer(slot.StatusAddress, 1, true);
+        slot.WritableBytes = writable;
+
+        var result = slot.AsValueTask();
+        bool notify;
+        bool placed;
+        var trace = Trace;
+        slot.Tracing = trace is { Active: true };
+        lock (ctx.Lock)
+        {
+            ushort head;
+            if (ctx.Indirect)
+            {
+                SplitDriverQueue.WriteIndirectTable(memory.GetSpan(slot.IndirectAddress, n * SplitRing.DescriptorSize), chain[..n]);
+                placed = ctx.Queue.TryAddIndirect(slot.IndirectAddress, n, out head);
+            }
+            else
+                placed = ctx.Queue.TryAdd(chain[..n], out head);
+            if (placed)
+            {
+                ctx.Track(head, slot);
+                if (slot.Tracing)
+                    TraceChain(trace!, ctx, head, chain[..n], type, sector);
+                notify = ctx.Queue.Publish();
+                if (slot.Tracing)
+                    trace!.Step("driver", $"available ring: ring[{(ushort)(((SplitDriverQueue)ctx.Queue).AvailIndex - 1) % ctx.Queue.Size}] = {head}, then idx = {((SplitDriverQueue)ctx.Queue).AvailIndex} (written after the ring entry, with a release barrier)");
+            }
+            else
+                notify = false;
+        }
+        if (!placed)
+        {
+            // Cannot happen while the semaphore admits at most Depth requests; fail loudly if it does.
+            slot.Fail(new InvalidOperationException("no free descriptors although a slot was admitted"));
+            return result;
+        }
+        if (notify)
+            _transport.Notify(ctx.Queue.Index);
+        else if (slot.Tracing)
+            trace!.Step("driver", "device asked not to be notified (VIRTQ_USED_F_NO_NOTIFY / avail_event); no QueueNotify");
+        return result;
+    }
+
+    private static void TraceChain(ITraceSink trace, BlkQueueContext ctx, ushort head, ReadOnlySpan<DriverBuffer> chain, BlkRequestType type, ulong sector)
+    {
+        var names = chain.Length == 3 ? new[] { "header", "data", "status" } : new[] { "header", "status" };
+        trace.Step("driver", $"request {TypeName(type)} sector {sector}: header {{ type = {(uint)type}, reserved = 0, sector = {sector} }}");
+        if (ctx.Indirect)
+            trace.Step("driver", $"descriptor {head}: VIRTQ_DESC_F_INDIRECT -> table of {chain.Length} descriptors (VIRTIO_F_INDIRECT_DESC)");
+        for (var i = 0; i < chain.Length; i++)
+        {
+            var b = chain[i];
+            var flags = (b.DeviceWritable ? "WRITE" : "") + (i < chain.Length - 1 ? (b.DeviceWritable ? "|NEXT" : "NEXT") : "");
+            var index = ctx.Indirect ? $"table[{i}]" : $"descriptor";
+            var next = i < chain.Length - 1 ? (ctx.Indirect ? $"{i + 1}" : "next free") : "-";
+            if (!ctx.Indirect && ctx.Queue is SplitDriverQueue sq)
+            {
+                var d = sq.ReadDescriptor(head);
+                for (var k = 0; k < i; k++)
+                    d = sq.ReadDescriptor(d.Next);
+                trace.Step("driver", $"  {names[i],-6} descriptor {FindIndex(sq, head, i)}: addr 0x{d.Address:x} len {d.Length} flags {(d.Flags == 0 ? "0" : flags)} next {(i < chain.Length - 1 ? d.Next.ToString() : "-")}");
+            }
+            else
+                trace.Step("driver", $"  {names[i],-6} {index}: addr 0x{b.Address:x} len {b.Length} flags {(flags.Length == 0 ? "0" : flags)} next {next}");
+        }
+    }
+
+    private static int FindIndex(SplitDriverQueue q, ushort head, int position)
+    {
+        var index = head;
+        for (var k = 0; k < position; k++)
+            index = q.ReadDescriptor(index).Next;
+        return index;
+    }
+
+    private static string TypeName(BlkRequestType t) => t switch
+    {
+        BlkRequestType.In => "VIRTIO_BLK_T_IN",
+        BlkRequestType.Out => "VIRTIO_BLK_T_OUT",
+        BlkRequestType.Flush => "VIRTIO_BLK_T_FLUSH",
+        BlkRequestType.GetId => "VIRTIO_BLK_T_GET_ID",
+        BlkRequestType.Discard => "VIRTIO_BLK_T_DISCARD",
+        BlkRequestType.WriteZeroes => "VIRTIO_BLK_T_WRITE_ZEROES",
+        _ => $"type {(uint)t}",
+    };
+
+    // ---------------------------------------------------------------- completion (interrupt path)
+
+    public void OnUsedBuffers(int queue)
+    {
+        if (queue >= 0 && queue < _queues.Length)
+            Reap(_queues[queue]);
+        else
+        {
+            foreach (var ctx in _queues)
+                Reap(ctx);
+        }
+    }
+
+    private void Reap(BlkQueueContext ctx)
+    {
+        var completed = ctx.Completed;
+        while (true)
+        {
+            var count = 0;
+            string? broken = null;
+            lock (ctx.Lock)
+            {
+                while (count < completed.Length)
+                {
+                    if (!ctx.Queue.TryTakeUsed(out var head, out var length, out var error))
+                    {
+                        if (error == UsedError.UsedIndexTooFarAhead)
+                            broken = "device moved used idx more than the queue size ahead (2.7.8)";
+                        else if (error == UsedError.UnknownId)
+                            broken = $"device returned used id {head}, which is not an outstanding request";
+                        break;
+                    }
+                    // The device is not trusted: the id must name a request this driver tracks.
+                    var slot = ctx.Untrack(head);
+                    if (slot is null)
+                    {
+                        broken = $"device returned used id {head}, which is not an outstanding request";
+                        break;
+                    }
+                    slot.UsedLength = length;
+                    completed[count++] = slot;
+                }
+            }
+            for (var i = 0; i < count; i++)
+            {
+                var slot = completed[i]!;
+                completed[i] = null;
+                CompleteSlot(ctx, slot);
+            }
+            if (broken is not null)
+            {
+                OnDeviceLost(broken);
+                return;
+            }
+            if (count < completed.Length)
+                return;
+        }
+    }
+
+    private void CompleteSlot(BlkQueueContext ctx, BlkRequestSlot slot)
+    {
+        if (slot.UsedLength > slot.WritableBytes)
+        {
+            slot.Fail(new BlkException($"device reported {slot.UsedLength} bytes written into a request with {slot.WritableBytes} writable bytes"));
+            return;
+        }
+        var status = (BlkStatus)ctx.Memory.GetSpan(slot.StatusAddress, 1)[0];
+        if (slot.Tracing && Trace is { } trace)
+        {
+            trace.Step("driver", $"interrupt handler: used ring element {{ id = {slot.Head}, len = {slot.UsedLength} }}; status byte = {(byte)status}");
+            trace.Step("driver", "interrupt handler: descriptors freed, waiting caller woken");
+        }
+        slot.Complete(status);
+    }
+
+    public void OnConfigChange()
+    {
+        var status = _transport.GetStatus();
+        if ((status & DeviceStatus.DeviceNeedsReset) != 0)
+            OnDeviceLost("device set DEVICE_NEEDS_RESET");
+    }
+
+    public void OnDeviceLost(string reason)
+    {
+        if (_failure is not null)
+            return;
+        _failure = reason;
+        _options.Log.Error($"virtio-blk driver: {reason}; failing outstanding requests");
+        foreach (var ctx in _queues)
+        {
+            List<BlkRequestSlot> pending;
+            lock (ctx.Lock)
+                pending = ctx.UntrackAll();
+            foreach (var slot in pending)
+                slot.Fail(new VirtioDeviceException(reason));
+        }
+    }
+
+    /// <summary>Null while the device works; otherwise why the driver gave up.</summary>
+    public string? Failure => _failure;
+
+    private void ThrowIfBroken()
+    {
+        if (_failure is { } f)
+            throw new VirtioDeviceException(f);
+    }
+
+    /// <summary>Requests in flight across all queues.</summary>
+    public int Outstanding
+    {
+        get
+        {
+            var n = 0;
+            foreach (var ctx in _queues)
+            {
+                lock (ctx.Lock)
+                    n += ctx.Outstanding;
+            }
+            return n;
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_failure is null && Outstanding == 0)
+            _failure = "driver stopped";
+        _transport.Reset();
+        OnDeviceLost("driver stopped");
+    }
+}

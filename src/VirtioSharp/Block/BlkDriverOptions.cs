@@ -1,0 +1,17 @@
+using VirtioSharp.Diagnostics;
+
+namespace VirtioSharp.Block;
+
+public sealed record BlkDriverOptions
+{
+    /// <summary>Queue size to ask for (capped at the device's maximum).</summary>
+    public int QueueSize { get; init; } = 256;
+    /// <summary>Queues to use (capped at the device's num_queues).</summary>
+    public int NumQueues { get; init; } = 1;
+    /// <summary>Largest transfer one request carries through the driver's own buffers; larger calls are split.</summary>
+    public int MaxTransfer { get; init; } = 64 * 1024;
+    /// <summary>Features the driver is willing to accept (default: all it understands).</summary>
+    public ulong AcceptFeatures { get; init; } = BlkDriver.SupportedFeatures;
+    public ITraceSink? Trace { get; init; }
+    public ILogSink? Log { get; init; }
+}

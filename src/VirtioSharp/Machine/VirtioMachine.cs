@@ -1,0 +1,55 @@
+using VirtioSharp.Devices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
+using VirtioSharp.Mmio;
+
+namespace VirtioSharp.Machine;
+
+/// <summary>
+/// The simulated machine: guest RAM, an MMIO bus with one virtio-mmio device at 0x10001000
+/// (where QEMU's riscv virt board puts its first one), a device I/O thread and an interrupt line
+/// whose thread runs the driver's interrupt handler.
+/// </summary>
+public sealed class VirtioMachine : IDisposable
+{
+    public const ulong RamBase = 0x8000_0000;
+    public const ulong MmioBase = 0x1000_1000;
+
+    public VirtioMachine(IVirtioDevice device, ulong ramSize, ITraceSink? trace = null)
+    {
+        Ram = new GuestRam(RamBase, ramSize);
+        Bus = new MmioBus();
+        Device = new VirtioMmioDevice(device, Ram.Memory) { Trace = trace };
+        Bus.Map(MmioBase, Device);
+        Irq = new InterruptLine("virtio-irq");
+        Device.InterruptRaised = Irq.Raise;
+        IoThread = new DeviceThread(Device, "virtio-blk-io");
+        Trace = trace;
+    }
+
+    public GuestRam Ram { get; }
+    public MmioBus Bus { get; }
+    public VirtioMmioDevice Device { get; }
+    public InterruptLine Irq { get; }
+    public DeviceThread IoThread { get; }
+    public ITraceSink? Trace { get; }
+
+    /// <summary>A driver-side transport for the device, with an allocator over all of guest RAM.</summary>
+    public MmioDriverTransport CreateDriverTransport() =>
+        new(Bus, MmioBase, Ram.Memory, new GuestAllocator(Ram.Memory, Ram.Base, Ram.Size), Irq, Trace);
+
+    /// <summary>Guest RAM a driver needs for a queue of <paramref name="queueSize"/> at <paramref name="transferSize"/> bytes per request.</summary>
+    public static ulong RamFor(int queues, int queueSize, int transferSize)
+    {
+        var perQueue = Queues.SplitQueueLayout.For(queueSize).TotalSize + 4096 + (ulong)queueSize * ((ulong)transferSize + 4096 + 64);
+        var total = (ulong)queues * perQueue + (1 << 20);
+        return (total + 0xfffff) & ~0xfffffUL;
+    }
+
+    public void Dispose()
+    {
+        IoThread.Dispose();
+        Irq.Dispose();
+        Ram.Dispose();
+    }
+}

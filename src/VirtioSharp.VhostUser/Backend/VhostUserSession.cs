@@ -256,10 +256,16 @@ internal sealed class VhostUserSession : IDisposable
         }
         _features = features;
         _featuresSet = true;
-        if (!VirtioFeatures.Has(features, VirtioFeatures.Version1) && !_versionWarned)
+        if (!VirtioFeatures.Has(features, VirtioFeatures.Version1))
         {
-            _versionWarned = true;
-            _log.Warn("front-end did not acknowledge VIRTIO_F_VERSION_1 (feature bit 32); serving the driver as a little-endian modern device");
+            if (!_versionWarned)
+            {
+                _versionWarned = true;
+                _log.Warn("front-end did not acknowledge VIRTIO_F_VERSION_1 (feature bit 32); serving the driver as a little-endian modern device");
+            }
+            // 6.1: a driver MUST accept VIRTIO_F_VERSION_1; strict=fail stops the rings at their first drain.
+            if (_device.Breaches.Strict)
+                _device.Breaches.Report("6.1", -1, -1, "VIRTIO_F_VERSION_1 accepted", "bit 32 clear in VHOST_USER_SET_FEATURES");
         }
         _device.Activate(features & ~VhostUserFeatures.ProtocolFeatures);
         // vhost-user.rst, "Ring states": without VHOST_USER_F_PROTOCOL_FEATURES all rings are enabled at once.

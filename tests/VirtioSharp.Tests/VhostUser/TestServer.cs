@@ -1,7 +1,7 @@
-using Xunit;
 using VirtioSharp.Block;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.VhostUser.Backend;
+using Xunit;
 
 namespace VirtioSharp.Tests.VhostUser;
 

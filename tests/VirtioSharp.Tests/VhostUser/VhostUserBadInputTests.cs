@@ -1,6 +1,6 @@
-using Xunit;
 using VirtioSharp.Native;
 using VirtioSharp.VhostUser.Protocol;
+using Xunit;
 
 namespace VirtioSharp.Tests.VhostUser;
 

@@ -1,10 +1,10 @@
-using Xunit;
 using System.Buffers.Binary;
 using VirtioSharp.Block;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Native;
 using VirtioSharp.Queues;
 using VirtioSharp.VhostUser.Protocol;
+using Xunit;
 
 namespace VirtioSharp.Tests.VhostUser;
 

@@ -511,7 +511,19 @@ internal sealed class VhostUserSession : IDisposable
             return Fail($"queue {index}: the no-descriptor flag is set but {_channel.FdCount} descriptor(s) came");
         if (!noFd && _channel.FdCount != 1)
             return Fail($"queue {index}: expected one eventfd, {_channel.FdCount} came");
-        var fd = noFd ? null : EventFd.Adopt(_channel.TakeFd(0));
+        EventFd? fd = null;
+        if (!noFd)
+        {
+            var handle = _channel.TakeFd(0);
+            // vhost-user.rst: kick, call and err are eventfds. Anything else may poll readable for
+            // ever (a file, /dev/zero, a closed socket) and spin the ring worker, or take our writes.
+            if (!EventFd.IsEventFd(handle))
+            {
+                handle.Dispose();
+                return Fail($"queue {index}: the descriptor for {request.SpecName()} is not an eventfd");
+            }
+            fd = EventFd.Adopt(handle);
+        }
         switch (request)
         {
             case VhostUserRequest.SetVringCall:

@@ -46,7 +46,7 @@ internal sealed class RingFuzzer : IDisposable
     public const ulong GuardSize = 16 << 10;
     public const ulong DiskSize = 1 << 20;
     public const ulong DiskSectors = DiskSize / BlkLayout.SectorSize;
-    public static readonly TimeSpan DrainBound = TimeSpan.FromSeconds(2);
+    public static readonly TimeSpan DrainBound = TimeSpan.FromSeconds(5);
 
     private const ushort FNext = SplitRing.DescFNext;
     private const ushort FWrite = SplitRing.DescFWrite;

@@ -256,10 +256,16 @@ internal sealed class VhostUserSession : IDisposable
         }
         _features = features;
         _featuresSet = true;
-        if (!VirtioFeatures.Has(features, VirtioFeatures.Version1) && !_versionWarned)
+        if (!VirtioFeatures.Has(features, VirtioFeatures.Version1))
         {
-            _versionWarned = true;
-            _log.Warn("front-end did not acknowledge VIRTIO_F_VERSION_1 (feature bit 32); serving the driver as a little-endian modern device");
+            if (!_versionWarned)
+            {
+                _versionWarned = true;
+                _log.Warn("front-end did not acknowledge VIRTIO_F_VERSION_1 (feature bit 32); serving the driver as a little-endian modern device");
+            }
+            // 6.1: a driver MUST accept VIRTIO_F_VERSION_1; strict=fail stops the rings at their first drain.
+            if (_device.Breaches.Strict)
+                _device.Breaches.Report("6.1", -1, -1, "VIRTIO_F_VERSION_1 accepted", "bit 32 clear in VHOST_USER_SET_FEATURES");
         }
         _device.Activate(features & ~VhostUserFeatures.ProtocolFeatures);
         // vhost-user.rst, "Ring states": without VHOST_USER_F_PROTOCOL_FEATURES all rings are enabled at once.
@@ -506,7 +512,19 @@ internal sealed class VhostUserSession : IDisposable
             return Fail($"queue {index}: the no-descriptor flag is set but {_channel.FdCount} descriptor(s) came");
         if (!noFd && _channel.FdCount != 1)
             return Fail($"queue {index}: expected one eventfd, {_channel.FdCount} came");
-        var fd = noFd ? null : EventFd.Adopt(_channel.TakeFd(0));
+        EventFd? fd = null;
+        if (!noFd)
+        {
+            var handle = _channel.TakeFd(0);
+            // vhost-user.rst: kick, call and err are eventfds. Anything else may poll readable for
+            // ever (a file, /dev/zero, a closed socket) and spin the ring worker, or take our writes.
+            if (!EventFd.IsEventFd(handle))
+            {
+                handle.Dispose();
+                return Fail($"queue {index}: the descriptor for {request.SpecName()} is not an eventfd");
+            }
+            fd = EventFd.Adopt(handle);
+        }
         switch (request)
         {
             case VhostUserRequest.SetVringCall:

@@ -113,6 +113,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     {
         if ((uint)queue.Index >= (uint)_iovScratch.Length)
             return QueueOutcome.NeedsReset;
+        // strict=fail: a breach seen elsewhere (another queue, the transport) already stopped
+        // the device; take nothing more until the driver resets it.
+        if (Breaches.ResetRequested)
+            return QueueOutcome.NeedsReset;
         var iov = _iovScratch[queue.Index];
         queue.DisableNotifications();
         while (true)
@@ -127,8 +131,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
 
             if (result == PopResult.RingCorrupt)
             {
-                Breaches.Report(RingSection(queue.LastRingError), queue.Index, -1, RingExpected(queue.LastRingError, queue.Size),
-                    $"{queue.LastRingError} ({queue.LastRingErrorValue})");
+                ReportRingError(queue);
                 queue.PublishUsed();
                 return QueueOutcome.NeedsReset;
             }
@@ -144,21 +147,37 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         return queue.PublishUsed() ? QueueOutcome.Interrupt : QueueOutcome.None;
     }
 
-    private static string RingSection(RingError e) => e switch
+    /// <summary>Names the ring rule the driver broke, with the indices that show it.</summary>
+    private void ReportRingError(IDeviceQueue queue)
     {
-        RingError.AvailIndexTooFarAhead => "2.7.13.3",
-        RingError.HeadOutOfRange => "2.7.6",
-        RingError.HeadInFlight => "2.7.13.2",
-        _ => "2.7",
-    };
-
-    private static string RingExpected(RingError e, int size) => e switch
-    {
-        RingError.AvailIndexTooFarAhead => $"avail idx at most {size} ahead of the device",
-        RingError.HeadOutOfRange => $"a head below the queue size {size}",
-        RingError.HeadInFlight => "a head the device has returned",
-        _ => "a sound ring",
-    };
+        var value = queue.LastRingErrorValue;
+        var at = queue.LastAvailIndex; // TryPop does not move past a corrupt entry
+        var slot = at & (queue.Size - 1);
+        switch (queue.LastRingError)
+        {
+            case RingError.AvailIndexTooFarAhead:
+                var ahead = (ushort)(value - at);
+                if (ahead >= 0x8000)
+                    // 2.7.6.1: idx only grows; a value just behind the device's position went backwards.
+                    Breaches.Report("2.7.6.1", queue.Index, -1, $"an available idx that never decreases (the device is at {at})",
+                        $"avail idx {value}, {(ushort)(at - value)} behind");
+                else
+                    Breaches.Report("2.7.13.3", queue.Index, -1, $"avail idx at most the queue size {queue.Size} ahead of the device's {at}",
+                        $"avail idx {value}, {ahead} ahead");
+                break;
+            case RingError.HeadOutOfRange:
+                Breaches.Report("2.7.6", queue.Index, -1, $"a descriptor chain head below the queue size {queue.Size}",
+                    $"head {value} in available ring slot {slot} (avail index {at})");
+                break;
+            case RingError.HeadInFlight:
+                Breaches.Report("2.7.13.2", queue.Index, value, "only heads of free descriptor chains in the available ring",
+                    $"head {value}, still in flight, offered again in slot {slot} (avail index {at})");
+                break;
+            default:
+                Breaches.Report("2.7", queue.Index, -1, "a sound ring", $"{queue.LastRingError} ({value})");
+                break;
+        }
+    }
 
     /// <summary>Runs one chain and returns the bytes written into its writable buffers (the used length).</summary>
     private uint HandleChain(int queue, in DescriptorChain chain, IoVec[] iov)
@@ -203,6 +222,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     /// <summary>A request located in guest memory: header fields, where the data is, where the status goes.</summary>
     private ref struct ParsedRequest
     {
+        public int Queue;               // where the request came from, for breach reports
+        public ushort Head;
         public ReadOnlySpan<ChainBuffer> Buffers;
         public BlkRequestHeader Header;
         public byte* Status;
@@ -225,10 +246,12 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     {
         req = default;
         var buffers = chain.Buffers;
+        req.Queue = queue;
+        req.Head = chain.Head;
         req.Buffers = buffers;
         if (chain.IsStructurallyBroken)
         {
-            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, "a well-formed descriptor chain", chain.Error.Describe());
+            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
             return false;
         }
         if (buffers.Length == 0)
@@ -244,7 +267,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         req.StatusAddress = last.Address + last.Length - 1;
         if (chain.Error != ChainError.None)
         {
-            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, "a well-formed descriptor chain", chain.Error.Describe());
+            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
             return false;
         }
 
@@ -309,7 +332,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 if (_readOnly)
                 {
                     // 5.2.6.2: IOERR for a write to a read-only device, and write nothing.
-                    Breaches.Report("5.2.6.2", queue, -1, "no write to a device that offers VIRTIO_BLK_F_RO", $"OUT at sector {req.Header.Sector}");
+                    Breaches.Report("5.2.6.2", queue, req.Head, "no write to a device that offers VIRTIO_BLK_F_RO", $"OUT at sector {req.Header.Sector}");
                     return BlkStatus.IoErr;
                 }
                 return CheckRange(queue, ref req);
@@ -330,7 +353,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     /// </summary>
     private void CheckStrict(int queue, ref ParsedRequest req, BlkRequestType type)
     {
-        const int head = -1;
+        int head = req.Head;
         switch (type)
         {
             case BlkRequestType.In:
@@ -368,14 +391,14 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         // 5.2.6.1: data length of IN/OUT is a multiple of 512.
         if ((req.DataLength & (BlkLayout.SectorSize - 1)) != 0)
         {
-            Breaches.Report("5.2.6.1", queue, -1, "IN/OUT data length a multiple of 512", $"{req.DataLength} bytes");
+            Breaches.Report("5.2.6.1", queue, req.Head, "IN/OUT data length a multiple of 512", $"{req.DataLength} bytes");
             return BlkStatus.IoErr;
         }
         // 5.2.6.1: no read or write beyond capacity (overflow-safe).
         var sectors = req.DataLength >> BlkLayout.SectorShift;
         if (req.Header.Sector > _capacitySectors || sectors > _capacitySectors - req.Header.Sector)
         {
-            Breaches.Report("5.2.6.1", queue, -1, $"sectors within capacity {_capacitySectors}", $"sector {req.Header.Sector} + {sectors}");
+            Breaches.Report("5.2.6.1", queue, req.Head, $"sectors within capacity {_capacitySectors}", $"sector {req.Header.Sector} + {sectors}");
             return BlkStatus.IoErr;
         }
         return BlkStatus.Ok;
@@ -387,20 +410,20 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         var feature = discard ? VirtioFeatures.BlkDiscard : VirtioFeatures.BlkWriteZeroes;
         if (!Negotiated(feature) || _readOnly)
         {
-            Breaches.Report("5.2.6.1", queue, -1, $"{VirtioFeatures.Name(feature)} negotiated before {type} requests", "the feature not negotiated");
+            Breaches.Report("5.2.6.1", queue, req.Head, $"{VirtioFeatures.Name(feature)} negotiated before {TypeName(type)} requests", "the feature not negotiated");
             return BlkStatus.Unsupp;
         }
         var bytes = req.ReadableData;
         if (bytes == 0 || bytes % BlkLayout.DiscardSegmentSize != 0)
         {
-            Breaches.Report("5.2.6.1", queue, -1, "data a non-empty multiple of 16-byte segments", $"{bytes} bytes");
+            Breaches.Report("5.2.6.1", queue, req.Head, "data a non-empty multiple of 16-byte segments", $"{bytes} bytes");
             return BlkStatus.IoErr;
         }
         var count = bytes / BlkLayout.DiscardSegmentSize;
         var maxSeg = discard ? Config.MaxDiscardSeg : Config.MaxWriteZeroesSeg;
         if (count > maxSeg)
         {
-            Breaches.Report("5.2.6.1", queue, -1, $"at most {maxSeg} segments", $"{count}");
+            Breaches.Report("5.2.6.1", queue, req.Head, $"at most {maxSeg} {TypeName(type)} segments (config {(discard ? "max_discard_seg" : "max_write_zeroes_seg")})", $"{count} segments");
             return BlkStatus.IoErr;
         }
         // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP. Checked for every
@@ -412,7 +435,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             var flags = BlkDiscardSegment.Read(raw).Flags;
             if ((flags & ~BlkLayout.SegmentFlagUnmap) != 0 || (discard && flags != 0))
             {
-                Breaches.Report("5.2.6.2", queue, -1, discard ? "discard flags 0" : "write-zeroes flags 0 or unmap", $"flags 0x{flags:x} in segment {s}");
+                Breaches.Report((flags & ~BlkLayout.SegmentFlagUnmap) != 0 ? "5.2.6.2" : "5.2.6.1", req.Queue, req.Head,
+                    discard ? "discard segment flags 0 (no unmap)" : "write-zeroes segment flags 0 or unmap", $"flags 0x{flags:x} in segment {s}");
                 return BlkStatus.Unsupp;
             }
         }
@@ -484,7 +508,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             var seg = BlkDiscardSegment.Read(raw); // flags were checked by ValidateSegments
             if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
             {
-                Breaches.Report("5.2.6.1", -1, -1, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors", $"sector {seg.Sector} + {seg.NumSectors}");
+                Breaches.Report("5.2.6.1", req.Queue, req.Head, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors (config {(discard ? "max_discard_sectors" : "max_write_zeroes_sectors")})",
+                    $"sector {seg.Sector} + {seg.NumSectors} in segment {s}");
                 return BlkStatus.IoErr;
             }
             var offset = seg.Sector << BlkLayout.SectorShift;

@@ -30,6 +30,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
     private readonly Lock _lock = new();
     private uint _status;
     private uint _deviceFeaturesSel, _driverFeaturesSel, _queueSel;
+    private bool _deviceFeaturesSelWritten, _driverFeaturesSelWritten;
     private ulong _driverFeatures;
     private ulong _negotiated;
     private uint _interruptStatus;
@@ -58,6 +59,13 @@ public sealed class VirtioMmioDevice : IMmioHandler
 
     public uint Read(uint offset, int width)
     {
+        var value = ReadRegister(offset, width);
+        StopIfStrictFailed();
+        return value;
+    }
+
+    private uint ReadRegister(uint offset, int width)
+    {
         if (offset >= MmioRegisters.Config)
             return ReadConfig(offset - MmioRegisters.Config, width);
         if (width != 4 || (offset & 3) != 0)
@@ -65,6 +73,8 @@ public sealed class VirtioMmioDevice : IMmioHandler
             Breaches.Report("4.2.2.2", -1, -1, "32-bit aligned register reads", $"{width}-byte read at 0x{offset:x}");
             return 0;
         }
+        if (Breaches.Strict && IsWriteOnly(offset))
+            Breaches.Report("4.2.2.2", -1, -1, "no reads of write-only registers", $"a read of {MmioRegisters.Name(offset)}");
         // The interrupt handler's registers never wait for a queue being drained.
         if (offset == MmioRegisters.InterruptStatus)
             return Volatile.Read(ref _interruptStatus);
@@ -73,6 +83,8 @@ public sealed class VirtioMmioDevice : IMmioHandler
         lock (_lock)
         {
             var q = _queueSel < _queues.Length ? _queues[_queueSel] : null;
+            if (offset == MmioRegisters.DeviceFeatures && !_deviceFeaturesSelWritten && Breaches.Strict)
+                Breaches.Report("4.2.2.2", -1, -1, "a DeviceFeaturesSel write before reading DeviceFeatures", "a DeviceFeatures read with no DeviceFeaturesSel write since reset");
             return offset switch
             {
                 MmioRegisters.MagicValue => MmioRegisters.Magic,
@@ -94,6 +106,27 @@ public sealed class VirtioMmioDevice : IMmioHandler
         }
     }
 
+    /// <summary>4.2.2: registers the driver writes and never reads.</summary>
+    private static bool IsWriteOnly(uint offset) => offset is MmioRegisters.DeviceFeaturesSel or MmioRegisters.DriverFeatures
+        or MmioRegisters.DriverFeaturesSel or MmioRegisters.QueueSel or MmioRegisters.QueueNum or MmioRegisters.QueueNotify
+        or MmioRegisters.InterruptAck or MmioRegisters.QueueDescLow or MmioRegisters.QueueDescHigh or MmioRegisters.QueueDriverLow
+        or MmioRegisters.QueueDriverHigh or MmioRegisters.QueueDeviceLow or MmioRegisters.QueueDeviceHigh or MmioRegisters.ShmSel;
+
+    /// <summary>
+    /// strict=fail: the first breach, whatever register or queue it came through, puts the device
+    /// in DEVICE_NEEDS_RESET (2.1.2) until the driver resets it.
+    /// </summary>
+    private void StopIfStrictFailed()
+    {
+        if (!Breaches.ResetRequested)
+            return;
+        lock (_lock)
+        {
+            if (Breaches.ResetRequested && ((DeviceStatus)_status & DeviceStatus.DeviceNeedsReset) == 0)
+                NeedsReset("strict mode stopped at the first driver breach");
+        }
+    }
+
     private uint ReadConfig(uint offset, int width)
     {
         Span<byte> b = stackalloc byte[4];
@@ -104,6 +137,12 @@ public sealed class VirtioMmioDevice : IMmioHandler
     }
 
     public void Write(uint offset, uint value, int width)
+    {
+        WriteRegister(offset, value, width);
+        StopIfStrictFailed();
+    }
+
+    private void WriteRegister(uint offset, uint value, int width)
     {
         if (offset >= MmioRegisters.Config)
         {
@@ -125,6 +164,9 @@ public sealed class VirtioMmioDevice : IMmioHandler
         }
         if (offset == MmioRegisters.InterruptAck)
         {
+            // 4.2.2.2: the driver MUST NOT set undefined bits in InterruptACK.
+            if (Breaches.Strict && (value & ~(MmioRegisters.InterruptUsedBuffer | MmioRegisters.InterruptConfigChange)) != 0)
+                Breaches.Report("4.2.2.2", -1, -1, "only defined bits (1, 2) in InterruptACK", $"InterruptACK 0x{value:x}");
             Interlocked.And(ref _interruptStatus, ~value);
             return;
         }
@@ -151,9 +193,11 @@ public sealed class VirtioMmioDevice : IMmioHandler
         var q = _queueSel < _queues.Length ? _queues[_queueSel] : null;
         switch (offset)
         {
-            case MmioRegisters.DeviceFeaturesSel: _deviceFeaturesSel = value; break;
-            case MmioRegisters.DriverFeaturesSel: _driverFeaturesSel = value; break;
+            case MmioRegisters.DeviceFeaturesSel: _deviceFeaturesSel = value; _deviceFeaturesSelWritten = true; break;
+            case MmioRegisters.DriverFeaturesSel: _driverFeaturesSel = value; _driverFeaturesSelWritten = true; break;
             case MmioRegisters.DriverFeatures:
+                if (!_driverFeaturesSelWritten && Breaches.Strict)
+                    Breaches.Report("4.2.2.2", -1, -1, "a DriverFeaturesSel write before writing DriverFeatures", "a DriverFeatures write with no DriverFeaturesSel write since reset");
                 if (((DeviceStatus)_status & DeviceStatus.FeaturesOk) != 0)
                     Breaches.Report("3.1.1", -1, -1, "driver features written before FEATURES_OK", "a write after FEATURES_OK");
                 else if (_driverFeaturesSel == 0)
@@ -177,7 +221,11 @@ public sealed class VirtioMmioDevice : IMmioHandler
                 if (q is null)
                     Breaches.Report("4.2.3.2", (int)_queueSel, -1, $"a queue below {_queues.Length}", "QueueReady on a missing queue");
                 else if (value == 1 && !q.Ready)
+                {
+                    if (Breaches.Strict && ((DeviceStatus)_status & DeviceStatus.DriverOk) != 0)
+                        Breaches.Report("3.1.1", (int)_queueSel, -1, "queue setup before DRIVER_OK", "QueueReady = 1 after DRIVER_OK");
                     EnableQueue((int)_queueSel, q);
+                }
                 else if (value == 0)
                 {
                     lock (q.Gate)
@@ -210,8 +258,8 @@ public sealed class VirtioMmioDevice : IMmioHandler
             Breaches.Report("3.1.1", (int)_queueSel, -1, "queue setup before DRIVER_OK", $"{MmioRegisters.Name(offset)} written after DRIVER_OK");
         if (q.Ready)
         {
-            // 4.2.2.2 / 4.2.3.2: queue registers are set while QueueReady is 0.
-            Breaches.Report("4.2.3.2", (int)_queueSel, -1, "queue registers written while QueueReady is 0", $"{MmioRegisters.Name(offset)} written to a ready queue");
+            // 4.2.2.2: queue registers are set while QueueReady is 0.
+            Breaches.Report("4.2.2.2", (int)_queueSel, -1, "queue registers written while QueueReady is 0", $"{MmioRegisters.Name(offset)} written to a ready queue");
             return;
         }
         switch (offset)
@@ -232,7 +280,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
             Breaches.Report("3.1.1", index, -1, "queues set up after FEATURES_OK", $"QueueReady with status {(DeviceStatus)_status}");
         if (q.Num == 0 || q.Num > _device.MaxQueueSize)
         {
-            Breaches.Report("4.2.3.2", index, -1, $"QueueNum in 1..{_device.MaxQueueSize}", $"{q.Num}");
+            Breaches.Report("4.2.2.2", index, -1, $"QueueNum in 1..{_device.MaxQueueSize} (QueueNumMax)", $"{q.Num}");
             NeedsReset($"queue {index}: QueueNum {q.Num} is not in 1..{_device.MaxQueueSize}");
             return;
         }
@@ -244,7 +292,10 @@ public sealed class VirtioMmioDevice : IMmioHandler
         var queue = SplitDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out var error);
         if (queue is null)
         {
-            Breaches.Report("2.7", index, -1, "a ring laid out in guest memory", error ?? "");
+            // 2.7.1: each part aligned (16, 2, 4); and every part must lie in guest memory.
+            var misaligned = q.Desc % SplitQueueLayout.DescriptorTableAlignment != 0 || q.Driver % SplitQueueLayout.AvailRingAlignment != 0
+                || q.Device % SplitQueueLayout.UsedRingAlignment != 0;
+            Breaches.Report(misaligned ? "2.7.1" : "2.7", index, -1, misaligned ? "virtqueue parts aligned to 16, 2 and 4 bytes" : "a ring laid out in guest memory", error ?? "");
             NeedsReset($"queue {index}: {error}");
             return;
         }
@@ -268,6 +319,15 @@ public sealed class VirtioMmioDevice : IMmioHandler
         // 2.1.1: the driver does not clear status bits (only reset does).
         if ((old & ~now & ~DeviceStatus.DeviceNeedsReset) != 0)
             Breaches.Report("2.1.1", -1, -1, "no status bit cleared except by writing 0", $"{old} -> {now}");
+        if (Breaches.Strict)
+        {
+            // 3.1.1 steps 2-5: ACKNOWLEDGE, then DRIVER, then FEATURES_OK.
+            var added = now & ~old;
+            if ((added & DeviceStatus.Driver) != 0 && (now & DeviceStatus.Acknowledge) == 0)
+                Breaches.Report("3.1.1", -1, -1, "ACKNOWLEDGE set before DRIVER", $"status {old} -> {now}");
+            if ((added & DeviceStatus.FeaturesOk) != 0 && (now & DeviceStatus.Driver) == 0)
+                Breaches.Report("3.1.1", -1, -1, "DRIVER set before FEATURES_OK", $"status {old} -> {now}");
+        }
 
         if ((now & DeviceStatus.FeaturesOk) != 0 && (old & DeviceStatus.FeaturesOk) == 0)
         {
@@ -346,12 +406,16 @@ public sealed class VirtioMmioDevice : IMmioHandler
             q.Num = 0;
             q.Desc = q.Driver = q.Device = 0;
         }
-        if (_status != 0 && Breaches.Total > 0)
+        // The driver is done with this device lifetime: say what it broke, and start afresh
+        // (strict=fail's reset request included).
+        if (Breaches.Total > 0)
             Log.Info(Breaches.Summary());
+        Breaches.Clear();
         Volatile.Write(ref _status, 0);
         _driverFeatures = 0;
         _negotiated = 0;
         _deviceFeaturesSel = _driverFeaturesSel = _queueSel = 0;
+        _deviceFeaturesSelWritten = _driverFeaturesSelWritten = false;
         Volatile.Write(ref _interruptStatus, 0);
         _device.Reset();
     }

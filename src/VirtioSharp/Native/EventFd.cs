@@ -24,6 +24,29 @@ public sealed unsafe class EventFd : IDisposable
     /// <summary>Takes ownership of an eventfd received from a peer.</summary>
     public static EventFd Adopt(SafeFdHandle handle) => new(handle);
 
+    /// <summary>
+    /// True when <paramref name="handle"/> is an eventfd: its /proc/self/fd link reads
+    /// <c>anon_inode:[eventfd]</c>. A peer may send anything; only an eventfd reads and polls as one.
+    /// </summary>
+    public static bool IsEventFd(SafeFdHandle handle)
+    {
+        var added = false;
+        try
+        {
+            handle.DangerousAddRef(ref added);
+            return new FileInfo($"/proc/self/fd/{handle.Fd}").LinkTarget == "anon_inode:[eventfd]";
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException)
+        {
+            return false;
+        }
+        finally
+        {
+            if (added)
+                handle.DangerousRelease();
+        }
+    }
+
     /// <summary>Adds <paramref name="value"/> to the counter. False if the descriptor is closed or the counter is full.</summary>
     public bool Signal(ulong value = 1)
     {

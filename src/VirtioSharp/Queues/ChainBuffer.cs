@@ -46,6 +46,21 @@ public static class ChainErrorText
         _ => "",
     };
 
+    /// <summary>What the driver should have done instead (the "expected" half of a breach report).</summary>
+    public static string Expected(this ChainError e) => e switch
+    {
+        ChainError.NextOutOfRange => "a next field below the size of its descriptor table",
+        ChainError.ChainTooLong => "a chain no longer than the queue size, and no loop (2.7.5.2)",
+        ChainError.ReadableAfterWritable => "every device-readable descriptor before the first device-writable one",
+        ChainError.IndirectNotNegotiated => "VIRTQ_DESC_F_INDIRECT only once VIRTIO_F_INDIRECT_DESC is negotiated",
+        ChainError.IndirectWithNext => "VIRTQ_DESC_F_INDIRECT without VIRTQ_DESC_F_NEXT",
+        ChainError.NestedIndirect => "no VIRTQ_DESC_F_INDIRECT inside an indirect table",
+        ChainError.IndirectBadLength => "an indirect table length that is a non-zero multiple of 16",
+        ChainError.IndirectOutOfMemory => "an indirect table inside guest memory",
+        ChainError.BufferOutOfMemory => "every buffer inside guest memory",
+        _ => "a well-formed descriptor chain",
+    };
+
     public static string Describe(this ChainError e) => e switch
     {
         ChainError.NextOutOfRange => "descriptor next field points past the descriptor table",

@@ -222,7 +222,7 @@ public sealed class VirtioMmioDeviceTests
         h.Write(R.QueueNum, 2);
         h.Write(R.QueueDescLow, 0xdead0000);
         h.Write(R.QueueDeviceHigh, 0xffff);
-        Assert.Equal(3, h.Blk.Breaches.CountsBySection.GetValueOrDefault("4.2.3.2"));
+        Assert.Equal(3, h.Blk.Breaches.CountsBySection.GetValueOrDefault("4.2.2.2"));
 
         // The queue still runs on the rings it was given.
         Assert.Equal((1, (byte)BlkStatus.Ok), h.Flush());

@@ -1,4 +1,4 @@
-namespace VirtioSharp.Tests.Interop;
+namespace VirtioSharp.Tests.Vm;
 
 /// <summary>
 /// One boot of a real Linux guest (its own virtio_blk driver, 2 vCPUs, 2 queues) against
@@ -44,7 +44,7 @@ public sealed class VblkServeGuestFixture : IDisposable
     public void Dispose() => Directory.Delete(WorkDir, recursive: true);
 }
 
-[Trait("Category", "Interop")]
+[Trait("Category", "Vm")]
 public sealed class VmOnVblkServeTests(VblkServeGuestFixture vm) : IClassFixture<VblkServeGuestFixture>
 {
     private static void Pass(LinuxGuest.Run run, string job) =>

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace VirtioSharp.Tests.Interop;
+namespace VirtioSharp.Tests.Vm;
 
 /// <summary>Paths and process helpers for tests that run real peers.</summary>
 internal static class Repo
@@ -92,7 +92,7 @@ internal sealed class BackgroundProcess : IDisposable
     {
         if (!_process.HasExited)
         {
-            Interop.Kill(_process.Id, 15);
+            TestNative.Kill(_process.Id, 15);
             if (!_process.WaitForExit(timeout))
             {
                 _process.Kill(entireProcessTree: true);
@@ -115,7 +115,7 @@ internal sealed class BackgroundProcess : IDisposable
     }
 }
 
-internal static partial class Interop
+internal static partial class TestNative
 {
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill")]
     internal static partial int Kill(int pid, int signal);

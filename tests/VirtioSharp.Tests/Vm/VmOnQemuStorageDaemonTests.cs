@@ -1,10 +1,10 @@
-namespace VirtioSharp.Tests.Interop;
+namespace VirtioSharp.Tests.Vm;
 
 /// <summary>
 /// The control experiment: the same guest jobs against the reference back-end,
 /// qemu-storage-daemon, so a failing job on our back-end is not a guest problem.
 /// </summary>
-[Trait("Category", "Interop")]
+[Trait("Category", "Vm")]
 public sealed class VmOnQemuStorageDaemonTests
 {
     [Fact]

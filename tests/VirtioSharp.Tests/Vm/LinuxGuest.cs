@@ -1,7 +1,7 @@
 using System.Text;
 using System.Text.RegularExpressions;
 
-namespace VirtioSharp.Tests.Interop;
+namespace VirtioSharp.Tests.Vm;
 
 /// <summary>
 /// Boots the test guest (Debian's Linux kernel with a busybox initramfs, built by

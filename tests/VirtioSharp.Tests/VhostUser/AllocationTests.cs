@@ -22,14 +22,21 @@ public class AllocationTests
         for (var i = 0; i < 2000; i++) // warm up: tiered compilation, first-call stubs
             q.Request(i % 2 == 0 ? BlkRequestType.Out : BlkRequestType.In, (ulong)(i % 64) * 8, buffer);
         const int N = 20_000;
-        var before = GC.GetTotalAllocatedBytes(precise: true);
-        var mine = GC.GetAllocatedBytesForCurrentThread();
-        for (var i = 0; i < N; i++)
-            q.Request(i % 2 == 0 ? BlkRequestType.Out : BlkRequestType.In, (ulong)(i % 64) * 8, buffer);
-        mine = GC.GetAllocatedBytesForCurrentThread() - mine;
-        var perRequest = (double)(GC.GetTotalAllocatedBytes(precise: true) - before - mine) / N;
-        // Everything allocated outside this (the front-end's) thread: the server's threads. Anything
-        // allocated per request or per kick would show as at least 24 bytes.
+        // The count is process-wide, so a stray allocation elsewhere in the test process adds to a
+        // run; it never subtracts. A real per-request allocation shows in every run, so the least
+        // of three runs measures the back-end and not its neighbours.
+        var perRequest = double.MaxValue;
+        for (var run = 0; run < 3; run++)
+        {
+            var before = GC.GetTotalAllocatedBytes(precise: true);
+            var mine = GC.GetAllocatedBytesForCurrentThread();
+            for (var i = 0; i < N; i++)
+                q.Request(i % 2 == 0 ? BlkRequestType.Out : BlkRequestType.In, (ulong)(i % 64) * 8, buffer);
+            mine = GC.GetAllocatedBytesForCurrentThread() - mine;
+            // Everything allocated outside this (the front-end's) thread: the server's threads.
+            perRequest = Math.Min(perRequest, (double)(GC.GetTotalAllocatedBytes(precise: true) - before - mine) / N);
+        }
+        // Anything allocated per request or per kick would show as at least 24 bytes.
         Assert.True(perRequest < 1, $"the back-end allocated {perRequest:F2} bytes per request");
     }
 }

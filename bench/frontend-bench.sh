@@ -7,8 +7,30 @@
 #   bench/frontend-bench.sh                 # 5 s per run, 2 rounds
 #   RUNTIME=10 ROUNDS=3 bench/frontend-bench.sh
 #
-# Needs qemu-storage-daemon (Debian: qemu-system-common) and the .NET SDK.
+# Needs qemu-storage-daemon (Debian: qemu-utils) and the .NET SDK.
 set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: bench/frontend-bench.sh [-h|--help]
+
+Runs `vblk bench` against qemu-storage-daemon and against `vblk serve`, each exporting a null
+device and a page-cached raw image: 4 KiB random read at depth 1 and 32, 4 KiB random write at
+depth 32, 128 KiB sequential read at depth 8. Runs alternate between the back-ends; every run
+is printed, then means and vblk/qsd ratios.
+
+Settings come from the environment:
+  RUNTIME=S      seconds measured per run (default 5)
+  RAMP=S         warm-up seconds per run (default 1)
+  ROUNDS=N       rounds (default 2)
+  IMAGE_SIZE=SZ  raw image size (default 1G)
+USAGE
+}
+case "${1:-}" in
+    -h|--help) usage; exit 0 ;;
+    "") ;;
+    *) echo "frontend-bench: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+esac
 
 RUNTIME=${RUNTIME:-5}
 RAMP=${RAMP:-1}
@@ -26,7 +48,7 @@ else
 fi
 qsd=$(command -v qemu-storage-daemon || true)
 if [[ -z "$qsd" ]]; then
-    echo "frontend-bench: qemu-storage-daemon is not installed (apt-get install qemu-system-common)" >&2
+    echo "frontend-bench: qemu-storage-daemon is not installed (apt-get install qemu-utils)" >&2
     exit 1
 fi
 

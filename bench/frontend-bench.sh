@@ -7,7 +7,7 @@
 #   bench/frontend-bench.sh                 # 5 s per run, 2 rounds
 #   RUNTIME=10 ROUNDS=3 bench/frontend-bench.sh
 #
-# Needs qemu-storage-daemon (Debian: qemu-utils) and the .NET SDK.
+# Needs qemu-storage-daemon (Debian: qemu-system-common) and the .NET SDK.
 set -euo pipefail
 
 usage() {
@@ -48,7 +48,7 @@ else
 fi
 qsd=$(command -v qemu-storage-daemon || true)
 if [[ -z "$qsd" ]]; then
-    echo "frontend-bench: qemu-storage-daemon is not installed (apt-get install qemu-utils)" >&2
+    echo "frontend-bench: qemu-storage-daemon is not installed (apt-get install qemu-system-common)" >&2
     exit 1
 fi
 

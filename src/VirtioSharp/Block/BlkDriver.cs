@@ -312,21 +312,19 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         {
             var b = chain[i];
             var flags = (b.DeviceWritable ? "WRITE" : "") + (i < chain.Length - 1 ? (b.DeviceWritable ? "|NEXT" : "NEXT") : "");
-            var index = ctx.Indirect ? $"table[{i}]" : $"descriptor";
-            var next = i < chain.Length - 1 ? (ctx.Indirect ? $"{i + 1}" : "next free") : "-";
             if (!ctx.Indirect && ctx.Queue is SplitDriverQueue sq)
             {
-                var d = sq.ReadDescriptor(head);
-                for (var k = 0; k < i; k++)
-                    d = sq.ReadDescriptor(d.Next);
-                trace.Step("driver", $"  {names[i],-6} descriptor {FindIndex(sq, head, i)}: addr 0x{d.Address:x} len {d.Length} flags {(d.Flags == 0 ? "0" : flags)} next {(i < chain.Length - 1 ? d.Next.ToString() : "-")}");
+                // Read back what the device will see in the descriptor table.
+                var index = FindIndex(sq, head, i);
+                var d = sq.ReadDescriptor(index);
+                trace.Step("driver", $"  {names[i],-6} descriptor {index}: addr 0x{d.Address:x} len {d.Length} flags {(d.Flags == 0 ? "0" : flags)} next {(i < chain.Length - 1 ? d.Next.ToString() : "-")}");
             }
             else
-                trace.Step("driver", $"  {names[i],-6} {index}: addr 0x{b.Address:x} len {b.Length} flags {(flags.Length == 0 ? "0" : flags)} next {next}");
+                trace.Step("driver", $"  {names[i],-6} table[{i}]: addr 0x{b.Address:x} len {b.Length} flags {(flags.Length == 0 ? "0" : flags)} next {(i < chain.Length - 1 ? $"{i + 1}" : "-")}");
         }
     }
 
-    private static int FindIndex(SplitDriverQueue q, ushort head, int position)
+    private static ushort FindIndex(SplitDriverQueue q, ushort head, int position)
     {
         var index = head;
         for (var k = 0; k < position; k++)

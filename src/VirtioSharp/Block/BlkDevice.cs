@@ -19,6 +19,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private readonly byte[] _config;
     private readonly byte[] _serial = new byte[BlkLayout.IdBytes];
     private readonly IoVec[][] _iovScratch;
+    private readonly BlkDiscardSegment[][] _segmentScratch; // per queue: segments copied out of guest memory once
     private readonly ulong _capacitySectors;
     private readonly bool _readOnly;
     private ulong _negotiated;
@@ -74,6 +75,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         _iovScratch = new IoVec[_options.NumQueues][];
         for (var i = 0; i < _iovScratch.Length; i++)
             _iovScratch[i] = new IoVec[SplitRing.MaxQueueSize];
+        var maxSegments = (int)Math.Max(Config.MaxDiscardSeg, Config.MaxWriteZeroesSeg);
+        _segmentScratch = new BlkDiscardSegment[_options.NumQueues][];
+        for (var i = 0; i < _segmentScratch.Length; i++)
+            _segmentScratch[i] = new BlkDiscardSegment[maxSegments];
     }
 
     public uint DeviceId => 2; // 5.2.1
@@ -426,18 +431,36 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             Breaches.Report("5.2.6.1", queue, req.Head, $"at most {maxSeg} {TypeName(type)} segments (config {(discard ? "max_discard_seg" : "max_write_zeroes_seg")})", $"{count} segments");
             return BlkStatus.IoErr;
         }
-        // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP. Checked for every
-        // segment before any is executed, so an UNSUPP request has changed nothing.
+        // Each segment is read from guest memory once; everything after works on the copy, so
+        // the driver cannot change a segment between its check and its use.
+        var segments = _segmentScratch[queue].AsSpan(0, (int)count);
         Span<byte> raw = stackalloc byte[BlkLayout.DiscardSegmentSize];
-        for (var s = 0UL; s < count; s++)
+        for (var s = 0; s < segments.Length; s++)
         {
-            CopyReadable(ref req, s * BlkLayout.DiscardSegmentSize, raw);
-            var flags = BlkDiscardSegment.Read(raw).Flags;
+            CopyReadable(ref req, (ulong)s * BlkLayout.DiscardSegmentSize, raw);
+            segments[s] = BlkDiscardSegment.Read(raw);
+        }
+        // 5.2.6.2: unknown flags -> UNSUPP; unmap on a discard -> UNSUPP. Every segment is
+        // checked before any is executed, so a refused request has changed nothing.
+        for (var s = 0; s < segments.Length; s++)
+        {
+            var flags = segments[s].Flags;
             if ((flags & ~BlkLayout.SegmentFlagUnmap) != 0 || (discard && flags != 0))
             {
                 Breaches.Report((flags & ~BlkLayout.SegmentFlagUnmap) != 0 ? "5.2.6.2" : "5.2.6.1", req.Queue, req.Head,
                     discard ? "discard segment flags 0 (no unmap)" : "write-zeroes segment flags 0 or unmap", $"flags 0x{flags:x} in segment {s}");
                 return BlkStatus.Unsupp;
+            }
+        }
+        var maxSectors = discard ? Config.MaxDiscardSectors : Config.MaxWriteZeroesSectors;
+        for (var s = 0; s < segments.Length; s++)
+        {
+            var seg = segments[s];
+            if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
+            {
+                Breaches.Report("5.2.6.1", req.Queue, req.Head, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors (config {(discard ? "max_discard_sectors" : "max_write_zeroes_sectors")})",
+                    $"sector {seg.Sector} + {seg.NumSectors} in segment {s}");
+                return BlkStatus.IoErr;
             }
         }
         req.DataLength = 0;
@@ -495,32 +518,22 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         }
     }
 
+    /// <summary>Runs the segments ValidateSegments copied out and checked.</summary>
     private BlkStatus ExecuteSegments(ref ParsedRequest req, BlkRequestType type)
     {
         var discard = type == BlkRequestType.Discard;
-        var maxSectors = discard ? Config.MaxDiscardSectors : Config.MaxWriteZeroesSectors;
-        Span<byte> raw = stackalloc byte[BlkLayout.DiscardSegmentSize];
-        var count = (int)(req.ReadableData / BlkLayout.DiscardSegmentSize);
-        var status = BlkStatus.Ok;
-        for (var s = 0; s < count && status == BlkStatus.Ok; s++)
+        var segments = _segmentScratch[req.Queue].AsSpan(0, (int)(req.ReadableData / BlkLayout.DiscardSegmentSize));
+        foreach (var seg in segments)
         {
-            CopyReadable(ref req, (ulong)s * BlkLayout.DiscardSegmentSize, raw);
-            var seg = BlkDiscardSegment.Read(raw); // flags were checked by ValidateSegments
-            if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
-            {
-                Breaches.Report("5.2.6.1", req.Queue, req.Head, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors (config {(discard ? "max_discard_sectors" : "max_write_zeroes_sectors")})",
-                    $"sector {seg.Sector} + {seg.NumSectors} in segment {s}");
-                return BlkStatus.IoErr;
-            }
             var offset = seg.Sector << BlkLayout.SectorShift;
             var length = (ulong)seg.NumSectors << BlkLayout.SectorShift;
             if (Trace is { Active: true } trace)
                 trace.Step("device", $"backend {(discard ? "discard (punch hole)" : "write-zeroes")}: {length} bytes at offset {offset}");
             var ok = discard ? _backend.Discard(offset, length) : _backend.WriteZeroes(offset, length, (seg.Flags & BlkLayout.SegmentFlagUnmap) != 0);
             if (!ok)
-                status = BlkStatus.IoErr;
+                return BlkStatus.IoErr; // 5.2.6.1: after IOERR the driver assumes nothing about the segments
         }
-        return status;
+        return BlkStatus.Ok;
     }
 
     /// <summary>Copies device-readable bytes after the header, starting <paramref name="offset"/> bytes in.</summary>

@@ -72,6 +72,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             WriteZeroesMayUnmap = 1,
         };
         _config = Config.ToBytes();
+        Stats = new BlkStats(_options.NumQueues);
         _iovScratch = new IoVec[_options.NumQueues][];
         for (var i = 0; i < _iovScratch.Length; i++)
             _iovScratch[i] = new IoVec[SplitRing.MaxQueueSize];
@@ -90,7 +91,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     public BreachReporter Breaches { get; }
     public ILogSink? Log => _options.Log;
     public ITraceSink? Trace => _options.Trace;
-    public BlkStats Stats { get; } = new();
+    public BlkStats Stats { get; }
     public IBlockBackend Backend => _backend;
     public ulong NegotiatedFeatures => Volatile.Read(ref _negotiated);
 
@@ -193,7 +194,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
 
         if (!Parse(queue, chain, iov, out var req))
         {
-            Stats.CountMalformed();
+            Stats.CountMalformed(queue);
             if (req.Status == null)
                 return 0; // 2.7.8: no status byte can be trusted; give the head back with len 0
             *req.Status = (byte)BlkStatus.IoErr;
@@ -205,7 +206,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             status = Execute(ref req, iov);
         *req.Status = (byte)status;
         var written = status == BlkStatus.Ok ? req.Written + 1 : 1u;
-        Stats.Count(req.Header.Type, status, req.DataLength);
+        Stats.Count(queue, req.Header.Type, status, req.DataLength);
         if (trace is { Active: true })
         {
             trace.Step("device", $"status byte at 0x{req.StatusAddress:x} = {(byte)status} (VIRTIO_BLK_S_{StatusName(status)})");

@@ -34,8 +34,8 @@ against vhost-user-blk back-ends and runs the guest's fio perf jobs:
 on two devices:
   file   a raw image, written out in full and read once beforehand so it is
          allocated and in the host page cache
-  null   a device that stores nothing (qemu-storage-daemon: null-co, reads
-         leave the guest buffer untouched)
+  null   a device that stores nothing and reads zeroes (qemu-storage-daemon:
+         null-co with read-zeroes=on, so both back-ends fill read buffers)
 
 The reference back-end is always qemu-storage-daemon (qsd).  With --ours, the
 second back-end runs too; the back-ends alternate device by device (and round
@@ -59,7 +59,11 @@ by round when --rounds > 1, qsd first in odd rounds, ours first in even ones).
   -h, --help            show this help
 
 Columns: IOPS and MB/s (10^6 bytes/s) as fio in the guest reports them;
-CPU s/Mreq = back-end CPU seconds per million requests.
+CPU s/Mreq = back-end CPU seconds per million requests; switch/req = context
+switches of the back-end's threads (voluntary + involuntary, from
+/proc/PID/task/*/status) per request, about one per wake-up; CPU us/switch =
+back-end CPU time per context switch, the cost of one wake-up and the work
+done in it.
 
 How the CPU is measured: the guest's fio runs each perf job with
 exec_prerun/exec_postrun hooks that print VBLK-IO-START <job> and
@@ -157,9 +161,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# utime+stime (clock ticks) of a process and all its descendants.
-tree_ticks() {
-    local root=$1 f line rest total=0
+# "TICKS SWITCHES" of a process and all its descendants: utime+stime in clock
+# ticks, and context switches (voluntary + involuntary) summed over every thread.
+tree_sample() {
+    local root=$1 f line rest total=0 switches=0
     local -A parent=() ticks=()
     local -a fields
     for f in /proc/[0-9]*/stat; do
@@ -179,12 +184,20 @@ tree_ticks() {
         [[ -z ${seen[$p]:-} ]] || continue
         seen[$p]=1
         total=$((total + ${ticks[$p]:-0}))
+        local st key val
+        for st in /proc/"$p"/task/*/status; do
+            while read -r key val; do
+                case "$key" in
+                    voluntary_ctxt_switches:|nonvoluntary_ctxt_switches:) switches=$((switches + val)) ;;
+                esac
+            done 2>/dev/null <"$st" || true
+        done
         local c
         for c in "${!parent[@]}"; do
             [[ ${parent[$c]} == "$p" ]] && queue+=("$c")
         done
     done
-    echo "$total"
+    echo "$total $switches"
 }
 
 start_backend() { # backend device log
@@ -196,7 +209,7 @@ start_backend() { # backend device log
             node=(--blockdev "driver=file,node-name=file0,filename=$IMG,cache.direct=off"
                   --blockdev "driver=raw,node-name=disk0,file=file0")
         else
-            node=(--blockdev "driver=null-co,node-name=disk0,size=$SIZE_BYTES")
+            node=(--blockdev "driver=null-co,node-name=disk0,size=$SIZE_BYTES,read-zeroes=on")
         fi
         qemu-storage-daemon "${node[@]}" \
             --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$SOCK,writable=on,num-queues=$QUEUES" \
@@ -246,7 +259,7 @@ run_one() { # round backend device
             "VBLK-IO-START "*|"VBLK-IO-STOP "*)
                 # shellcheck disable=SC2086  # split the marker into words
                 set -- $line
-                printf '%s %s %s\n' "${1#VBLK-IO-}" "$2" "$(tree_ticks "$bpid")" >>"$samples" ;;
+                printf '%s %s %s\n' "${1#VBLK-IO-}" "$2" "$(tree_sample "$bpid")" >>"$samples" ;;
         esac
     done < <(tail -n +1 -F -s 0.05 --pid="$rpid" "$clog" 2>/dev/null)
     wait "$rpid" || rc=$?
@@ -269,12 +282,17 @@ run_one() { # round backend device
                 ios=*) ios=${kv#ios=} ;;
             esac
         done
-        local t0 t1
-        t0=$(awk -v n="$name" '$1 == "START" && $2 == n {print $3}' "$samples" | tail -n1)
-        t1=$(awk -v n="$name" '$1 == "STOP" && $2 == n {print $3}' "$samples" | tail -n1)
-        local cpu_ticks=NA
-        [[ -z "$t0" || -z "$t1" ]] || cpu_ticks=$((t1 - t0))
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$backend" "$device" "$name" "$iops" "$bw" "$ios" "$cpu_ticks" >>"$RESULTS"
+        local s0 s1
+        s0=$(awk -v n="$name" '$1 == "START" && $2 == n {print $3, $4}' "$samples" | tail -n1)
+        s1=$(awk -v n="$name" '$1 == "STOP" && $2 == n {print $3, $4}' "$samples" | tail -n1)
+        local cpu_ticks=NA switches=NA t0 w0 t1 w1
+        if [[ -n "$s0" && -n "$s1" ]]; then
+            read -r t0 w0 <<<"$s0"
+            read -r t1 w1 <<<"$s1"
+            cpu_ticks=$((t1 - t0))
+            switches=$((w1 - w0))
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$backend" "$device" "$name" "$iops" "$bw" "$ios" "$cpu_ticks" "$switches" >>"$RESULTS"
     done
 }
 
@@ -305,28 +323,33 @@ TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_
     {
         k = $2 SUBSEP $3 SUBSEP $4
         n[k]++; iops[k] += $5; bw[k] += $6; ios[k] += $7
-        if ($8 == "NA") bad[k] = 1; else ticks[k] += $8
+        if ($8 == "NA") bad[k] = 1; else { ticks[k] += $8; sw[k] += $9 }
     }
     function cpu(k) { return (k in bad || ios[k] == 0) ? -1 : (ticks[k] / tck) / ios[k] * 1e6 }
     function fmtcpu(c) { return c < 0 ? "n/a" : sprintf("%.2f", c) }
+    function spr(k) { return (k in bad || ios[k] == 0) ? -1 : sw[k] / ios[k] }
+    function uspw(k) { return (k in bad || sw[k] == 0) ? -1 : (ticks[k] / tck) / sw[k] * 1e6 }
     END {
         nj = split(jobs, J, ","); nd = split(devs, D, ",")
-        printf "%-8s %-6s %-20s %10s %10s %14s\n", "backend", "device", "job", "IOPS", "MB/s", "CPU s/Mreq"
+        printf "%-8s %-6s %-20s %10s %10s %14s %12s %12s\n", "backend", "device", "job", "IOPS", "MB/s", "CPU s/Mreq", "switch/req", "CPU us/switch"
         for (d = 1; d <= nd; d++) for (j = 1; j <= nj; j++) {
             nb = split(have_ours ? "qsd ours" : "qsd", B, " ")
             for (b = 1; b <= nb; b++) {
                 k = B[b] SUBSEP D[d] SUBSEP J[j]
-                if (!(k in n)) { printf "%-8s %-6s %-20s %10s %10s %14s\n", B[b], D[d], J[j], "FAIL", "-", "-"; continue }
-                printf "%-8s %-6s %-20s %10d %10.1f %14s\n", B[b], D[d], J[j],
-                    iops[k] / n[k], bw[k] / n[k] * 1024 / 1e6, fmtcpu(cpu(k))
+                if (!(k in n)) { printf "%-8s %-6s %-20s %10s %10s %14s %12s %12s\n", B[b], D[d], J[j], "FAIL", "-", "-", "-", "-"; continue }
+                printf "%-8s %-6s %-20s %10d %10.1f %14s %12s %12s\n", B[b], D[d], J[j],
+                    iops[k] / n[k], bw[k] / n[k] * 1024 / 1e6, fmtcpu(cpu(k)), fmtcpu(spr(k)), fmtcpu(uspw(k))
             }
             if (have_ours) {
                 q = "qsd" SUBSEP D[d] SUBSEP J[j]; o = "ours" SUBSEP D[d] SUBSEP J[j]
                 if ((q in n) && (o in n) && iops[q] > 0 && bw[q] > 0) {
                     cq = cpu(q); co = cpu(o)
-                    printf "%-8s %-6s %-20s %10.2f %10.2f %14s\n", "ours/qsd", D[d], J[j],
+                    sq = spr(q); so = spr(o); wq = uspw(q); wo = uspw(o)
+                    printf "%-8s %-6s %-20s %10.2f %10.2f %14s %12s %12s\n", "ours/qsd", D[d], J[j],
                         (iops[o] / n[o]) / (iops[q] / n[q]), (bw[o] / n[o]) / (bw[q] / n[q]),
-                        (cq > 0 && co >= 0) ? sprintf("%.2f", co / cq) : "n/a"
+                        (cq > 0 && co >= 0) ? sprintf("%.2f", co / cq) : "n/a",
+                        (sq > 0 && so >= 0) ? sprintf("%.2f", so / sq) : "n/a",
+                        (wq > 0 && wo >= 0) ? sprintf("%.2f", wo / wq) : "n/a"
                 }
             }
         }

@@ -17,6 +17,8 @@ ROUNDS=1
 OUT=""
 WORKDIR=""
 KEEP=0
+SPIN_IDLE=0
+SPINNERS=()
 VCPUS=1
 QUEUES=1
 MEM=512
@@ -55,6 +57,9 @@ by round when --rounds > 1, qsd first in odd rounds, ours first in even ones).
   --vcpus N / --queues N / --mem MiB   guest shape (default 1 / 1 / 512)
   --out FILE            also write the table to FILE
   --workdir DIR         image, sockets, logs (default: new dir under .cache/)
+  --spin-idle           keep every host CPU from halting while it runs: one
+                        busy loop per CPU at SCHED_IDLE priority (chrt -i 0),
+                        which any other task preempts at once.  See below.
   --keep                keep the work directory
   -h, --help            show this help
 
@@ -74,6 +79,14 @@ all of its threads).  CPU s/Mreq = (CPU at STOP - CPU at START) / requests
 fio completed in that job * 10^6.  The window is fio's I/O phase plus the few
 milliseconds of hook and console latency; a back-end that polls while idle is
 charged for that too.  The resolution is one clock tick (usually 10 ms).
+
+Why --spin-idle: on a virtual machine whose idle vCPUs halt and exit to the
+hypervisor, the time taken to resume a halted vCPU can be charged to the task
+that runs on it once it resumes.  A back-end that sleeps between kicks then pays for
+the host's wake-from-halt on every kick, the longer the sleep the more
+(bench/wakeup-cost.sh measures it), and that cost can hide its own.  With
+--spin-idle no CPU halts, so the CPU columns show what the back-ends do.  The
+spinners are not descendants of the back-end and are not counted.
 
 Note: under TCG the guest, not the back-end, is the bottleneck, so IOPS and
 MB/s mostly measure the emulated guest; CPU s/Mreq is the number that
@@ -104,6 +117,7 @@ while [[ $# -gt 0 ]]; do
             esac
             shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --spin-idle) SPIN_IDLE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -152,7 +166,16 @@ stop_backend() {
     fi
     rm -f "$SOCK"
 }
+stop_spinners() {
+    local p
+    for p in "${SPINNERS[@]}"; do
+        kill "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    SPINNERS=()
+}
 cleanup() {
+    stop_spinners
     stop_backend
     if [[ $KEEP -eq 0 && -n "$WORKDIR" ]]; then
         rm -f "$IMG"
@@ -244,6 +267,9 @@ run_one() { # round backend device
     : >"$samples"
     : >"$clog"
     log "round $round: $backend on $device: jobs $JOBS (${RUNTIME}s each)"
+    # Both back-ends start with the whole image in the page cache, even on a host that
+    # reclaims cold pages between runs.
+    [[ $device != file ]] || cat "$IMG" >/dev/null
     start_backend "$backend" "$device" "$WORKDIR/$tag.backend.log"
     local bpid=$BACKEND_PID
     "$RUN_GUEST" --socket "$SOCK" --jobs "$JOBS" --vcpus "$VCPUS" --queues "$QUEUES" --mem "$MEM" \
@@ -304,6 +330,14 @@ if [[ " ${DEVICE_LIST[*]} " == *" file "* ]]; then
 fi
 
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if [[ $SPIN_IDLE -eq 1 ]]; then
+    command -v chrt >/dev/null || die "--spin-idle needs chrt (util-linux)"
+    for _ in $(seq 1 "$(nproc)"); do
+        chrt -i 0 bash -c 'while :; do :; done' &
+        SPINNERS+=($!)
+    done
+    log "spin-idle: ${#SPINNERS[@]} SCHED_IDLE busy loops keep the CPUs from halting"
+fi
 BACKENDS=(qsd)
 [[ -z "$OURS" ]] || BACKENDS+=(ours)
 for round in $(seq 1 "$ROUNDS"); do
@@ -355,7 +389,7 @@ TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_
         }
     }' "$RESULTS")
 
-HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}"
+HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}$([[ $SPIN_IDLE -eq 0 ]] || echo "; --spin-idle (CPUs kept from halting)")"
 {
     echo "$HEADER"
     echo "$TABLE"

@@ -5,10 +5,12 @@ using VirtioSharp.VhostUser.Protocol;
 namespace VirtioSharp.VhostUser.Backend;
 
 /// <summary>One region of the front-end's memory, mapped into this process.</summary>
-internal sealed class MappedRegion(MemoryRegionDescription description, Mapping mapping) : IDisposable
+internal sealed class MappedRegion(MemoryRegionDescription description, Mapping mapping, bool sizeSealed) : IDisposable
 {
     public MemoryRegionDescription Description { get; } = description;
     public Mapping Mapping { get; } = mapping;
+    /// <summary>Its file is sealed against shrinking (F_SEAL_SHRINK), so no access can fault past the end later.</summary>
+    public bool SizeSealed { get; } = sizeSealed;
     public GuestRegion GuestRegion => new(Description.GuestAddress, Description.Size, Mapping.Address, Description.UserAddress);
 
     public void Dispose() => Mapping.Dispose();
@@ -84,7 +86,7 @@ internal sealed class MemoryTable : IDisposable
                 error = $"region {r}: needs {r.MmapOffset + r.Size} bytes but its file holds {fileSize}";
                 return null;
             }
-            return new MappedRegion(r, Mapping.Map(fd, r.MmapOffset, r.Size));
+            return new MappedRegion(r, Mapping.Map(fd, r.MmapOffset, r.Size), MemFd.IsSizeSealed(fd));
         }
         catch (Exception e) when (e is NativeCallException or ArgumentException)
         {

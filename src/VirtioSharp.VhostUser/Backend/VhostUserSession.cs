@@ -35,6 +35,7 @@ internal sealed class VhostUserSession : IDisposable
     private bool _featuresSet;
     private ulong _protocolFeatures;
     private bool _versionWarned;
+    private bool _unsealedWarned;
     private string _why = "";
 
     public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log)
@@ -394,6 +395,13 @@ internal sealed class VhostUserSession : IDisposable
         {
             for (var i = 0; i < regions.Count; i++)
                 _log.Info($"  region {i}: {regions[i].Description}");
+        }
+        if (!_unsealedWarned && regions.FirstOrDefault(m => !m.SizeSealed) is { } unsealed)
+        {
+            _unsealedWarned = true;
+            _log.Warn($"memory region {unsealed.Description}: its file is not sealed against shrinking (F_SEAL_SHRINK); "
+                + "if the front-end truncates it, this process dies of SIGBUS on the next access. "
+                + "QEMU's memory-backend-memfd seals by default (seal=on)");
         }
         Restart(running);
     }

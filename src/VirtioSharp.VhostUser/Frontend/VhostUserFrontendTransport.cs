@@ -98,7 +98,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         VhostUserFrontendTransport? transport = null;
         try
         {
-            memfd = MemFd.Create("virtiosharp-guest-memory", size);
+            memfd = MemFd.Create("virtiosharp-guest-memory", size, sealSize: true); // the back-end can trust its size
             mapping = Mapping.Map(memfd, 0, size);
             transport = new VhostUserFrontendTransport(socketPath, channel, options, memfd, mapping, size);
             transport.Handshake();

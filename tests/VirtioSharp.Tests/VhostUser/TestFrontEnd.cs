@@ -25,7 +25,7 @@ internal sealed class TestFrontEnd : IDisposable
     private TestFrontEnd(UnixFdSocket socket)
     {
         Channel = new VhostUserChannel(socket);
-        Ram = MemFd.Create("test-guest-ram", RamSize);
+        Ram = MemFd.Create("test-guest-ram", RamSize, sealSize: true); // sealed, as QEMU seals its memfd RAM
         RamMapping = Mapping.Map(Ram, 0, RamSize);
         Memory = new GuestMemory(new GuestRegion(GuestBase, RamSize, RamMapping.Address, UserBase));
         Allocator = new GuestAllocator(Memory, GuestBase, RamSize);

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using VirtioSharp.Block;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Native;
@@ -157,6 +158,47 @@ public class VhostUserBlkServerTests
         fe.Do(VhostUserRequest.RemMemReg, TestFrontEnd.SingleRegion(region));
         server.WaitForLog("memory region removed");
         Assert.Equal(BlkStatus.Ok, q.Request(BlkRequestType.Out, 300, Pattern(512, 9)));
+    }
+
+    [Fact]
+    public void AMemoryFileThatCanShrinkIsNamedOncePerConnection()
+    {
+        using var server = new TestServer();
+        using var fe = server.Connect();
+        fe.Negotiate();
+        fe.SetMemTable(); // sealed RAM, as QEMU's memory-backend-memfd
+        var q = fe.SetupQueue(0);
+        Assert.Equal(BlkStatus.Ok, q.Request(BlkRequestType.Out, 0, Pattern(512, 1)));
+        Assert.DoesNotContain(server.Log.Lines, l => l.Message.Contains("F_SEAL_SHRINK", StringComparison.Ordinal));
+
+        using var unsealed = MemFd.Create("unsealed", 1 << 20);
+        Assert.False(MemFd.IsSizeSealed(unsealed));
+        Assert.True(MemFd.IsSizeSealed(fe.Ram));
+        using var map = Mapping.Map(unsealed, 0, 1 << 20);
+        var region = new MemoryRegionDescription(0x8000_0000, 1 << 20, (ulong)map.Address, 0);
+        fe.Do(VhostUserRequest.AddMemReg, TestFrontEnd.SingleRegion(region), unsealed);
+        fe.Do(VhostUserRequest.RemMemReg, TestFrontEnd.SingleRegion(region));
+        fe.Do(VhostUserRequest.AddMemReg, TestFrontEnd.SingleRegion(region), unsealed);
+
+        var warnings = server.Log.Lines.Where(l => l.Level == LogLevel.Warning && l.Message.Contains("F_SEAL_SHRINK", StringComparison.Ordinal)).ToList();
+        var warning = Assert.Single(warnings);
+        Assert.Contains("0x80000000", warning.Message, StringComparison.Ordinal);
+        Assert.Contains("SIGBUS", warning.Message, StringComparison.Ordinal);
+        Assert.Equal(BlkStatus.Ok, q.Request(BlkRequestType.In, 0, new byte[512])); // still serving
+    }
+
+    [Fact]
+    public void ASealedMemfdRefusesToChangeSize()
+    {
+        using var fd = MemFd.Create("sealed", 1 << 16, sealSize: true);
+        Assert.True(MemFd.IsSizeSealed(fd));
+        Assert.NotEqual(0, Interop.FTruncate(fd, 4096));
+        Assert.Equal(1, Marshal.GetLastPInvokeError()); // EPERM
+        Assert.NotEqual(0, Interop.FTruncate(fd, 1 << 20));
+
+        using var plain = MemFd.Create("plain", 1 << 16);
+        Assert.False(MemFd.IsSizeSealed(plain));
+        Assert.Equal(0, Interop.FTruncate(plain, 4096));
     }
 
     [Fact]

@@ -1,0 +1,21 @@
+using System.Runtime.InteropServices;
+
+namespace VirtioSharp.Native;
+
+internal static partial class Interop
+{
+    internal const uint MFD_ALLOW_SEALING = 0x2;
+    internal const int F_ADD_SEALS = 1033;
+    internal const int F_GET_SEALS = 1034;
+    internal const int F_SEAL_SEAL = 0x1;
+    internal const int F_SEAL_SHRINK = 0x2;
+    internal const int F_SEAL_GROW = 0x4;
+
+    /// <summary>fcntl(2) for commands that take no argument (F_GET_SEALS).</summary>
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int Fcntl(SafeFdHandle fd, int command);
+
+    /// <summary>fcntl(2) for commands that take an int (F_ADD_SEALS).</summary>
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int Fcntl(SafeFdHandle fd, int command, int argument);
+}

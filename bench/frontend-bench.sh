@@ -24,6 +24,10 @@ Settings come from the environment:
   RAMP=S         warm-up seconds per run (default 1)
   ROUNDS=N       rounds (default 2)
   IMAGE_SIZE=SZ  raw image size (default 1G)
+  DEVICES=LIST   devices, from: null file cold (default: all three as root, else null file)
+                 cold = the raw image with the page cache dropped before every run
+                 (echo 1 > /proc/sys/vm/drop_caches), so reads go to the disk until
+                 they warm it again
 USAGE
 }
 case "${1:-}" in
@@ -36,6 +40,14 @@ RUNTIME=${RUNTIME:-5}
 RAMP=${RAMP:-1}
 ROUNDS=${ROUNDS:-2}
 IMAGE_SIZE=${IMAGE_SIZE:-1G}
+if [[ -w /proc/sys/vm/drop_caches ]]; then DEVICES=${DEVICES:-"null file cold"}; else DEVICES=${DEVICES:-"null file"}; fi
+for dev in $DEVICES; do
+    case "$dev" in
+        null|file) ;;
+        cold) [[ -w /proc/sys/vm/drop_caches ]] || { echo "frontend-bench: cold needs root (drop_caches)" >&2; exit 2; } ;;
+        *) echo "frontend-bench: unknown device $dev (null, file, cold)" >&2; exit 2 ;;
+    esac
+done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -126,18 +138,27 @@ results=$work/results.txt
 echo "# frontend-bench $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "# $(uname -sr), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "# $("$qsd" --version | head -1), .NET $(dotnet --version)"
-echo "# runtime ${RUNTIME}s (+${RAMP}s ramp) per run, ${ROUNDS} rounds, image $IMAGE_SIZE in the page cache"
+echo "# runtime ${RUNTIME}s (+${RAMP}s ramp) per run, ${ROUNDS} rounds, image $IMAGE_SIZE; devices: $DEVICES"
 echo
 printf '%-16s %-5s %-10s %5s %10s %9s %9s %9s %8s\n' workload dev backend round IOPS MB/s p50us p99us cpu-us
 for w in "${workloads[@]}"; do
     read -r rw bs depth <<<"$w"
-    for dev in null file; do
+    for dev in $DEVICES; do
         for round in $(seq 1 "$ROUNDS"); do
             # Alternate which back-end goes first.
             if ((round % 2)); then order="qsd vblk"; else order="vblk qsd"; fi
             for be in $order; do
                 out=$work/run.json
-                "${vblk[@]}" bench --socket "$work/$be-$dev.sock" --rw "$rw" --bs "$bs" --iodepth "$depth" \
+                sock=$work/$be-$dev.sock
+                if [[ $dev == file ]]; then
+                    cat "$image" "$work/disk2.raw" >/dev/null # warm again after a cold run
+                fi
+                if [[ $dev == cold ]]; then
+                    sock=$work/$be-file.sock
+                    sync
+                    echo 1 >/proc/sys/vm/drop_caches
+                fi
+                "${vblk[@]}" bench --socket "$sock" --rw "$rw" --bs "$bs" --iodepth "$depth" \
                     --runtime "$RUNTIME" --ramp "$RAMP" --json >"$out" 2>/dev/null
                 iops=$(json_field "$out" total iops)
                 mbs=$(json_field "$out" total mb_s)

@@ -11,6 +11,9 @@ internal static partial class Interop
     internal const int F_SEAL_SHRINK = 0x2;
     internal const int F_SEAL_GROW = 0x4;
 
+    // fcntl is variadic in C; on x86-64 and arm64 Linux an int passed through "..." travels in the
+    // same register as a declared one, so fixed signatures call it correctly.
+
     /// <summary>fcntl(2) for commands that take no argument (F_GET_SEALS).</summary>
     [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
     internal static partial int Fcntl(SafeFdHandle fd, int command);

@@ -11,11 +11,12 @@ public static class MemFd
     /// </summary>
     public static SafeFdHandle Create(string name, ulong size, bool sealSize = false)
     {
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(size, (ulong)long.MaxValue);
         var flags = Interop.MFD_CLOEXEC | (sealSize ? Interop.MFD_ALLOW_SEALING : 0);
         var fd = SafeFdHandle.FromResult(Interop.MemfdCreate(name, flags), "memfd_create");
         try
         {
-            if (size > long.MaxValue || Interop.FTruncate(fd, (long)size) != 0)
+            if (Interop.FTruncate(fd, (long)size) != 0)
                 throw NativeCallException.FromLastError("ftruncate");
             if (sealSize && Interop.Fcntl(fd, Interop.F_ADD_SEALS, Interop.F_SEAL_SHRINK | Interop.F_SEAL_GROW | Interop.F_SEAL_SEAL) != 0)
                 throw NativeCallException.FromLastError("fcntl(F_ADD_SEALS)");

@@ -48,16 +48,22 @@ public static class ServeCommand
         var backend = new Option<string>("--backend") { Description = "Storage: file (IMAGE), memory (a RAM disk of --size), null (reads zeroes, drops writes)", DefaultValueFactory = _ => "file" };
         backend.AcceptOnlyFromAmong("file", "memory", "null");
         var size = new Option<string?>("--size") { Description = "Disk size for --backend memory or null, in bytes or with K, M, G suffix (e.g. 64M)" };
+        var aio = new Option<string>("--aio")
+        {
+            Description = "File I/O per queue: io_uring (up to 256 requests in flight, completed in any order), sync (one at a time), auto (io_uring where the kernel allows it)",
+            DefaultValueFactory = _ => "auto",
+        };
+        aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, strict, verbose };
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose };
         command.SetAction(result =>
         {
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket)!, result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
-                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose));
+                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!));
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
@@ -65,7 +71,14 @@ public static class ServeCommand
 
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
-        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose);
+        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto);
+
+    private static AioMode ParseAio(string value) => value switch
+    {
+        "io_uring" => AioMode.IoUring,
+        "sync" => AioMode.Sync,
+        _ => AioMode.Auto,
+    };
 
     /// <summary>Runs the server until SIGINT/SIGTERM (or <paramref name="stop"/>). Expected mistakes are one line on <paramref name="error"/> and exit code 2.</summary>
     public static int Run(ServeSettings s, TextWriter error, CancellationToken stop = default)
@@ -85,10 +98,11 @@ public static class ServeCommand
                 Log = log,
             };
             var device = new BlkDevice(backend, options);
-            using var server = new VhostUserBlkServer(device, s.Socket, log);
+            var aioNote = DescribeAio(s, backend);
+            using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio };
             server.Start();
             log.Info($"serving {backend.Description} ({backend.Capacity >> 20} MiB{(device.Config.BlkSize != 512 ? $", {device.Config.BlkSize}-byte blocks" : "")}{(s.ReadOnly || backend.ReadOnly ? ", read-only" : "")}) "
-                + $"with {s.NumQueues} queue{(s.NumQueues == 1 ? "" : "s")} of up to {s.QueueSize}");
+                + $"with {s.NumQueues} queue{(s.NumQueues == 1 ? "" : "s")} of up to {s.QueueSize}{aioNote}");
             log.Info($"QEMU: -chardev socket,id=vblk0,path={s.Socket},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");
             WaitForSignal(log, stop);
             server.Stop(); // closes the connection, stops the rings, flushes
@@ -103,6 +117,27 @@ public static class ServeCommand
         {
             backend?.Dispose();
         }
+    }
+
+    /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>
+    private static string DescribeAio(ServeSettings s, IBlockBackend backend)
+    {
+        if (backend.AsyncFd < 0)
+        {
+            if (s.Aio == AioMode.IoUring)
+                throw new UsageException($"--aio io_uring is for a file image; --backend {s.Backend} does no file I/O");
+            return "";
+        }
+        if (s.Aio == AioMode.Sync)
+            return "; file I/O synchronous per queue (--aio sync)";
+        using var probe = VirtioSharp.Native.IoUring.TryCreate(4, out var why);
+        if (probe is null)
+        {
+            if (s.Aio == AioMode.IoUring)
+                throw new UsageException($"--aio io_uring: {why}");
+            return $"; file I/O synchronous per queue ({why})";
+        }
+        return $"; file I/O through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} requests in flight per queue";
     }
 
     private static IBlockBackend OpenBackend(ServeSettings s)

@@ -31,6 +31,8 @@ public class VhostUserServer : IDisposable
 
     public IVirtioDevice Device { get; }
     public string SocketPath { get; }
+    /// <summary>How queue workers run file I/O; set before <see cref="Start"/>.</summary>
+    public AioMode Aio { get; init; } = AioMode.Auto;
     protected ILogSink? Log => _log;
 
     /// <summary>A front-end is connected.</summary>
@@ -125,7 +127,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log);
+                    _session = new VhostUserSession(Device, connection, _log, Aio);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }

@@ -1,3 +1,4 @@
+using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Native;
@@ -16,18 +17,21 @@ internal sealed class Vring : IDisposable
 {
     private readonly IVirtioDevice _device;
     private readonly ILogSink? _log;
+    private readonly AioMode _aio;
     private readonly EventFd _control = EventFd.Create();
+    private static int s_uringFallbackLogged;
     private Thread? _worker;
     private volatile bool _stopRequested;
     private volatile bool _enabled;
     private EventFd? _call;
     private EventFd? _err;
 
-    public Vring(int index, IVirtioDevice device, ILogSink? log)
+    public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto)
     {
         Index = index;
         _device = device;
         _log = log;
+        _aio = aio;
     }
 
     public int Index { get; }
@@ -47,6 +51,8 @@ internal sealed class Vring : IDisposable
     public bool Started => _worker != null;
     /// <summary>The worker stopped because the driver broke the ring (vhost-user has no status register to say so).</summary>
     public bool Failed { get; private set; }
+    /// <summary>The running worker serves file I/O through io_uring (several requests in flight).</summary>
+    public bool UsesIoUring { get; private set; }
     public long Kicks => Interlocked.Read(ref _kicks);
     public long Calls => Interlocked.Read(ref _calls);
     private long _kicks, _calls;
@@ -128,32 +134,32 @@ internal sealed class Vring : IDisposable
         var queue = Queue!;
         var kick = Kick!;
         bool kickRef = false, controlRef = false;
+        IoUring? ring = null;
         try
         {
             kick.Handle.DangerousAddRef(ref kickRef);
             _control.Handle.DangerousAddRef(ref controlRef);
-            Span<PollFd> fds = stackalloc PollFd[2];
-            var drain = true; // buffers may have been made available before the ring started
-            while (!_stopRequested)
+            if (_aio != AioMode.Sync && _device.SupportsQueueIo)
             {
-                if (drain && _enabled && !Drain(queue))
-                    return;
-                drain = false;
-                fds[0] = new PollFd(_control.Fd);
-                fds[1] = new PollFd(_enabled ? kick.Fd : -1); // poll skips negative descriptors
-                FdPoll.Wait(fds, -1);
-                if (fds[0].Ready)
+                // Made on this thread: the ring is single-issuer where the kernel allows it. Its
+                // completion queue (twice the submission queue) holds a full queue's completions.
+                ring = IoUring.TryCreate(RingEntries(queue.Size), out var why);
+                if (ring is null)
                 {
-                    _control.TryRead(out _);
-                    drain = true;
-                }
-                if (fds[1].Ready)
-                {
-                    kick.TryRead(out _);
-                    Interlocked.Increment(ref _kicks);
-                    drain = true;
+                    if (_aio == AioMode.IoUring)
+                        throw new InvalidOperationException($"--aio io_uring, but {why}");
+                    if (Interlocked.Exchange(ref s_uringFallbackLogged, 1) == 0)
+                        _log.Info($"queue workers do file I/O synchronously: {why}");
                 }
             }
+            UsesIoUring = ring != null;
+            if (ring != null)
+            {
+                _log.Debug($"queue {Index}: file I/O through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} requests in flight");
+                RunUring(queue, kick, ring);
+            }
+            else
+                RunPolled(queue, kick);
         }
         catch (Exception e)
         {
@@ -161,10 +167,13 @@ internal sealed class Vring : IDisposable
             // a host-side failure. Stop this queue, keep the process alive.
             Failed = true;
             _log.Error($"queue {Index}: worker stopped by an unexpected error: {e.GetType().Name}: {e.Message}");
+            if (ring != null)
+                FinishInFlight(queue, ring);
             _err?.Signal();
         }
         finally
         {
+            ring?.Dispose(); // cancels the polls still armed; no I/O is left in flight
             if (kickRef)
                 kick.Handle.DangerousRelease();
             if (controlRef)
@@ -172,14 +181,124 @@ internal sealed class Vring : IDisposable
         }
     }
 
-    /// <summary>One drain of the available ring; false when the queue must stop.</summary>
-    private bool Drain(SplitDeviceQueue queue)
+    private static uint RingEntries(ushort queueSize) =>
+        (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 2; // + the two polls
+
+    /// <summary>Waits in poll(2) on the control and kick descriptors; the device does its I/O synchronously.</summary>
+    private void RunPolled(SplitDeviceQueue queue, EventFd kick)
     {
-        switch (_device.ProcessQueue(queue))
+        Span<PollFd> fds = stackalloc PollFd[2];
+        var drain = true; // buffers may have been made available before the ring started
+        while (!_stopRequested)
+        {
+            if (drain && _enabled && Drain(queue, null) == QueueOutcome.NeedsReset)
+                return;
+            drain = false;
+            fds[0] = new PollFd(_control.Fd);
+            fds[1] = new PollFd(_enabled ? kick.Fd : -1); // poll skips negative descriptors
+            FdPoll.Wait(fds, -1);
+            if (fds[0].Ready)
+            {
+                _control.TryRead(out _);
+                drain = true;
+            }
+            if (fds[1].Ready)
+            {
+                kick.TryRead(out _);
+                Interlocked.Increment(ref _kicks);
+                drain = true;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Waits in io_uring on everything at once: multishot polls on the control and kick
+    /// descriptors, and the reads, writes and flushes the device started there. Requests complete
+    /// in whatever order the kernel finishes them. The worker leaves only with nothing in
+    /// flight, so guest memory is never unmapped under an I/O (vhost-user.rst: GET_VRING_BASE
+    /// stops the ring; here its in-flight requests are finished and used first).
+    /// </summary>
+    private void RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
+    {
+        var io = new IoUringQueueIo(ring);
+        bool armControl = true, armKick = true, stopped = false;
+        var drain = true; // buffers may have been made available before the ring started
+        while (true)
+        {
+            if (_stopRequested)
+                stopped = true;
+            if (!stopped && drain && _enabled && Drain(queue, io) == QueueOutcome.NeedsReset)
+                stopped = true; // take nothing more; finish what is in flight
+            drain = false;
+            if (stopped && _device.QueueIoInFlight(queue.Index) == 0)
+                return;
+            if (armControl)
+                armControl = !ring.QueuePollMultishot(_control.Fd, IoUringQueueIo.ControlTag);
+            if (armKick)
+                armKick = !ring.QueuePollMultishot(kick.Fd, IoUringQueueIo.KickTag);
+            ring.SubmitAndWait(wait: true);
+            var completed = false;
+            while (ring.TryTakeCompletion(out var cqe))
+            {
+                if (IoUringQueueIo.IsIo(cqe.UserData))
+                {
+                    _device.CompleteIo(queue, (ushort)cqe.UserData, cqe.Result);
+                    completed = true;
+                    continue;
+                }
+                var more = (cqe.Flags & IoUring.CqeFlagMore) != 0;
+                if (cqe.UserData == IoUringQueueIo.ControlTag)
+                {
+                    _control.TryRead(out _);
+                    armControl |= !more;
+                }
+                else
+                {
+                    if (kick.TryRead(out _))
+                        Interlocked.Increment(ref _kicks);
+                    armKick |= !more;
+                }
+                if (cqe.Result < 0 && !more)
+                    _log.Debug($"queue {Index}: a poll ended with {Errno.Describe(-cqe.Result)}; armed again");
+                drain = true;
+            }
+            if (completed && queue.PublishUsed())
+                SignalCall();
+        }
+    }
+
+    /// <summary>After a host-side failure: waits for the I/O still in flight, so no completion lands after memory is unmapped.</summary>
+    private void FinishInFlight(SplitDeviceQueue queue, IoUring ring)
+    {
+        try
+        {
+            while (_device.QueueIoInFlight(queue.Index) > 0)
+            {
+                ring.SubmitAndWait(wait: true);
+                while (ring.TryTakeCompletion(out var cqe))
+                {
+                    if (IoUringQueueIo.IsIo(cqe.UserData))
+                        _device.CompleteIo(queue, (ushort)cqe.UserData, cqe.Result);
+                }
+            }
+            if (queue.PublishUsed())
+                SignalCall();
+        }
+        catch (Exception e)
+        {
+            _log.Error($"queue {Index}: could not wait for the I/O in flight: {e.Message}");
+        }
+    }
+
+    /// <summary>One drain of the available ring. On NeedsReset the queue stops: the call and the err descriptor are signalled here.</summary>
+    private QueueOutcome Drain(SplitDeviceQueue queue, IQueueIo? io)
+    {
+        var outcome = _device.ProcessQueue(queue, io);
+        switch (outcome)
         {
             case QueueOutcome.Interrupt:
                 SignalCall();
-                return true;
+                break;
             case QueueOutcome.NeedsReset:
                 SignalCall(); // completions published before the breach still deserve a notification
                 Failed = true;
@@ -190,10 +309,9 @@ internal sealed class Vring : IDisposable
                     + (_err != null ? "signalled the error descriptor" : "no error descriptor was given")
                     + "; the guest must reset the device");
                 _err?.Signal();
-                return false;
-            default:
-                return true;
+                break;
         }
+        return outcome;
     }
 
     private void SignalCall()

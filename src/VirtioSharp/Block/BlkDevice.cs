@@ -22,7 +22,15 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private readonly BlkDiscardSegment[][] _segmentScratch; // per queue: segments copied out of guest memory once
     private readonly ulong _capacitySectors;
     private readonly bool _readOnly;
+    private readonly BlkInFlight?[] _inFlight; // per queue, made by its worker on first asynchronous use
+    private readonly int _iovPerSlot;
     private ulong _negotiated;
+
+    /// <summary>Most requests one queue keeps in flight through <see cref="IQueueIo"/>; more wait their turn synchronously.</summary>
+    public const int MaxAsyncPerQueue = 256;
+
+    /// <summary>HandleChain's answer for a request that is still in flight: no used element yet.</summary>
+    private const uint Deferred = uint.MaxValue;
 
     public BlkDevice(IBlockBackend backend, BlkDeviceOptions? options = null)
     {
@@ -80,6 +88,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         _segmentScratch = new BlkDiscardSegment[_options.NumQueues][];
         for (var i = 0; i < _segmentScratch.Length; i++)
             _segmentScratch[i] = new BlkDiscardSegment[maxSegments];
+        _inFlight = new BlkInFlight?[_options.NumQueues];
+        // A driver keeps to seg_max (5.2.6.1), so one slot of seg_max iovecs holds any request's
+        // data; a larger chain is still served, synchronously.
+        _iovPerSlot = (int)Math.Clamp(segMax, 1u, 256u);
     }
 
     public uint DeviceId => 2; // 5.2.1
@@ -115,7 +127,9 @@ public sealed unsafe class BlkDevice : IVirtioDevice
 
     private bool Negotiated(int bit) => VirtioFeatures.Has(_negotiated, bit);
 
-    public QueueOutcome ProcessQueue(IDeviceQueue queue)
+    public QueueOutcome ProcessQueue(IDeviceQueue queue) => ProcessQueue(queue, null);
+
+    public QueueOutcome ProcessQueue(IDeviceQueue queue, IQueueIo? io)
     {
         if ((uint)queue.Index >= (uint)_iovScratch.Length)
             return QueueOutcome.NeedsReset;
@@ -130,7 +144,9 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             PopResult result;
             while ((result = queue.TryPop(out var chain)) == PopResult.Chain)
             {
-                queue.AddUsed(chain.Head, HandleChain(queue.Index, chain, iov));
+                var written = HandleChain(queue.Index, chain, iov, io);
+                if (written != Deferred)
+                    queue.AddUsed(chain.Head, written);
                 if (Breaches.ResetRequested)
                     break; // strict=fail: stop at the first breach
             }
@@ -185,8 +201,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         }
     }
 
-    /// <summary>Runs one chain and returns the bytes written into its writable buffers (the used length).</summary>
-    private uint HandleChain(int queue, in DescriptorChain chain, IoVec[] iov)
+    /// <summary>
+    /// Runs one chain and returns the bytes written into its writable buffers (the used length),
+    /// or <see cref="Deferred"/> when its I/O was started on <paramref name="io"/>.
+    /// </summary>
+    private uint HandleChain(int queue, in DescriptorChain chain, IoVec[] iov, IQueueIo? io)
     {
         var trace = Trace;
         if (trace is { Active: true })
@@ -202,6 +221,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         }
 
         var status = Validate(queue, ref req);
+        if (status == BlkStatus.Ok && io != null && trace is not { Active: true } && TryStartAsync(queue, ref req, io))
+            return Deferred;
         if (status == BlkStatus.Ok)
             status = Execute(ref req, iov);
         *req.Status = (byte)status;
@@ -468,6 +489,121 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         return BlkStatus.Ok;
     }
 
+    /// <summary>
+    /// Starts a validated read, write or flush on the queue's asynchronous I/O. False leaves the
+    /// request to <see cref="Execute"/>: other types, no descriptor to hand over, a write that must
+    /// be stable at completion (FLUSH not negotiated), more data buffers than a slot holds, or no
+    /// free slot.
+    /// </summary>
+    private bool TryStartAsync(int queue, ref ParsedRequest req, IQueueIo io)
+    {
+        var fd = _backend.AsyncFd;
+        var type = (BlkRequestType)req.Header.Type;
+        if (fd < 0)
+            return false;
+        int span;
+        switch (type)
+        {
+            case BlkRequestType.In:
+                span = req.Buffers.Length - req.ReadableCount;
+                break;
+            case BlkRequestType.Out:
+                if (!Negotiated(VirtioFeatures.BlkFlush))
+                    return false;
+                span = req.ReadableCount - req.FirstReadable;
+                break;
+            case BlkRequestType.Flush:
+                span = 0;
+                break;
+            default:
+                return false;
+        }
+        if (type != BlkRequestType.Flush && req.DataLength == 0)
+            return false;
+        if (span > _iovPerSlot)
+            return false;
+        var inFlight = _inFlight[queue] ??= new BlkInFlight(MaxQueueSize, Math.Min((int)MaxQueueSize, MaxAsyncPerQueue), _iovPerSlot);
+        if (!inFlight.TryRent(req.Head, out var slot))
+            return false;
+        var offset = req.Header.Sector << BlkLayout.SectorShift;
+        var count = type == BlkRequestType.Flush ? 0 : BuildIoVec(ref req, inFlight.IovSpan(slot), type == BlkRequestType.In, req.DataLength);
+        var started = type switch
+        {
+            BlkRequestType.In => io.TryStartRead(fd, inFlight.IovPointer(slot), count, offset, req.Head),
+            BlkRequestType.Out => io.TryStartWrite(fd, inFlight.IovPointer(slot), count, offset, req.Head),
+            _ => io.TryStartFlush(fd, req.Head),
+        };
+        if (!started)
+        {
+            inFlight.Return(slot);
+            return false;
+        }
+        inFlight.Track(req.Head, new BlkInFlight.Entry
+        {
+            Status = req.Status,
+            Offset = offset,
+            Length = (uint)req.DataLength,
+            Type = (uint)type,
+            Slot = slot,
+            IovCount = count,
+        });
+        return true;
+    }
+
+    public bool SupportsQueueIo => _backend.AsyncFd >= 0;
+
+    /// <summary>Requests of <paramref name="queue"/> started on its asynchronous I/O and not completed yet.</summary>
+    public int QueueIoInFlight(int queue) => (uint)queue < (uint)_inFlight.Length ? _inFlight[queue]?.Count ?? 0 : 0;
+
+    public void CompleteIo(IDeviceQueue queue, ushort tag, int result)
+    {
+        var inFlight = (uint)queue.Index < (uint)_inFlight.Length ? _inFlight[queue.Index] : null;
+        if (inFlight is null || !inFlight.TryTake(tag, out var entry))
+        {
+            // Only our own tags come back; a stray one is a bug in the worker, not the guest's doing.
+            Log.Error($"queue {queue.Index}: a completion for head {tag}, which has no I/O in flight; ignored");
+            return;
+        }
+        var type = (BlkRequestType)entry.Type;
+        BlkStatus status;
+        if (type == BlkRequestType.Flush)
+            // As FileBackend.Flush: a file that cannot be synced (EINVAL) has nothing to make stable.
+            status = result >= 0 || result == -Native.Errno.EINVAL ? BlkStatus.Ok : BlkStatus.IoErr;
+        else if (result < 0)
+            status = BlkStatus.IoErr;
+        else if ((uint)result < entry.Length)
+            status = FinishShortTransfer(inFlight, entry, (uint)result) ? BlkStatus.Ok : BlkStatus.IoErr;
+        else
+            status = BlkStatus.Ok;
+        inFlight.Release(entry);
+
+        *entry.Status = (byte)status;
+        var written = status == BlkStatus.Ok && type == BlkRequestType.In ? entry.Length + 1 : 1u;
+        Stats.Count(queue.Index, entry.Type, status, entry.Length);
+        Stats.CountAsync(queue.Index);
+        queue.AddUsed(tag, written);
+    }
+
+    /// <summary>
+    /// A read or write that moved fewer bytes than asked (a read at the end of a file that
+    /// shrank, a write that ran out of space): the rest goes through the backend synchronously,
+    /// which zero-fills past the end of file or reports the error.
+    /// </summary>
+    private bool FinishShortTransfer(BlkInFlight inFlight, in BlkInFlight.Entry entry, uint done)
+    {
+        var iov = inFlight.IovSpan(entry.Slot)[..entry.IovCount];
+        var skip = (nuint)done;
+        var first = 0;
+        while (first < iov.Length && skip >= iov[first].Length)
+            skip -= iov[first++].Length;
+        if (first == iov.Length)
+            return true;
+        iov[first] = new IoVec(iov[first].Base + (nint)skip, iov[first].Length - skip);
+        var rest = iov[first..];
+        var offset = entry.Offset + done;
+        return entry.Type == (uint)BlkRequestType.In ? _backend.Read(offset, rest) : _backend.Write(offset, rest);
+    }
+
     private BlkStatus Execute(ref ParsedRequest req, IoVec[] iov)
     {
         var trace = Trace;
@@ -566,7 +702,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     /// header, or device-writable bytes before the status byte, up to <paramref name="length"/>.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static int BuildIoVec(ref ParsedRequest req, IoVec[] iov, bool writable, ulong length)
+    private static int BuildIoVec(ref ParsedRequest req, Span<IoVec> iov, bool writable, ulong length)
     {
         var buffers = req.Buffers;
         var count = 0;

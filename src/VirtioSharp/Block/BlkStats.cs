@@ -10,7 +10,7 @@ public sealed class BlkStats
     private sealed class Shard
     {
         public readonly long[] ByType = new long[16];
-        public long BytesRead, BytesWritten, IoErr, Unsupp, Malformed;
+        public long BytesRead, BytesWritten, IoErr, Unsupp, Malformed, Async;
     }
 
     private readonly Shard[] _shards;
@@ -37,6 +37,13 @@ public sealed class BlkStats
         }
     }
 
+    /// <summary>A request that completed through the queue's asynchronous I/O.</summary>
+    internal void CountAsync(int queue)
+    {
+        var s = _shards[queue];
+        Volatile.Write(ref s.Async, s.Async + 1);
+    }
+
     internal void CountMalformed(int queue)
     {
         var s = _shards[queue];
@@ -57,6 +64,8 @@ public sealed class BlkStats
     public long IoErrors => Sum(s => Volatile.Read(ref s.IoErr));
     public long Unsupported => Sum(s => Volatile.Read(ref s.Unsupp));
     public long Malformed => Sum(s => Volatile.Read(ref s.Malformed));
+    /// <summary>Requests whose I/O ran asynchronously (in flight alongside others of the same queue).</summary>
+    public long AsyncCompleted => Sum(s => Volatile.Read(ref s.Async));
 
     public long Total
     {

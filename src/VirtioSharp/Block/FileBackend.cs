@@ -65,6 +65,7 @@ public sealed unsafe class FileBackend : IBlockBackend
     public bool SupportsDiscard => !ReadOnly;
     public bool SupportsWriteZeroes => !ReadOnly;
     public string Description => $"file {Path}";
+    public int AsyncFd => _fd;
 
     public bool Read(ulong offset, ReadOnlySpan<IoVec> iov) => Transfer(offset, iov, write: false);
 

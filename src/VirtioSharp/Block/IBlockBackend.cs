@@ -31,6 +31,13 @@ public interface IBlockBackend : IDisposable
     bool SupportsWriteZeroes { get; }
     string Description { get; }
 
+    /// <summary>
+    /// A descriptor on which preadv/pwritev/fdatasync at byte offsets do exactly what
+    /// <see cref="Read"/>, <see cref="Write"/> and <see cref="Flush"/> do, so a queue may run them
+    /// asynchronously (see <see cref="Devices.IQueueIo"/>); -1 when there is none.
+    /// </summary>
+    int AsyncFd => -1;
+
     bool Read(ulong offset, ReadOnlySpan<IoVec> iov);
     bool Write(ulong offset, ReadOnlySpan<IoVec> iov);
     bool Flush();

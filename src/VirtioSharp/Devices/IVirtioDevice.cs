@@ -37,7 +37,26 @@ public interface IVirtioDevice
     void Activate(ulong negotiatedFeatures);
 
     /// <summary>Drains one queue. Never throws for anything the driver wrote.</summary>
-    QueueOutcome ProcessQueue(IDeviceQueue queue);
+    QueueOutcome ProcessQueue(IDeviceQueue queue) => ProcessQueue(queue, null);
+
+    /// <summary>
+    /// Drains one queue; with <paramref name="io"/>, requests it can start there stay in flight
+    /// (taken from the available ring, not yet used) until <see cref="CompleteIo"/>.
+    /// </summary>
+    QueueOutcome ProcessQueue(IDeviceQueue queue, IQueueIo? io);
+
+    /// <summary>
+    /// Finishes an operation started through <see cref="IQueueIo"/>: <paramref name="result"/> is what
+    /// the system call returned (bytes, or a negative errno). Adds the used element; the caller
+    /// publishes the used ring and notifies.
+    /// </summary>
+    void CompleteIo(IDeviceQueue queue, ushort tag, int result);
+
+    /// <summary>Whether <see cref="ProcessQueue(IDeviceQueue, IQueueIo?)"/> would use an <see cref="IQueueIo"/> at all.</summary>
+    bool SupportsQueueIo => false;
+
+    /// <summary>Operations of <paramref name="queue"/> started through <see cref="IQueueIo"/> and not yet completed.</summary>
+    int QueueIoInFlight(int queue) => 0;
 
     /// <summary>The driver reset the device or went away.</summary>
     void Reset();

@@ -15,6 +15,7 @@ public static class Errno
     public const int EINTR = 4;
     public const int EAGAIN = 11;
     public const int ENOMEM = 12;
+    public const int EBUSY = 16;
     public const int EINVAL = 22;
     public const int ENOSPC = 28;
     public const int EOPNOTSUPP = 95;

@@ -167,11 +167,15 @@ internal sealed class VhostUserFuzzer : IDisposable
         public void Activate(ulong negotiatedFeatures) => inner.Activate(negotiatedFeatures);
         public void Reset() => inner.Reset();
 
-        public Devices.QueueOutcome ProcessQueue(IDeviceQueue queue)
+        public Devices.QueueOutcome ProcessQueue(IDeviceQueue queue, Devices.IQueueIo? io)
         {
             Interlocked.Increment(ref _drains);
-            return inner.ProcessQueue(queue);
+            return inner.ProcessQueue(queue, io);
         }
+
+        public void CompleteIo(IDeviceQueue queue, ushort tag, int result) => inner.CompleteIo(queue, tag, result);
+        public bool SupportsQueueIo => inner.SupportsQueueIo;
+        public int QueueIoInFlight(int queue) => inner.QueueIoInFlight(queue);
     }
 
     /// <summary>Counts log lines and keeps the ones that mean a bug: an exception nobody expected.</summary>

@@ -1,0 +1,33 @@
+using VirtioSharp.Block;
+using VirtioSharp.Devices;
+using VirtioSharp.Native;
+
+namespace VirtioSharp.VhostUser.Backend;
+
+/// <summary>
+/// <see cref="IQueueIo"/> on a queue worker's io_uring. Completions are tagged with the chain
+/// head in the low 16 bits of user_data; the worker's own polls use tags above that range.
+/// </summary>
+internal sealed unsafe class IoUringQueueIo(IoUring ring) : IQueueIo
+{
+    public const ulong KickTag = 1UL << 62;
+    public const ulong ControlTag = 2UL << 62;
+
+    public static bool IsIo(ulong userData) => userData <= ushort.MaxValue;
+
+    public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) =>
+        ring.QueueReadV(fd, iov, count, offset, tag) || (Flush() && ring.QueueReadV(fd, iov, count, offset, tag));
+
+    public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) =>
+        ring.QueueWriteV(fd, iov, count, offset, tag) || (Flush() && ring.QueueWriteV(fd, iov, count, offset, tag));
+
+    public bool TryStartFlush(int fd, ushort tag) =>
+        ring.QueueFDataSync(fd, tag) || (Flush() && ring.QueueFDataSync(fd, tag));
+
+    /// <summary>The submission queue is full: hand it to the kernel (which frees it) and try once more.</summary>
+    private bool Flush()
+    {
+        ring.SubmitAndWait(wait: false);
+        return true;
+    }
+}

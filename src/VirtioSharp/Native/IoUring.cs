@@ -1,0 +1,303 @@
+using System.Runtime.InteropServices;
+
+namespace VirtioSharp.Native;
+
+/// <summary>
+/// A minimal io_uring (io_uring_setup(2), io_uring_enter(2)) for one thread: it queues
+/// submissions (vectored reads and writes, fdatasync, polls), then hands them to the kernel and
+/// waits for a completion in the same system call. The owning thread is the only one to touch it (IORING_SETUP_SINGLE_ISSUER where the
+/// kernel has it). Ring indices are shared with the kernel: the submission tail and completion
+/// head are published with release stores, the kernel's indices are read with acquire loads.
+/// </summary>
+public sealed unsafe class IoUring : IDisposable
+{
+    // include/uapi/linux/io_uring.h
+    private const uint IORING_SETUP_SINGLE_ISSUER = 1u << 12;
+    private const uint IORING_SETUP_DEFER_TASKRUN = 1u << 13;
+    private const uint IORING_FEAT_SINGLE_MMAP = 1u << 0;
+    private const uint IORING_FEAT_NODROP = 1u << 1;
+    private const long IORING_OFF_SQ_RING = 0;
+    private const long IORING_OFF_CQ_RING = 0x8000000;
+    private const long IORING_OFF_SQES = 0x10000000;
+    private const uint IORING_ENTER_GETEVENTS = 1u << 0;
+    private const byte IORING_OP_READV = 1;
+    private const byte IORING_OP_WRITEV = 2;
+    private const byte IORING_OP_FSYNC = 3;
+    private const byte IORING_OP_POLL_ADD = 6;
+    private const uint IORING_FSYNC_DATASYNC = 1u << 0;
+    private const uint IORING_POLL_ADD_MULTI = 1u << 0;
+    /// <summary>IORING_CQE_F_MORE: a multishot request stays armed after this completion.</summary>
+    public const uint CqeFlagMore = 1u << 1;
+
+    private readonly SafeFdHandle _fd;
+    private readonly nint _sqRing, _cqRing, _sqes;
+    private readonly nuint _sqRingSize, _cqRingSize, _sqesSize;
+    private readonly uint* _sqHead, _sqTail, _sqArray, _cqHead, _cqTail;
+    private readonly uint _sqMask, _sqEntries, _cqMask;
+    private readonly Cqe* _cqes;
+    private uint _sqLocalTail;
+    private bool _disposed;
+
+    private IoUring(SafeFdHandle fd, in Params p)
+    {
+        _fd = fd;
+        try
+        {
+            _sqRingSize = p.SqOff.Array + p.SqEntries * sizeof(uint);
+            _cqRingSize = p.CqOff.Cqes + p.CqEntries * (uint)sizeof(Cqe);
+            var single = (p.Features & IORING_FEAT_SINGLE_MMAP) != 0;
+            if (single)
+                _sqRingSize = _cqRingSize = Math.Max(_sqRingSize, _cqRingSize);
+            _sqRing = MapOrThrow(_sqRingSize, IORING_OFF_SQ_RING);
+            _cqRing = single ? _sqRing : MapOrThrow(_cqRingSize, IORING_OFF_CQ_RING);
+            _sqesSize = p.SqEntries * (nuint)sizeof(Sqe);
+            _sqes = MapOrThrow(_sqesSize, IORING_OFF_SQES);
+        }
+        catch
+        {
+            Unmap();
+            fd.Dispose();
+            throw;
+        }
+        var sq = (byte*)_sqRing;
+        var cq = (byte*)_cqRing;
+        _sqHead = (uint*)(sq + p.SqOff.Head);
+        _sqTail = (uint*)(sq + p.SqOff.Tail);
+        _sqMask = *(uint*)(sq + p.SqOff.RingMask);
+        _sqEntries = *(uint*)(sq + p.SqOff.RingEntries);
+        _sqArray = (uint*)(sq + p.SqOff.Array);
+        _cqHead = (uint*)(cq + p.CqOff.Head);
+        _cqTail = (uint*)(cq + p.CqOff.Tail);
+        _cqMask = *(uint*)(cq + p.CqOff.RingMask);
+        _cqes = (Cqe*)(cq + p.CqOff.Cqes);
+        _sqLocalTail = Volatile.Read(ref *_sqTail);
+    }
+
+    /// <summary>
+    /// Creates a ring of <paramref name="entries"/> submissions on the calling thread, or returns
+    /// null with the reason when this kernel cannot give one (io_uring absent or disabled, a seccomp
+    /// filter, or a kernel older than 5.5, whose completion queue may drop entries when full).
+    /// </summary>
+    public static IoUring? TryCreate(uint entries, out string? why)
+    {
+        foreach (var flags in (ReadOnlySpan<uint>)[IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, 0u])
+        {
+            var p = new Params { Flags = flags };
+            var fd = (int)Interop.Syscall(Interop.SYS_io_uring_setup, (nint)entries, (nint)(&p), 0, 0, 0, 0);
+            if (fd < 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno == Errno.EINVAL && flags != 0)
+                    continue; // an older kernel without these set-up flags
+                why = $"io_uring_setup failed: {Errno.Describe(errno)}";
+                return null;
+            }
+            var handle = new SafeFdHandle(fd);
+            if ((p.Features & IORING_FEAT_NODROP) == 0)
+            {
+                handle.Dispose();
+                why = "this kernel's io_uring may drop completions (IORING_FEAT_NODROP came in Linux 5.5)";
+                return null;
+            }
+            try
+            {
+                why = null;
+                return new IoUring(handle, p);
+            }
+            catch (NativeCallException e)
+            {
+                why = e.Message;
+                return null;
+            }
+        }
+        why = "io_uring_setup refused every set-up";
+        return null;
+    }
+
+    /// <summary>Queues a multishot poll for readability of <paramref name="fd"/> (the caller keeps it open while armed).</summary>
+    public bool QueuePollMultishot(int fd, ulong userData)
+    {
+        if (!TryNextSqe(out var sqe))
+            return false;
+        sqe->Opcode = IORING_OP_POLL_ADD;
+        sqe->Fd = fd;
+        sqe->OpFlags = 0x0001; // POLLIN, as poll32_events
+        sqe->Len = IORING_POLL_ADD_MULTI;
+        sqe->UserData = userData;
+        return true;
+    }
+
+    /// <summary>
+    /// Queues preadv(<paramref name="fd"/>, <paramref name="iov"/>, <paramref name="count"/>, <paramref name="offset"/>).
+    /// The iovec array and the buffers it names must stay valid until the completion arrives.
+    /// False when the submission queue is full (submit, then try again).
+    /// </summary>
+    public bool QueueReadV(int fd, void* iov, int count, ulong offset, ulong userData) =>
+        QueueVectored(IORING_OP_READV, fd, iov, count, offset, userData);
+
+    /// <summary>Queues pwritev; the same rules as <see cref="QueueReadV"/>.</summary>
+    public bool QueueWriteV(int fd, void* iov, int count, ulong offset, ulong userData) =>
+        QueueVectored(IORING_OP_WRITEV, fd, iov, count, offset, userData);
+
+    private bool QueueVectored(byte opcode, int fd, void* iov, int count, ulong offset, ulong userData)
+    {
+        if (!TryNextSqe(out var sqe))
+            return false;
+        sqe->Opcode = opcode;
+        sqe->Fd = fd;
+        sqe->Off = offset;
+        sqe->Addr = (ulong)iov;
+        sqe->Len = (uint)count;
+        sqe->UserData = userData;
+        return true;
+    }
+
+    /// <summary>Queues fdatasync(<paramref name="fd"/>).</summary>
+    public bool QueueFDataSync(int fd, ulong userData)
+    {
+        if (!TryNextSqe(out var sqe))
+            return false;
+        sqe->Opcode = IORING_OP_FSYNC;
+        sqe->Fd = fd;
+        sqe->OpFlags = IORING_FSYNC_DATASYNC;
+        sqe->UserData = userData;
+        return true;
+    }
+
+    private bool TryNextSqe(out Sqe* sqe)
+    {
+        var head = Volatile.Read(ref *_sqHead);
+        if (_sqLocalTail - head >= _sqEntries)
+        {
+            sqe = null;
+            return false;
+        }
+        var index = _sqLocalTail & _sqMask;
+        sqe = (Sqe*)_sqes + index;
+        *sqe = default;
+        _sqArray[index] = index;
+        _sqLocalTail++;
+        return true;
+    }
+
+    /// <summary>
+    /// Hands every queued submission to the kernel and, when <paramref name="wait"/>, sleeps until
+    /// at least one completion is there, in one io_uring_enter(2). EINTR, EAGAIN and EBUSY return
+    /// early; entries the kernel did not take stay queued for the next call. The descriptors
+    /// named by the submissions must stay open for the call.
+    /// </summary>
+    public void SubmitAndWait(bool wait)
+    {
+        Volatile.Write(ref *_sqTail, _sqLocalTail); // release: the entries are written
+        // Without SQPOLL only io_uring_enter moves the kernel's head: what lies between it and
+        // our tail is everything not yet taken, including entries a short submit left behind.
+        var toSubmit = _sqLocalTail - Volatile.Read(ref *_sqHead);
+        if (toSubmit == 0 && !wait)
+            return;
+        var added = false;
+        try
+        {
+            _fd.DangerousAddRef(ref added);
+            var r = Interop.Syscall(Interop.SYS_io_uring_enter, _fd.Fd, (nint)toSubmit, wait ? 1 : 0,
+                (nint)(wait ? IORING_ENTER_GETEVENTS : 0), 0, 0);
+            if (r < 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno != Errno.EINTR && errno != Errno.EAGAIN && errno != Errno.EBUSY)
+                    throw new NativeCallException("io_uring_enter", errno);
+            }
+        }
+        finally
+        {
+            if (added)
+                _fd.DangerousRelease();
+        }
+    }
+
+    /// <summary>Takes the next completion, if any.</summary>
+    public bool TryTakeCompletion(out Cqe cqe)
+    {
+        var head = *_cqHead;
+        if (head == Volatile.Read(ref *_cqTail)) // acquire: the entry is written before the tail moves
+        {
+            cqe = default;
+            return false;
+        }
+        cqe = _cqes[head & _cqMask];
+        Volatile.Write(ref *_cqHead, head + 1); // release: the slot may be reused
+        return true;
+    }
+
+    private nint MapOrThrow(nuint length, long offset)
+    {
+        var address = Interop.MMap(0, length, Interop.PROT_READ | Interop.PROT_WRITE, Interop.MAP_SHARED | MapPopulate, _fd, offset);
+        if (address == Interop.MAP_FAILED)
+            throw NativeCallException.FromLastError("mmap (io_uring)");
+        return address;
+    }
+
+    private const int MapPopulate = 0x8000;
+
+    private void Unmap()
+    {
+        if (_sqes != 0)
+            Interop.MUnmap(_sqes, _sqesSize);
+        if (_cqRing != 0 && _cqRing != _sqRing)
+            Interop.MUnmap(_cqRing, _cqRingSize);
+        if (_sqRing != 0)
+            Interop.MUnmap(_sqRing, _sqRingSize);
+    }
+
+    /// <summary>Closes the ring: the kernel cancels whatever is still armed.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+            return;
+        _disposed = true;
+        Unmap();
+        _fd.Dispose();
+    }
+
+    /// <summary>struct io_uring_cqe.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Cqe
+    {
+        public ulong UserData;
+        public int Result;
+        public uint Flags;
+    }
+
+    /// <summary>struct io_uring_sqe (64 bytes); only the fields we use are named.</summary>
+    [StructLayout(LayoutKind.Explicit, Size = 64)]
+    private struct Sqe
+    {
+        [FieldOffset(0)] public byte Opcode;
+        [FieldOffset(1)] public byte Flags;
+        [FieldOffset(4)] public int Fd;
+        [FieldOffset(8)] public ulong Off;
+        [FieldOffset(16)] public ulong Addr;
+        [FieldOffset(24)] public uint Len;
+        [FieldOffset(28)] public uint OpFlags;
+        [FieldOffset(32)] public ulong UserData;
+    }
+
+    /// <summary>struct io_sqring_offsets / io_cqring_offsets (same shape, 40 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct RingOffsets
+    {
+        public uint Head, Tail, RingMask, RingEntries, FlagsOrOverflow, DroppedOrCqes, ArrayOrFlags, Reserved1;
+        public ulong UserAddr;
+        public readonly uint Array => ArrayOrFlags;
+        public readonly uint Cqes => DroppedOrCqes;
+    }
+
+    /// <summary>struct io_uring_params (120 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Params
+    {
+        public uint SqEntries, CqEntries, Flags, SqThreadCpu, SqThreadIdle, Features, WqFd;
+        public uint Resv0, Resv1, Resv2;
+        public RingOffsets SqOff;
+        public RingOffsets CqOff;
+    }
+}

@@ -36,7 +36,7 @@ public sealed class RingFuzzTests(ITestOutputHelper output)
         output.WriteLine($"seed 0x{seed:x}: {s} in {clock.Elapsed.TotalSeconds:0.0} s");
         output.WriteLine($"mutations applied: {string.Join(", ", s.MutationsApplied.OrderBy(m => m.Key).Select(m => $"{m.Key} {m.Value}"))}");
         foreach (var (name, st) in fuzzer.TargetStats)
-            output.WriteLine($"  {name}: {st.Total} requests, {st.IoErrors} IOERR, {st.Unsupported} UNSUPP, {st.Malformed} malformed, {st.BytesRead} bytes read, {st.BytesWritten} written");
+            output.WriteLine($"  {name}: {st.Total} requests, {st.IoErrors} IOERR, {st.Unsupported} UNSUPP, {st.Malformed} malformed, {st.BytesRead} bytes read, {st.BytesWritten} written, {st.AsyncCompleted} completed asynchronously");
 
         // The fuzzer reached what it is meant to reach, not only the first check.
         Assert.Equal(cases, s.Cases);
@@ -48,6 +48,8 @@ public sealed class RingFuzzTests(ITestOutputHelper output)
         Assert.True(served > cases / 10, $"only {served} requests served OK");
         foreach (var type in new[] { BlkRequestType.In, BlkRequestType.Out, BlkRequestType.Flush, BlkRequestType.GetId, BlkRequestType.Discard, BlkRequestType.WriteZeroes })
             Assert.True(fuzzer.TargetStats.Sum(t => t.Stats.Requests(type)) > 100, $"few {type} requests reached the device");
+        var async = fuzzer.TargetStats.Sum(t => t.Stats.AsyncCompleted);
+        Assert.True(async > 100, $"only {async} requests went through asynchronous I/O");
         foreach (var section in new[] { "2.7.4.2", "2.7.5", "2.7.5.2", "2.7.5.3.1", "2.7.6", "2.7.6.1", "2.7.13.3", "5.2.6", "5.2.6.1", "5.2.6.2" })
             Assert.True(s.BreachesBySection.GetValueOrDefault(section) > 0, $"the fuzzer never reached a breach of {section}");
     }

@@ -58,13 +58,67 @@ internal sealed class RingFuzzer : IDisposable
     private readonly ulong[][] _addresses;
     private readonly uint[][] _lengths;
     private readonly Target[] _targets;
+    private readonly List<string> _files = [];
     private readonly List<RecordedRing> _recorded = [];
     private readonly Watchdog _watchdog = new(TimeSpan.FromSeconds(30));
 
-    /// <summary>A device configuration under test.</summary>
-    private sealed record Target(string Name, BlkDevice Device, IBlockBackend Backend) : IDisposable
+    /// <summary>A device configuration under test; with <see cref="Io"/>, file I/O stays in flight until the drain is over.</summary>
+    private sealed record Target(string Name, BlkDevice Device, IBlockBackend Backend, DeferredQueueIo? Io = null) : IDisposable
     {
         public void Dispose() => Backend.Dispose();
+    }
+
+    /// <summary>
+    /// Asynchronous I/O as a queue worker lends it, held until the drain returns and then completed
+    /// in a random order, some with an error or short, as a kernel might.
+    /// </summary>
+    private sealed unsafe class DeferredQueueIo(IBlockBackend backend) : IQueueIo
+    {
+        private readonly List<(char Kind, nint Iov, int Count, ulong Offset, ushort Tag)> _held = [];
+
+        public bool Refuse;
+        public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold('R', iov, count, offset, tag);
+        public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold('W', iov, count, offset, tag);
+        public bool TryStartFlush(int fd, ushort tag) => Hold('F', null, 0, 0, tag);
+
+        private bool Hold(char kind, IoVec* iov, int count, ulong offset, ushort tag)
+        {
+            if (Refuse)
+                return false;
+            _held.Add((kind, (nint)iov, count, offset, tag));
+            return true;
+        }
+
+        public void CompleteAll(BlkDevice device, IDeviceQueue queue, ref SplitMix rng)
+        {
+            while (_held.Count > 0)
+            {
+                var i = (int)rng.Below(_held.Count);
+                var (kind, iov, count, offset, tag) = _held[i];
+                _held[i] = _held[^1];
+                _held.RemoveAt(_held.Count - 1);
+                var vectors = new ReadOnlySpan<IoVec>((void*)iov, count);
+                var bytes = 0L;
+                foreach (var v in vectors)
+                    bytes += (long)v.Length;
+                int result;
+                if (rng.Chance(5))
+                    result = -5; // EIO
+                else if (kind == 'F')
+                    result = backend.Flush() ? 0 : -5;
+                else if (kind == 'R')
+                    result = backend.Read(offset, vectors) ? (int)bytes : -5;
+                else if (rng.Chance(10) && count > 0 && vectors[0].Length > 1)
+                {
+                    // A short write: the kernel wrote only part of the first buffer; the device does the rest.
+                    var part = new IoVec(vectors[0].Base, vectors[0].Length / 2);
+                    result = backend.Write(offset, [part]) ? (int)part.Length : -5;
+                }
+                else
+                    result = backend.Write(offset, vectors) ? (int)bytes : -5;
+                device.CompleteIo(queue, tag, result);
+            }
+        }
     }
 
     /// <summary>A ring the fuzzer is about to run: where it is and what was negotiated.</summary>
@@ -91,6 +145,8 @@ internal sealed class RingFuzzer : IDisposable
             NewTarget("fail, read-only null disk", StrictMode.Fail, new NullBackend(DiskSize, readOnly: true)),
             NewTarget("off, read-only memory disk", StrictMode.Off, new MemoryBackend(DiskSize, readOnly: true)),
             NewTarget("warn, memory disk, 4 KiB blocks, two queues", StrictMode.Warn, new MemoryBackend(DiskSize, blockSize: 4096), o => o with { NumQueues = 2 }),
+            NewAsyncTarget("off, file disk, asynchronous I/O", StrictMode.Off),
+            NewAsyncTarget("fail, file disk, asynchronous I/O, two queues", StrictMode.Fail, o => o with { NumQueues = 2 }),
         ];
         var rng = new SplitMix(seed ^ 0x7265636f7264UL);
         for (var i = 0; i < recordings; i++)
@@ -105,6 +161,16 @@ internal sealed class RingFuzzer : IDisposable
     {
         var options = new BlkDeviceOptions { QueueSize = SplitRing.MaxQueueSize, Strict = strict, Log = new DiscardingLog() };
         return new Target(name, new BlkDevice(backend, configure?.Invoke(options) ?? options), backend);
+    }
+
+    private Target NewAsyncTarget(string name, StrictMode strict, Func<BlkDeviceOptions, BlkDeviceOptions>? configure = null)
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"vs-fuzz-{Guid.NewGuid():N}.img");
+        FileBackend.Create(path, DiskSize);
+        _files.Add(path);
+        var backend = FileBackend.Open(path);
+        var options = new BlkDeviceOptions { QueueSize = SplitRing.MaxQueueSize, Strict = strict, Log = new DiscardingLog() };
+        return new Target(name, new BlkDevice(backend, configure?.Invoke(options) ?? options), backend, new DeferredQueueIo(backend));
     }
 
     // --- interesting values ---
@@ -250,7 +316,17 @@ internal sealed class RingFuzzer : IDisposable
             QueueOutcome outcome;
             try
             {
-                outcome = device.ProcessQueue(queue);
+                if (target.Io is not null)
+                    target.Io.Refuse = rng.Chance(10); // a full submission queue: the device works synchronously
+                outcome = device.ProcessQueue(queue, target.Io);
+                if (target.Io is { } io)
+                {
+                    // The worker completes what the drain started, then publishes (as Vring.RunUring does).
+                    io.CompleteAll(device, queue, ref rng);
+                    if (device.QueueIoInFlight(queue.Index) != 0)
+                        throw new FuzzFailure($"{c}, pass {pass}: {target.Name}: I/O left in flight after every completion");
+                    queue.PublishUsed();
+                }
             }
             catch (Exception e)
             {
@@ -852,6 +928,8 @@ internal sealed class RingFuzzer : IDisposable
             t.Dispose();
         foreach (var r in _rams)
             r.Dispose();
+        foreach (var f in _files)
+            File.Delete(f);
     }
 
     /// <summary>

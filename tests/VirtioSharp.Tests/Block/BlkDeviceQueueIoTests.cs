@@ -1,0 +1,319 @@
+using VirtioSharp.Block;
+using VirtioSharp.Devices;
+using VirtioSharp.Native;
+using VirtioSharp.Queues;
+using VirtioSharp.Tests.Support;
+using VirtioSharp.Tests.VhostUser;
+
+namespace VirtioSharp.Tests.Block;
+
+/// <summary>
+/// Requests started on a queue's asynchronous I/O (<see cref="IQueueIo"/>) and completed later,
+/// in any order: nothing is used before its completion, and then the status byte, the used
+/// length and the disk are what a synchronous run gives.
+/// </summary>
+public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
+{
+    private const byte Ok = (byte)BlkStatus.Ok;
+    private const byte IoErr = (byte)BlkStatus.IoErr;
+    private readonly TempDir _dir = new();
+    private readonly string _image;
+
+    public BlkDeviceQueueIoTests()
+    {
+        _image = _dir.File("disk.img");
+        var bytes = new byte[1 << 20];
+        new Random(7).NextBytes(bytes);
+        File.WriteAllBytes(_image, bytes);
+    }
+
+    public void Dispose() => _dir.Dispose();
+
+    /// <summary>An <see cref="IQueueIo"/> that holds each operation until the test runs it, with the result the test picks.</summary>
+    private sealed class HeldIo(FileBackend file) : IQueueIo
+    {
+        public readonly record struct Op(char Kind, int Fd, nint Iov, int Count, ulong Offset, ushort Tag)
+        {
+            public ReadOnlySpan<IoVec> Vectors => new((void*)Iov, Count);
+        }
+
+        public List<Op> Held { get; } = [];
+        public bool Refuse { get; set; }
+
+        public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold(new('R', fd, (nint)iov, count, offset, tag));
+        public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold(new('W', fd, (nint)iov, count, offset, tag));
+        public bool TryStartFlush(int fd, ushort tag) => Hold(new('F', fd, 0, 0, 0, tag));
+
+        private bool Hold(Op op)
+        {
+            if (Refuse)
+                return false;
+            Held.Add(op);
+            return true;
+        }
+
+        /// <summary>Does the operation for real (through the backend) and returns the byte count, as the kernel would.</summary>
+        public int Perform(Op op)
+        {
+            var bytes = 0;
+            foreach (var v in op.Vectors)
+                bytes += (int)v.Length;
+            var ok = op.Kind switch
+            {
+                'R' => file.Read(op.Offset, op.Vectors),
+                'W' => file.Write(op.Offset, op.Vectors),
+                _ => file.Flush(),
+            };
+            Assert.True(ok);
+            return op.Kind == 'F' ? 0 : bytes;
+        }
+    }
+
+    private BlkHarness New(out HeldIo io, ulong? negotiate = null, BlkDeviceOptions? options = null, int queueSize = 64)
+    {
+        var file = FileBackend.Open(_image);
+        io = new HeldIo(file);
+        return new BlkHarness(file, options, negotiate, queueSize);
+    }
+
+    private static byte[] Pattern(int length, int seed)
+    {
+        var b = new byte[length];
+        new Random(seed).NextBytes(b);
+        return b;
+    }
+
+    private byte[] OnDisk(long offset, int length)
+    {
+        using var f = File.OpenHandle(_image);
+        var b = new byte[length];
+        RandomAccess.Read(f, b, offset);
+        return b;
+    }
+
+    private static (uint Id, uint Length) Used(BlkHarness h, int slot) => h.Ring.UsedElement(slot);
+
+    [Fact]
+    public void Reads_and_writes_stay_in_flight_until_completed_and_complete_in_any_order()
+    {
+        using var h = New(out var io);
+        var data = Pattern(4096, 1);
+        var into = h.Data(2048, 0x55);
+        var s1 = h.StatusByte();
+        var s2 = h.StatusByte();
+        var s3 = h.StatusByte();
+        var write = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 8), 16), Buf.R(h.Ring.Put(data), 4096), Buf.W(s1, 1));
+        var read = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 100), 16), Buf.W(into, 1024), Buf.W(into + 1024, 1024), Buf.W(s2, 1));
+        var flush = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Flush), 16), Buf.W(s3, 1));
+        h.Ring.Offer(write, read, flush);
+
+        Assert.Equal(QueueOutcome.None, h.Device.ProcessQueue(h.Queue, io));
+        Assert.Equal(0, h.Ring.UsedIdx); // 2.7.8: nothing is used before its I/O is done
+        Assert.Equal(3, h.Device.QueueIoInFlight(0));
+        Assert.Equal(3, h.Queue.InFlight);
+        Assert.Equal("WRF", string.Concat(io.Held.Select(o => o.Kind)));
+        Assert.Equal((8UL * 512, 100UL * 512), (io.Held[0].Offset, io.Held[1].Offset));
+        Assert.Equal(2, io.Held[1].Count); // one iovec per data buffer, straight into guest memory
+        Assert.Equal(BlkHarness.Untouched, h.Ring.Span(s1, 1)[0]);
+
+        // The kernel finishes them out of order: flush, read, write.
+        h.Device.CompleteIo(h.Queue, io.Held[2].Tag, io.Perform(io.Held[2]));
+        h.Device.CompleteIo(h.Queue, io.Held[1].Tag, io.Perform(io.Held[1]));
+        h.Device.CompleteIo(h.Queue, io.Held[0].Tag, io.Perform(io.Held[0]));
+        Assert.True(h.Queue.PublishUsed());
+
+        Assert.Equal(3, h.Ring.UsedIdx);
+        Assert.Equal(((uint)flush, 1u), Used(h, 0));
+        Assert.Equal(((uint)read, 2049u), Used(h, 1)); // 2.7.8: data and status byte
+        Assert.Equal(((uint)write, 1u), Used(h, 2));
+        Assert.Equal((Ok, Ok, Ok), (h.Ring.Span(s1, 1)[0], h.Ring.Span(s2, 1)[0], h.Ring.Span(s3, 1)[0]));
+        Assert.Equal(OnDisk(100 * 512, 2048), h.Ring.Span(into, 2048).ToArray());
+        Assert.Equal(data, OnDisk(8 * 512, 4096));
+        Assert.Equal((0, 0), (h.Device.QueueIoInFlight(0), h.Queue.InFlight));
+        Assert.Equal(3, h.Device.Stats.AsyncCompleted);
+        Assert.Equal((2048L, 4096L), (h.Device.Stats.BytesRead, h.Device.Stats.BytesWritten));
+    }
+
+    [Fact]
+    public void A_failed_operation_earns_IOERR_and_only_the_status_byte_is_used()
+    {
+        using var h = New(out var io);
+        var into = h.Data(512);
+        var s1 = h.StatusByte();
+        var s2 = h.StatusByte();
+        h.Ring.Offer(
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 1), 16), Buf.W(into, 512), Buf.W(s1, 1)),
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Flush), 16), Buf.W(s2, 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        h.Device.CompleteIo(h.Queue, io.Held[0].Tag, -5); // -EIO
+        h.Device.CompleteIo(h.Queue, io.Held[1].Tag, -28); // -ENOSPC
+        Assert.Equal((IoErr, IoErr), (h.Ring.Span(s1, 1)[0], h.Ring.Span(s2, 1)[0]));
+        Assert.Equal(1u, Used(h, 0).Length);
+        Assert.Equal(1u, Used(h, 1).Length);
+        Assert.Equal(2, h.Device.Stats.IoErrors);
+    }
+
+    [Fact]
+    public void A_flush_on_a_file_that_cannot_be_synced_succeeds_as_the_synchronous_one_does()
+    {
+        using var h = New(out var io);
+        var s = h.StatusByte();
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Flush), 16), Buf.W(s, 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        h.Device.CompleteIo(h.Queue, io.Held[0].Tag, -Errno.EINVAL);
+        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
+    }
+
+    [Fact]
+    public void A_short_read_is_finished_synchronously_from_where_the_kernel_stopped()
+    {
+        using var h = New(out var io);
+        var into = h.Data(3072, 0x55);
+        var s = h.StatusByte();
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 40), 16), Buf.W(into, 1024), Buf.W(into + 1024, 2048), Buf.W(s, 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        // The kernel did 1300 bytes: the whole first buffer and 276 of the second.
+        var op = io.Held[0];
+        var partial = new IoVec[] { op.Vectors[0], new(op.Vectors[1].Base, 276) };
+        Assert.True(((FileBackend)h.Backend).Read(op.Offset, partial));
+        h.Device.CompleteIo(h.Queue, op.Tag, 1300);
+        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
+        Assert.Equal(3073u, Used(h, 0).Length);
+        Assert.Equal(OnDisk(40 * 512, 3072), h.Ring.Span(into, 3072).ToArray()); // no 0x55 left
+    }
+
+    [Fact]
+    public void A_short_write_is_finished_synchronously()
+    {
+        using var h = New(out var io);
+        var data = Pattern(4096, 9);
+        var s = h.StatusByte();
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 200), 16), Buf.R(h.Ring.Put(data), 4096), Buf.W(s, 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        var op = io.Held[0];
+        Assert.True(((FileBackend)h.Backend).Write(op.Offset, [new IoVec(op.Vectors[0].Base, 512)]));
+        h.Device.CompleteIo(h.Queue, op.Tag, 512);
+        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
+        Assert.Equal(data, OnDisk(200 * 512, 4096));
+    }
+
+    [Fact]
+    public void Without_FLUSH_a_write_is_done_and_synced_before_it_is_used_5_2_6_2()
+    {
+        var features = FileBackendFeatures() & ~VirtioFeatures.Bit(VirtioFeatures.BlkFlush);
+        using var h = New(out var io, negotiate: features);
+        var data = Pattern(512, 3);
+        var s = h.StatusByte();
+        var into = h.Data(512);
+        var s2 = h.StatusByte();
+        h.Ring.Offer(
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 3), 16), Buf.R(h.Ring.Put(data), 512), Buf.W(s, 1)),
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 3), 16), Buf.W(into, 512), Buf.W(s2, 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        Assert.Equal("R", string.Concat(io.Held.Select(o => o.Kind))); // the write was synchronous; the read still goes async
+        Assert.Equal(1, h.Ring.UsedIdx);
+        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
+        Assert.Equal(data, OnDisk(3 * 512, 512));
+    }
+
+    private ulong FileBackendFeatures()
+    {
+        using var f = FileBackend.Open(_image);
+        return new BlkDevice(f).DeviceFeatures;
+    }
+
+    [Fact]
+    public void What_the_queue_io_refuses_and_what_it_does_not_carry_is_done_synchronously()
+    {
+        using var h = New(out var io);
+        io.Refuse = true;
+        var into = h.Data(512);
+        var s = h.StatusByte();
+        var id = h.Data(20);
+        var s2 = h.StatusByte();
+        var s3 = h.StatusByte();
+        h.Ring.Offer(
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 5), 16), Buf.W(into, 512), Buf.W(s, 1)),
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.GetId), 16), Buf.W(id, 20), Buf.W(s2, 1)),
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Discard), 16), Buf.R(h.Segments(new BlkDiscardSegment(1000, 8, 0)), 16), Buf.W(s3, 1)));
+        Assert.Equal(QueueOutcome.Interrupt, h.Device.ProcessQueue(h.Queue, io));
+        Assert.Empty(io.Held);
+        Assert.Equal(3, h.Ring.UsedIdx);
+        Assert.Equal((Ok, Ok, Ok), (h.Ring.Span(s, 1)[0], h.Ring.Span(s2, 1)[0], h.Ring.Span(s3, 1)[0]));
+        Assert.Equal(OnDisk(5 * 512, 512), h.Ring.Span(into, 512).ToArray());
+        Assert.Equal(0, h.Device.Stats.AsyncCompleted);
+
+        // GET_ID and DISCARD never go to the queue's I/O, even when it would take them.
+        io.Refuse = false;
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.GetId), 16), Buf.W(h.Data(20), 20), Buf.W(h.StatusByte(), 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        Assert.Empty(io.Held);
+        Assert.Equal(4, h.Ring.UsedIdx);
+    }
+
+    [Fact]
+    public void A_request_with_more_segments_than_seg_max_is_still_served_synchronously()
+    {
+        using var h = New(out var io, options: new BlkDeviceOptions { SegMax = 2 });
+        var into = h.Data(1536);
+        var s = h.StatusByte();
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 0), 16), Buf.W(into, 512), Buf.W(into + 512, 512), Buf.W(into + 1024, 512), Buf.W(s, 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        Assert.Empty(io.Held);
+        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
+        Assert.Equal(OnDisk(0, 1536), h.Ring.Span(into, 1536).ToArray());
+    }
+
+    [Fact]
+    public void At_most_MaxAsyncPerQueue_requests_of_a_queue_are_in_flight_the_rest_run_synchronously()
+    {
+        const int requests = BlkDevice.MaxAsyncPerQueue + 10;
+        using var h = New(out var io, queueSize: 1024);
+        var heads = new ushort[requests];
+        var statuses = new ulong[requests];
+        for (var i = 0; i < requests; i++)
+        {
+            // Two descriptors a chain: the status byte is the last byte of the data buffer (2.7.4 allows any layout).
+            var data = h.Data(513, 0xee);
+            statuses[i] = data + 512;
+            heads[i] = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, (ulong)i), 16), Buf.W(data, 513));
+        }
+        h.Ring.Offer(heads);
+        h.Device.ProcessQueue(h.Queue, io);
+        Assert.Equal(BlkDevice.MaxAsyncPerQueue, io.Held.Count);
+        Assert.Equal(10, h.Ring.UsedIdx);
+        foreach (var op in io.Held)
+            h.Device.CompleteIo(h.Queue, op.Tag, io.Perform(op));
+        Assert.Equal(requests, h.Ring.UsedIdx);
+        Assert.All(statuses, s => Assert.Equal(Ok, h.Ring.Span(s, 1)[0]));
+
+        // Every slot came back: another full round starts asynchronously again.
+        io.Held.Clear();
+        h.Ring.Offer(heads[..BlkDevice.MaxAsyncPerQueue]);
+        h.Device.ProcessQueue(h.Queue, io);
+        Assert.Equal(BlkDevice.MaxAsyncPerQueue, io.Held.Count);
+    }
+
+    [Fact]
+    public void A_completion_for_a_head_with_nothing_in_flight_changes_nothing_and_is_logged()
+    {
+        using var h = New(out var io);
+        h.Device.CompleteIo(h.Queue, 3, 512);
+        Assert.Equal(0, h.Ring.UsedIdx);
+        Assert.Contains(h.Log.Lines, l => l.Level == Diagnostics.LogLevel.Error && l.Message.Contains("head 3, which has no I/O in flight", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void A_backend_without_a_file_descriptor_never_uses_the_queue_io()
+    {
+        using var h = new BlkHarness(new MemoryBackend(1 << 20));
+        var file = FileBackend.Open(_image);
+        using var _ = file;
+        var io = new HeldIo(file);
+        Assert.False(h.Device.SupportsQueueIo);
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 0), 16), Buf.W(h.Data(512), 512), Buf.W(h.StatusByte(), 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        Assert.Empty(io.Held);
+        Assert.Equal(1, h.Ring.UsedIdx);
+    }
+}

@@ -50,7 +50,7 @@ public static class ServeCommand
         var size = new Option<string?>("--size") { Description = "Disk size for --backend memory or null, in bytes or with K, M, G suffix (e.g. 64M)" };
         var aio = new Option<string>("--aio")
         {
-            Description = "File I/O per queue: io_uring (up to 256 requests in flight, completed in any order), sync (one at a time), auto (io_uring where the kernel allows it)",
+            Description = "File I/O per queue: io_uring (up to 256 reads and flushes in flight, completed in any order; writes stay synchronous), sync (one request at a time), auto (io_uring where the kernel allows it)",
             DefaultValueFactory = _ => "auto",
         };
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
@@ -137,7 +137,7 @@ public static class ServeCommand
                 throw new UsageException($"--aio io_uring: {why}");
             return $"; file I/O synchronous per queue ({why})";
         }
-        return $"; file I/O through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} requests in flight per queue";
+        return $"; reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} in flight per queue";
     }
 
     private static IBlockBackend OpenBackend(ServeSettings s)

@@ -18,9 +18,6 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring) : IQueueIo
     public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) =>
         ring.QueueReadV(fd, iov, count, offset, tag) || (Flush() && ring.QueueReadV(fd, iov, count, offset, tag));
 
-    public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) =>
-        ring.QueueWriteV(fd, iov, count, offset, tag) || (Flush() && ring.QueueWriteV(fd, iov, count, offset, tag));
-
     public bool TryStartFlush(int fd, ushort tag) =>
         ring.QueueFDataSync(fd, tag) || (Flush() && ring.QueueFDataSync(fd, tag));
 

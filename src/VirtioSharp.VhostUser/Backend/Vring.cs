@@ -155,7 +155,7 @@ internal sealed class Vring : IDisposable
             UsesIoUring = ring != null;
             if (ring != null)
             {
-                _log.Debug($"queue {Index}: file I/O through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} requests in flight");
+                _log.Debug($"queue {Index}: reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} in flight");
                 RunUring(queue, kick, ring);
             }
             else
@@ -213,7 +213,7 @@ internal sealed class Vring : IDisposable
 
     /// <summary>
     /// Waits in io_uring on everything at once: multishot polls on the control and kick
-    /// descriptors, and the reads, writes and flushes the device started there. Requests complete
+    /// descriptors, and the reads and flushes the device started there. Requests complete
     /// in whatever order the kernel finishes them. The worker leaves only with nothing in
     /// flight, so guest memory is never unmapped under an I/O (vhost-user.rst: GET_VRING_BASE
     /// stops the ring; here its in-flight requests are finished and used first).

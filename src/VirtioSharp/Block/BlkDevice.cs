@@ -490,10 +490,12 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     }
 
     /// <summary>
-    /// Starts a validated read, write or flush on the queue's asynchronous I/O. False leaves the
-    /// request to <see cref="Execute"/>: other types, no descriptor to hand over, a write that must
-    /// be stable at completion (FLUSH not negotiated), more data buffers than a slot holds, or no
-    /// free slot.
+    /// Starts a validated read or flush on the queue's asynchronous I/O. False leaves the request
+    /// to <see cref="Execute"/>: other types, no descriptor to hand over, more data buffers than a
+    /// slot holds, or no free slot. Writes stay synchronous: a buffered write lands in the page
+    /// cache without waiting for the disk, and io_uring runs buffered writes to one file on its
+    /// worker threads one at a time, so handing them over buys no concurrency and costs a
+    /// hand-off (docs/benchmarks.md, section 2.1).
     /// </summary>
     private bool TryStartAsync(int queue, ref ParsedRequest req, IQueueIo io)
     {
@@ -506,11 +508,6 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         {
             case BlkRequestType.In:
                 span = req.Buffers.Length - req.ReadableCount;
-                break;
-            case BlkRequestType.Out:
-                if (!Negotiated(VirtioFeatures.BlkFlush))
-                    return false;
-                span = req.ReadableCount - req.FirstReadable;
                 break;
             case BlkRequestType.Flush:
                 span = 0;
@@ -526,13 +523,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         if (!inFlight.TryRent(req.Head, out var slot))
             return false;
         var offset = req.Header.Sector << BlkLayout.SectorShift;
-        var count = type == BlkRequestType.Flush ? 0 : BuildIoVec(ref req, inFlight.IovSpan(slot), type == BlkRequestType.In, req.DataLength);
-        var started = type switch
-        {
-            BlkRequestType.In => io.TryStartRead(fd, inFlight.IovPointer(slot), count, offset, req.Head),
-            BlkRequestType.Out => io.TryStartWrite(fd, inFlight.IovPointer(slot), count, offset, req.Head),
-            _ => io.TryStartFlush(fd, req.Head),
-        };
+        var count = type == BlkRequestType.Flush ? 0 : BuildIoVec(ref req, inFlight.IovSpan(slot), writable: true, req.DataLength);
+        var started = type == BlkRequestType.In
+            ? io.TryStartRead(fd, inFlight.IovPointer(slot), count, offset, req.Head)
+            : io.TryStartFlush(fd, req.Head);
         if (!started)
         {
             inFlight.Return(slot);
@@ -585,9 +579,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     }
 
     /// <summary>
-    /// A read or write that moved fewer bytes than asked (a read at the end of a file that
-    /// shrank, a write that ran out of space): the rest goes through the backend synchronously,
-    /// which zero-fills past the end of file or reports the error.
+    /// A read that moved fewer bytes than asked (the end of a file that shrank): the rest goes
+    /// through the backend synchronously, which zero-fills past the end of the file.
     /// </summary>
     private bool FinishShortTransfer(BlkInFlight inFlight, in BlkInFlight.Entry entry, uint done)
     {
@@ -601,7 +594,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         iov[first] = new IoVec(iov[first].Base + (nint)skip, iov[first].Length - skip);
         var rest = iov[first..];
         var offset = entry.Offset + done;
-        return entry.Type == (uint)BlkRequestType.In ? _backend.Read(offset, rest) : _backend.Write(offset, rest);
+        return _backend.Read(offset, rest);
     }
 
     private BlkStatus Execute(ref ParsedRequest req, IoVec[] iov)

@@ -32,9 +32,9 @@ public interface IBlockBackend : IDisposable
     string Description { get; }
 
     /// <summary>
-    /// A descriptor on which preadv/pwritev/fdatasync at byte offsets do exactly what
-    /// <see cref="Read"/>, <see cref="Write"/> and <see cref="Flush"/> do, so a queue may run them
-    /// asynchronously (see <see cref="Devices.IQueueIo"/>); -1 when there is none.
+    /// A descriptor on which preadv and fdatasync at byte offsets do exactly what
+    /// <see cref="Read"/> and <see cref="Flush"/> do, so a queue may run them asynchronously
+    /// (see <see cref="Devices.IQueueIo"/>); -1 when there is none.
     /// </summary>
     int AsyncFd => -1;
 

@@ -4,7 +4,7 @@ namespace VirtioSharp.Native;
 
 /// <summary>
 /// A minimal io_uring (io_uring_setup(2), io_uring_enter(2)) for one thread: it queues
-/// submissions (vectored reads and writes, fdatasync, polls), then hands them to the kernel and
+/// submissions (vectored reads, fdatasync, polls), then hands them to the kernel and
 /// waits for a completion in the same system call. The owning thread is the only one to touch it (IORING_SETUP_SINGLE_ISSUER where the
 /// kernel has it). Ring indices are shared with the kernel: the submission tail and completion
 /// head are published with release stores, the kernel's indices are read with acquire loads.
@@ -21,7 +21,6 @@ public sealed unsafe class IoUring : IDisposable
     private const long IORING_OFF_SQES = 0x10000000;
     private const uint IORING_ENTER_GETEVENTS = 1u << 0;
     private const byte IORING_OP_READV = 1;
-    private const byte IORING_OP_WRITEV = 2;
     private const byte IORING_OP_FSYNC = 3;
     private const byte IORING_OP_POLL_ADD = 6;
     private const uint IORING_FSYNC_DATASYNC = 1u << 0;
@@ -132,18 +131,11 @@ public sealed unsafe class IoUring : IDisposable
     /// The iovec array and the buffers it names must stay valid until the completion arrives.
     /// False when the submission queue is full (submit, then try again).
     /// </summary>
-    public bool QueueReadV(int fd, void* iov, int count, ulong offset, ulong userData) =>
-        QueueVectored(IORING_OP_READV, fd, iov, count, offset, userData);
-
-    /// <summary>Queues pwritev; the same rules as <see cref="QueueReadV"/>.</summary>
-    public bool QueueWriteV(int fd, void* iov, int count, ulong offset, ulong userData) =>
-        QueueVectored(IORING_OP_WRITEV, fd, iov, count, offset, userData);
-
-    private bool QueueVectored(byte opcode, int fd, void* iov, int count, ulong offset, ulong userData)
+    public bool QueueReadV(int fd, void* iov, int count, ulong offset, ulong userData)
     {
         if (!TryNextSqe(out var sqe))
             return false;
-        sqe->Opcode = opcode;
+        sqe->Opcode = IORING_OP_READV;
         sqe->Fd = fd;
         sqe->Off = offset;
         sqe->Addr = (ulong)iov;

@@ -41,7 +41,6 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
         public bool Refuse { get; set; }
 
         public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold(new('R', fd, (nint)iov, count, offset, tag));
-        public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold(new('W', fd, (nint)iov, count, offset, tag));
         public bool TryStartFlush(int fd, ushort tag) => Hold(new('F', fd, 0, 0, 0, tag));
 
         private bool Hold(Op op)
@@ -58,12 +57,7 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
             var bytes = 0;
             foreach (var v in op.Vectors)
                 bytes += (int)v.Length;
-            var ok = op.Kind switch
-            {
-                'R' => file.Read(op.Offset, op.Vectors),
-                'W' => file.Write(op.Offset, op.Vectors),
-                _ => file.Flush(),
-            };
+            var ok = op.Kind == 'R' ? file.Read(op.Offset, op.Vectors) : file.Flush();
             Assert.True(ok);
             return op.Kind == 'F' ? 0 : bytes;
         }
@@ -94,44 +88,65 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
     private static (uint Id, uint Length) Used(BlkHarness h, int slot) => h.Ring.UsedElement(slot);
 
     [Fact]
-    public void Reads_and_writes_stay_in_flight_until_completed_and_complete_in_any_order()
+    public void Reads_and_flushes_stay_in_flight_until_completed_and_complete_in_any_order()
     {
         using var h = New(out var io);
-        var data = Pattern(4096, 1);
         var into = h.Data(2048, 0x55);
+        var into2 = h.Data(512, 0x55);
         var s1 = h.StatusByte();
         var s2 = h.StatusByte();
         var s3 = h.StatusByte();
-        var write = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 8), 16), Buf.R(h.Ring.Put(data), 4096), Buf.W(s1, 1));
-        var read = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 100), 16), Buf.W(into, 1024), Buf.W(into + 1024, 1024), Buf.W(s2, 1));
-        var flush = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Flush), 16), Buf.W(s3, 1));
-        h.Ring.Offer(write, read, flush);
+        var read = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 100), 16), Buf.W(into, 1024), Buf.W(into + 1024, 1024), Buf.W(s1, 1));
+        var flush = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Flush), 16), Buf.W(s2, 1));
+        var read2 = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 7), 16), Buf.W(into2, 512), Buf.W(s3, 1));
+        h.Ring.Offer(read, flush, read2);
 
         Assert.Equal(QueueOutcome.None, h.Device.ProcessQueue(h.Queue, io));
         Assert.Equal(0, h.Ring.UsedIdx); // 2.7.8: nothing is used before its I/O is done
         Assert.Equal(3, h.Device.QueueIoInFlight(0));
         Assert.Equal(3, h.Queue.InFlight);
-        Assert.Equal("WRF", string.Concat(io.Held.Select(o => o.Kind)));
-        Assert.Equal((8UL * 512, 100UL * 512), (io.Held[0].Offset, io.Held[1].Offset));
-        Assert.Equal(2, io.Held[1].Count); // one iovec per data buffer, straight into guest memory
+        Assert.Equal("RFR", string.Concat(io.Held.Select(o => o.Kind)));
+        Assert.Equal((100UL * 512, 7UL * 512), (io.Held[0].Offset, io.Held[2].Offset));
+        Assert.Equal(2, io.Held[0].Count); // one iovec per data buffer, straight into guest memory
         Assert.Equal(BlkHarness.Untouched, h.Ring.Span(s1, 1)[0]);
 
-        // The kernel finishes them out of order: flush, read, write.
+        // The kernel finishes them out of order: the second read, the flush, the first read.
         h.Device.CompleteIo(h.Queue, io.Held[2].Tag, io.Perform(io.Held[2]));
         h.Device.CompleteIo(h.Queue, io.Held[1].Tag, io.Perform(io.Held[1]));
         h.Device.CompleteIo(h.Queue, io.Held[0].Tag, io.Perform(io.Held[0]));
         Assert.True(h.Queue.PublishUsed());
 
         Assert.Equal(3, h.Ring.UsedIdx);
-        Assert.Equal(((uint)flush, 1u), Used(h, 0));
-        Assert.Equal(((uint)read, 2049u), Used(h, 1)); // 2.7.8: data and status byte
-        Assert.Equal(((uint)write, 1u), Used(h, 2));
+        Assert.Equal(((uint)read2, 513u), Used(h, 0)); // 2.7.8: data and status byte
+        Assert.Equal(((uint)flush, 1u), Used(h, 1));
+        Assert.Equal(((uint)read, 2049u), Used(h, 2));
         Assert.Equal((Ok, Ok, Ok), (h.Ring.Span(s1, 1)[0], h.Ring.Span(s2, 1)[0], h.Ring.Span(s3, 1)[0]));
         Assert.Equal(OnDisk(100 * 512, 2048), h.Ring.Span(into, 2048).ToArray());
-        Assert.Equal(data, OnDisk(8 * 512, 4096));
+        Assert.Equal(OnDisk(7 * 512, 512), h.Ring.Span(into2, 512).ToArray());
         Assert.Equal((0, 0), (h.Device.QueueIoInFlight(0), h.Queue.InFlight));
         Assert.Equal(3, h.Device.Stats.AsyncCompleted);
-        Assert.Equal((2048L, 4096L), (h.Device.Stats.BytesRead, h.Device.Stats.BytesWritten));
+        Assert.Equal(2560L, h.Device.Stats.BytesRead);
+    }
+
+    [Fact]
+    public void A_write_is_done_on_the_spot_while_reads_are_in_flight()
+    {
+        using var h = New(out var io);
+        var data = Pattern(4096, 1);
+        var into = h.Data(512);
+        var s1 = h.StatusByte();
+        var s2 = h.StatusByte();
+        var read = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 3), 16), Buf.W(into, 512), Buf.W(s1, 1));
+        var write = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 8), 16), Buf.R(h.Ring.Put(data), 4096), Buf.W(s2, 1));
+        h.Ring.Offer(read, write);
+        Assert.Equal(QueueOutcome.Interrupt, h.Device.ProcessQueue(h.Queue, io));
+        Assert.Equal("R", string.Concat(io.Held.Select(o => o.Kind)));
+        Assert.Equal(1, h.Ring.UsedIdx);
+        Assert.Equal(((uint)write, 1u), Used(h, 0)); // used before the read that came first
+        Assert.Equal(Ok, h.Ring.Span(s2, 1)[0]);
+        Assert.Equal(data, OnDisk(8 * 512, 4096));
+        h.Device.CompleteIo(h.Queue, io.Held[0].Tag, io.Perform(io.Held[0]));
+        Assert.Equal(((uint)read, 513u), Used(h, 1));
     }
 
     [Fact]
@@ -180,46 +195,6 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
         Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
         Assert.Equal(3073u, Used(h, 0).Length);
         Assert.Equal(OnDisk(40 * 512, 3072), h.Ring.Span(into, 3072).ToArray()); // no 0x55 left
-    }
-
-    [Fact]
-    public void A_short_write_is_finished_synchronously()
-    {
-        using var h = New(out var io);
-        var data = Pattern(4096, 9);
-        var s = h.StatusByte();
-        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 200), 16), Buf.R(h.Ring.Put(data), 4096), Buf.W(s, 1)));
-        h.Device.ProcessQueue(h.Queue, io);
-        var op = io.Held[0];
-        Assert.True(((FileBackend)h.Backend).Write(op.Offset, [new IoVec(op.Vectors[0].Base, 512)]));
-        h.Device.CompleteIo(h.Queue, op.Tag, 512);
-        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
-        Assert.Equal(data, OnDisk(200 * 512, 4096));
-    }
-
-    [Fact]
-    public void Without_FLUSH_a_write_is_done_and_synced_before_it_is_used_5_2_6_2()
-    {
-        var features = FileBackendFeatures() & ~VirtioFeatures.Bit(VirtioFeatures.BlkFlush);
-        using var h = New(out var io, negotiate: features);
-        var data = Pattern(512, 3);
-        var s = h.StatusByte();
-        var into = h.Data(512);
-        var s2 = h.StatusByte();
-        h.Ring.Offer(
-            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 3), 16), Buf.R(h.Ring.Put(data), 512), Buf.W(s, 1)),
-            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 3), 16), Buf.W(into, 512), Buf.W(s2, 1)));
-        h.Device.ProcessQueue(h.Queue, io);
-        Assert.Equal("R", string.Concat(io.Held.Select(o => o.Kind))); // the write was synchronous; the read still goes async
-        Assert.Equal(1, h.Ring.UsedIdx);
-        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
-        Assert.Equal(data, OnDisk(3 * 512, 512));
-    }
-
-    private ulong FileBackendFeatures()
-    {
-        using var f = FileBackend.Open(_image);
-        return new BlkDevice(f).DeviceFeatures;
     }
 
     [Fact]

@@ -78,7 +78,6 @@ internal sealed class RingFuzzer : IDisposable
 
         public bool Refuse;
         public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold('R', iov, count, offset, tag);
-        public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) => Hold('W', iov, count, offset, tag);
         public bool TryStartFlush(int fd, ushort tag) => Hold('F', null, 0, 0, tag);
 
         private bool Hold(char kind, IoVec* iov, int count, ulong offset, ushort tag)
@@ -106,16 +105,14 @@ internal sealed class RingFuzzer : IDisposable
                     result = -5; // EIO
                 else if (kind == 'F')
                     result = backend.Flush() ? 0 : -5;
-                else if (kind == 'R')
-                    result = backend.Read(offset, vectors) ? (int)bytes : -5;
                 else if (rng.Chance(10) && count > 0 && vectors[0].Length > 1)
                 {
-                    // A short write: the kernel wrote only part of the first buffer; the device does the rest.
+                    // A short read: the kernel filled only part of the first buffer; the device does the rest.
                     var part = new IoVec(vectors[0].Base, vectors[0].Length / 2);
-                    result = backend.Write(offset, [part]) ? (int)part.Length : -5;
+                    result = backend.Read(offset, [part]) ? (int)part.Length : -5;
                 }
                 else
-                    result = backend.Write(offset, vectors) ? (int)bytes : -5;
+                    result = backend.Read(offset, vectors) ? (int)bytes : -5;
                 device.CompleteIo(queue, tag, result);
             }
         }

@@ -126,7 +126,16 @@ internal sealed class VhostUserFuzzer : IDisposable
         public Server(StrictMode strict)
         {
             SocketPath = Path.Combine(Path.GetTempPath(), $"vsf-{Guid.NewGuid():N}.sock"[..24]);
-            Backend = new MemoryBackend(8 << 20);
+            if (strict == StrictMode.Warn)
+            {
+                // A file disk: its queue workers run reads, writes and flushes on io_uring, so the
+                // streams stop, rebuild and reset rings with I/O in flight.
+                _image = Path.Combine(Path.GetTempPath(), $"vsf-{Guid.NewGuid():N}.img");
+                FileBackend.Create(_image, 8 << 20);
+                Backend = FileBackend.Open(_image);
+            }
+            else
+                Backend = new MemoryBackend(8 << 20);
             Device = new BlkDevice(Backend, new BlkDeviceOptions { NumQueues = 2, QueueSize = 256, Log = Log, Strict = strict });
             Counting = new CountingDevice(Device);
             Host = new VhostUserServer(Counting, SocketPath, Log);
@@ -135,7 +144,8 @@ internal sealed class VhostUserFuzzer : IDisposable
 
         public string SocketPath { get; }
         public FuzzLog Log { get; } = new();
-        public MemoryBackend Backend { get; }
+        private readonly string? _image;
+        public IBlockBackend Backend { get; }
         public BlkDevice Device { get; }
         public CountingDevice Counting { get; }
         public VhostUserServer Host { get; }
@@ -144,6 +154,8 @@ internal sealed class VhostUserFuzzer : IDisposable
         {
             Host.Dispose();
             Backend.Dispose();
+            if (_image != null)
+                File.Delete(_image);
         }
     }
 

@@ -3,7 +3,7 @@ using VirtioSharp.Native;
 
 namespace VirtioSharp.Tests.VhostUser;
 
-/// <summary>The small io_uring the queue workers use: vectored I/O on a file, fdatasync, multishot polls, a full queue.</summary>
+/// <summary>The small io_uring the queue workers use: vectored reads of a file, fdatasync, multishot polls, a full queue.</summary>
 public sealed unsafe class IoUringTests
 {
     private static IoUring NewRing(uint entries = 8) =>
@@ -18,35 +18,23 @@ public sealed unsafe class IoUringTests
     }
 
     [Fact]
-    public void Vectored_writes_and_reads_move_the_bytes_and_report_the_count()
+    public void A_vectored_read_and_an_fdatasync_complete_with_their_results()
     {
         using var dir = new TempDir();
         var path = dir.File("f");
-        File.WriteAllBytes(path, new byte[8192]);
+        var onDisk = new byte[8192];
+        new Random(1).NextBytes(onDisk);
+        File.WriteAllBytes(path, onDisk);
         using var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
         var fd = (int)file.DangerousGetHandle();
         using var ring = NewRing();
 
         var a = new byte[1000];
         var b = new byte[3096];
-        new Random(1).NextBytes(a);
-        new Random(2).NextBytes(b);
         fixed (byte* pa = a, pb = b)
         {
             var iov = stackalloc IoVec[2] { new((nint)pa, 1000), new((nint)pb, 3096) };
-            Assert.True(ring.QueueWriteV(fd, iov, 2, 512, 77));
-            var cqe = Next(ring);
-            Assert.Equal((77UL, 4096), (cqe.UserData, cqe.Result));
-        }
-        var onDisk = File.ReadAllBytes(path);
-        Assert.Equal(a, onDisk[512..1512]);
-        Assert.Equal(b, onDisk[1512..4608]);
-
-        var back = new byte[4096];
-        fixed (byte* p = back)
-        {
-            var iov = new IoVec((nint)p, 4096);
-            Assert.True(ring.QueueReadV(fd, &iov, 1, 512, 78));
+            Assert.True(ring.QueueReadV(fd, iov, 2, 512, 78));
             Assert.True(ring.QueueFDataSync(fd, 79));
             var results = new Dictionary<ulong, int>();
             for (var i = 0; i < 2; i++)
@@ -57,7 +45,8 @@ public sealed unsafe class IoUringTests
             Assert.Equal(4096, results[78]);
             Assert.Equal(0, results[79]);
         }
-        Assert.Equal(onDisk[512..4608], back);
+        Assert.Equal(onDisk[512..1512], a);
+        Assert.Equal(onDisk[1512..4608], b);
     }
 
     [Fact]
@@ -74,7 +63,7 @@ public sealed unsafe class IoUringTests
             var iov = new IoVec((nint)p, 4096);
             Assert.True(ring.QueueReadV((int)file.DangerousGetHandle(), &iov, 1, 512, 1));
             Assert.Equal(512, Next(ring).Result);
-            Assert.True(ring.QueueWriteV((int)file.DangerousGetHandle(), &iov, 1, 0, 2)); // opened read-only
+            Assert.True(ring.QueueReadV(-1, &iov, 1, 0, 2));
             Assert.Equal(-9, Next(ring).Result); // EBADF
         }
     }

@@ -89,9 +89,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         for (var i = 0; i < _segmentScratch.Length; i++)
             _segmentScratch[i] = new BlkDiscardSegment[maxSegments];
         _inFlight = new BlkInFlight?[_options.NumQueues];
-        // A driver keeps to seg_max (5.2.6.1), so one slot of seg_max iovecs holds any request's
-        // data; a larger chain is still served, synchronously.
-        _iovPerSlot = (int)Math.Clamp(segMax, 1u, 256u);
+        // A driver keeps to seg_max data segments (5.2.6.1); the slot has room for one more
+        // because the status byte may end a buffer that carries data too. A larger chain is
+        // still served, synchronously.
+        _iovPerSlot = (int)Math.Clamp(segMax + 1, 2u, 257u);
     }
 
     public uint DeviceId => 2; // 5.2.1

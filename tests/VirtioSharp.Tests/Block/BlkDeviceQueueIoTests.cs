@@ -237,6 +237,12 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
         Assert.Empty(io.Held);
         Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
         Assert.Equal(OnDisk(0, 1536), h.Ring.Span(into, 1536).ToArray());
+
+        // Exactly seg_max data segments, the status byte in a buffer of its own: asynchronous.
+        var into2 = h.Data(1024);
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 4), 16), Buf.W(into2, 512), Buf.W(into2 + 512, 512), Buf.W(h.StatusByte(), 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        Assert.Equal(2, Assert.Single(io.Held).Count);
     }
 
     [Fact]

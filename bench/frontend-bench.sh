@@ -86,10 +86,15 @@ wait_socket() {
     exit 1
 }
 
-# A raw image with data in it, read once so it sits in the page cache.
+# Two raw images with the same data, one per back-end (neither holds the other's lock), made
+# the same way so their page-cache state matches: how a file's pages came to be cached changes
+# how fast random writes to it go, by as much as 10x (docs/benchmarks.md, section 2.1).
 image=$work/disk.raw
-head -c "$(numfmt --from=iec "$IMAGE_SIZE")" /dev/urandom >"$image"
-cat "$image" >/dev/null
+head -c "$(numfmt --from=iec "$IMAGE_SIZE")" /dev/urandom >"$work/source.raw"
+cp "$work/source.raw" "$image"
+cp "$work/source.raw" "$work/disk2.raw"
+rm "$work/source.raw"
+cat "$image" "$work/disk2.raw" >/dev/null
 null_bytes=$(numfmt --from=iec "$IMAGE_SIZE")
 
 start_qsd() { # name blockdev-args...
@@ -112,9 +117,6 @@ start_vblk() { # name serve-args...
 start_qsd qsd-null --blockdev "driver=null-co,node-name=disk0,size=$null_bytes,read-zeroes=on"
 start_qsd qsd-file --blockdev "driver=file,node-name=file0,filename=$image" --blockdev "driver=raw,node-name=disk0,file=file0"
 start_vblk vblk-null --backend null --size "$null_bytes"
-# The second raw-image back-end serves a copy, so neither holds the other's lock.
-cp "$image" "$work/disk2.raw"
-cat "$work/disk2.raw" >/dev/null
 start_vblk vblk-file "$work/disk2.raw"
 
 workloads=(

@@ -1,0 +1,46 @@
+using VirtioSharp.Cli.Commands;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Tests.VhostUser;
+using VirtioSharp.VhostUser.Backend;
+
+namespace VirtioSharp.Tests.Cli;
+
+/// <summary><c>vblk serve</c>'s checks of its options: one line and exit code 2 for a mistake, a clean start and stop otherwise.</summary>
+public sealed class ServeCommandTests
+{
+    private static ServeCommand.ServeSettings Settings(string socket, string? image = null, string backend = "file", string? size = null, AioMode aio = AioMode.Auto) =>
+        new(image, socket, ReadOnly: false, NumQueues: 1, QueueSize: 256, BlkSize: 512, Serial: "t", Backend: backend, Size: size,
+            Strict: StrictMode.Off, Verbose: false, Aio: aio);
+
+    [Fact]
+    public void Aio_io_uring_without_a_file_image_is_refused_in_one_line()
+    {
+        using var dir = new TempDir();
+        var error = new StringWriter();
+        var code = ServeCommand.Run(Settings(dir.File("s.sock"), backend: "null", size: "1M", aio: AioMode.IoUring), error);
+        Assert.Equal(ServeCommand.UsageError, code);
+        Assert.Equal("vblk serve: --aio io_uring is for a file image; --backend null does no file I/O", error.ToString().TrimEnd());
+        Assert.False(File.Exists(dir.File("s.sock")));
+    }
+
+    [Theory]
+    [InlineData(AioMode.Auto)]
+    [InlineData(AioMode.IoUring)]
+    [InlineData(AioMode.Sync)]
+    public async Task A_file_image_is_served_with_each_aio_mode_until_stopped(AioMode aio)
+    {
+        using var dir = new TempDir();
+        var image = dir.File("disk.img");
+        File.WriteAllBytes(image, new byte[1 << 20]);
+        var socket = dir.File("s.sock");
+        using var stop = new CancellationTokenSource();
+        var error = new StringWriter();
+        var run = Task.Run(() => ServeCommand.Run(Settings(socket, image, aio: aio), error, stop.Token));
+        TestServer.Eventually(() => File.Exists(socket), "the socket to appear");
+        using (var f = TestFrontEnd.Connect(socket))
+            Assert.NotEqual(0UL, f.Negotiate());
+        stop.Cancel();
+        Assert.Equal(0, await run.WaitAsync(TimeSpan.FromMilliseconds(TestFrontEnd.Timeout)));
+        Assert.Equal("", error.ToString());
+    }
+}

@@ -16,13 +16,13 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring) : IQueueIo
     public static bool IsIo(ulong userData) => userData <= ushort.MaxValue;
 
     public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) =>
-        ring.QueueReadV(fd, iov, count, offset, tag) || (Flush() && ring.QueueReadV(fd, iov, count, offset, tag));
+        ring.QueueReadV(fd, iov, count, offset, tag) || (SubmitQueued() && ring.QueueReadV(fd, iov, count, offset, tag));
 
     public bool TryStartFlush(int fd, ushort tag) =>
-        ring.QueueFDataSync(fd, tag) || (Flush() && ring.QueueFDataSync(fd, tag));
+        ring.QueueFDataSync(fd, tag) || (SubmitQueued() && ring.QueueFDataSync(fd, tag));
 
     /// <summary>The submission queue is full: hand it to the kernel (which frees it) and try once more.</summary>
-    private bool Flush()
+    private bool SubmitQueued()
     {
         ring.SubmitAndWait(wait: false);
         return true;

@@ -51,8 +51,6 @@ internal sealed class Vring : IDisposable
     public bool Started => _worker != null;
     /// <summary>The worker stopped because the driver broke the ring (vhost-user has no status register to say so).</summary>
     public bool Failed { get; private set; }
-    /// <summary>The running worker serves file I/O through io_uring (several requests in flight).</summary>
-    public bool UsesIoUring { get; private set; }
     public long Kicks => Interlocked.Read(ref _kicks);
     public long Calls => Interlocked.Read(ref _calls);
     private long _kicks, _calls;
@@ -147,12 +145,11 @@ internal sealed class Vring : IDisposable
                 if (ring is null)
                 {
                     if (_aio == AioMode.IoUring)
-                        throw new InvalidOperationException($"--aio io_uring, but {why}");
+                        throw new InvalidOperationException($"io_uring is required (AioMode.IoUring), but {why}");
                     if (Interlocked.Exchange(ref s_uringFallbackLogged, 1) == 0)
                         _log.Info($"queue workers do file I/O synchronously: {why}");
                 }
             }
-            UsesIoUring = ring != null;
             if (ring != null)
             {
                 _log.Debug($"queue {Index}: reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} in flight");

@@ -530,7 +530,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             : io.TryStartFlush(fd, req.Head);
         if (!started)
         {
-            inFlight.Return(slot);
+            inFlight.Release(slot);
             return false;
         }
         inFlight.Track(req.Head, new BlkInFlight.Entry
@@ -570,7 +570,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             status = FinishShortTransfer(inFlight, entry, (uint)result) ? BlkStatus.Ok : BlkStatus.IoErr;
         else
             status = BlkStatus.Ok;
-        inFlight.Release(entry);
+        inFlight.Release(entry.Slot);
 
         *entry.Status = (byte)status;
         var written = status == BlkStatus.Ok && type == BlkRequestType.In ? entry.Length + 1 : 1u;

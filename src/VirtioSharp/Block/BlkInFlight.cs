@@ -56,8 +56,8 @@ internal sealed unsafe class BlkInFlight
         return true;
     }
 
-    /// <summary>Gives back a slot that was rented but whose I/O did not start.</summary>
-    public void Return(int slot) => _free[_freeCount++] = slot;
+    /// <summary>Gives back a slot: its I/O did not start, or its completion has been handled.</summary>
+    public void Release(int slot) => _free[_freeCount++] = slot;
 
     public Span<IoVec> IovSpan(int slot) => new(_iovBase + slot * IovPerSlot, IovPerSlot);
 
@@ -83,7 +83,4 @@ internal sealed unsafe class BlkInFlight
         Count--;
         return true;
     }
-
-    /// <summary>Frees the slot of an entry once its completion has been handled.</summary>
-    public void Release(in Entry entry) => _free[_freeCount++] = entry.Slot;
 }

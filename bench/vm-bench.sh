@@ -18,6 +18,8 @@ OUT=""
 WORKDIR=""
 KEEP=0
 SPIN_IDLE=0
+PAIRED=0
+SLICE=0.2
 SPINNERS=()
 VCPUS=1
 QUEUES=1
@@ -60,6 +62,14 @@ by round when --rounds > 1, qsd first in odd rounds, ours first in even ones).
   --spin-idle           keep every host CPU from halting while it runs: one
                         busy loop per CPU at SCHED_IDLE priority (chrt -i 0),
                         which any other task preempts at once.  See below.
+  --paired              run both back-ends at once, each with its own guest,
+                        and let one guest run at a time: every 0.2 s the
+                        running QEMU is stopped (SIGSTOP) and the other one
+                        resumed.  Both back-ends then meet the host in the same
+                        state, slice by slice, where one-after-the-other runs
+                        meet it minutes apart.  Guest time runs on while a
+                        guest is stopped, so IOPS and MB/s are about half of a
+                        run alone; CPU per request is unaffected.
   --keep                keep the work directory
   -h, --help            show this help
 
@@ -118,6 +128,7 @@ while [[ $# -gt 0 ]]; do
             shift 2 ;;
         --keep) KEEP=1; shift ;;
         --spin-idle) SPIN_IDLE=1; shift ;;
+        --paired) PAIRED=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -134,6 +145,7 @@ if [[ -n "$OURS" && -z "$OURS_NULL" ]]; then
     OURS_NULL=${OURS//\{image\}/--backend null --size \{size\}}
 fi
 [[ -z "$OURS_NULL" || -n "$OURS" ]] || die "--ours-null needs --ours"
+[[ $PAIRED -eq 0 || -n "$OURS" ]] || die "--paired needs --ours"
 
 "$REPO_ROOT/scripts/build-guest.sh" >&2
 command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
@@ -147,24 +159,31 @@ else
 fi
 WORKDIR=$(cd "$WORKDIR" && pwd)
 IMG="$WORKDIR/bench.img"
-SOCK="$WORKDIR/vblk.sock"
+SOCK=""
 SIZE_BYTES=$((SIZE_MIB * 1048576))
 RESULTS="$WORKDIR/results.tsv"
 : >"$RESULTS"
 
 BACKEND_PID=""
-stop_backend() {
-    if [[ -n "$BACKEND_PID" ]]; then
-        kill "$BACKEND_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$BACKEND_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$BACKEND_PID" 2>/dev/null || true
-        wait "$BACKEND_PID" 2>/dev/null || true
-        BACKEND_PID=""
-    fi
-    rm -f "$SOCK"
+declare -A STARTED=() # back-end pid -> its socket, until stopped
+stop_backend() { # pid
+    local pid=$1
+    [[ -n "$pid" && -n "${STARTED[$pid]:-}" ]] || return 0
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -f "${STARTED[$pid]}"
+    unset "STARTED[$pid]"
+}
+stop_all_backends() {
+    local pid
+    for pid in "${!STARTED[@]}"; do
+        stop_backend "$pid"
+    done
 }
 stop_spinners() {
     local p
@@ -176,7 +195,8 @@ stop_spinners() {
 }
 cleanup() {
     stop_spinners
-    stop_backend
+    resume_guests
+    stop_all_backends
     if [[ $KEEP -eq 0 && -n "$WORKDIR" ]]; then
         rm -f "$IMG"
     fi
@@ -223,8 +243,9 @@ tree_sample() {
     echo "$total $switches"
 }
 
-start_backend() { # backend device log
+start_backend() { # backend device log; sets BACKEND_PID and SOCK
     local backend=$1 device=$2 blog=$3 cmd
+    SOCK="$WORKDIR/$backend.sock"
     rm -f "$SOCK"
     if [[ $backend == qsd ]]; then
         local node
@@ -248,6 +269,7 @@ start_backend() { # backend device log
         (cd "$REPO_ROOT" && exec bash -c "exec $cmd") >"$blog" 2>&1 &
         BACKEND_PID=$!
     fi
+    STARTED[$BACKEND_PID]=$SOCK
     for _ in $(seq 1 600); do
         [[ -S "$SOCK" ]] && return 0
         kill -0 "$BACKEND_PID" 2>/dev/null || break
@@ -260,20 +282,16 @@ start_backend() { # backend device log
 
 ANY_FAILED=0
 
-run_one() { # round backend device
-    local round=$1 backend=$2 device=$3
+# Boots the guest against a running back-end, samples the back-end's CPU on the
+# guest's I/O markers, and appends one row per job to $RESULTS. Status: the guest's.
+guest_run() { # round backend device back-end-pid socket
+    local round=$1 backend=$2 device=$3 bpid=$4 sock=$5
     local tag="r${round}-${backend}-${device}"
     local clog="$WORKDIR/$tag.console.log" samples="$WORKDIR/$tag.samples" rc=0
     : >"$samples"
     : >"$clog"
-    log "round $round: $backend on $device: jobs $JOBS (${RUNTIME}s each)"
-    # Both back-ends start with the whole image in the page cache, even on a host that
-    # reclaims cold pages between runs.
-    [[ $device != file ]] || cat "$IMG" >/dev/null
-    start_backend "$backend" "$device" "$WORKDIR/$tag.backend.log"
-    local bpid=$BACKEND_PID
-    "$RUN_GUEST" --socket "$SOCK" --jobs "$JOBS" --vcpus "$VCPUS" --queues "$QUEUES" --mem "$MEM" \
-        --log "$clog" --quiet --timeout $((120 + 40 * RUNTIME)) \
+    "$RUN_GUEST" --socket "$sock" --jobs "$JOBS" --vcpus "$VCPUS" --queues "$QUEUES" --mem "$MEM" \
+        --log "$clog" --quiet --timeout $((PAIRED ? 240 + 80 * RUNTIME : 120 + 40 * RUNTIME)) \
         --extra-append "vblk.runtime=$RUNTIME vblk.perf_size_mib=$SIZE_MIB" \
         >"$WORKDIR/$tag.run.out" 2>&1 &
     local rpid=$!
@@ -289,9 +307,7 @@ run_one() { # round backend device
         esac
     done < <(tail -n +1 -F -s 0.05 --pid="$rpid" "$clog" 2>/dev/null)
     wait "$rpid" || rc=$?
-    stop_backend
     if [[ $rc -ne 0 ]]; then
-        ANY_FAILED=1
         log "guest run failed ($tag); see $WORKDIR/$tag.run.out"
         grep '^RESULT' "$WORKDIR/$tag.run.out" >&2 || true
     fi
@@ -320,6 +336,71 @@ run_one() { # round backend device
         fi
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$backend" "$device" "$name" "$iops" "$bw" "$ios" "$cpu_ticks" "$switches" >>"$RESULTS"
     done
+    return "$rc"
+}
+
+run_one() { # round backend device
+    local round=$1 backend=$2 device=$3
+    log "round $round: $backend on $device: jobs $JOBS (${RUNTIME}s each)"
+    # Both back-ends start with the whole image in the page cache, even on a host that
+    # reclaims cold pages between runs.
+    [[ $device != file ]] || cat "$IMG" >/dev/null
+    start_backend "$backend" "$device" "$WORKDIR/r${round}-${backend}-${device}.backend.log"
+    local bpid=$BACKEND_PID
+    guest_run "$round" "$backend" "$device" "$bpid" "$SOCK" || ANY_FAILED=1
+    stop_backend "$bpid"
+}
+
+# --paired: both guests run at once, and only one of them at any moment. Every
+# SLICE seconds the running QEMU is stopped (SIGSTOP) and the other resumed, so
+# the two back-ends see the host in the same state, slice by slice, while each
+# still sleeps between its own guest's kicks as it would alone.
+PAUSED=()
+resume_guests() {
+    local p
+    for p in "${PAUSED[@]}"; do
+        kill -CONT "$p" 2>/dev/null || true
+    done
+    PAUSED=()
+}
+qemu_of() { # socket -> pid of the QEMU connected to it, if running
+    pgrep -f -- "qemu-system-x86_64 .*path=$1( |$)" | head -n1 || true
+}
+run_pair() { # round device
+    local round=$1 device=$2 qpid opid qsock osock g1 g2 rc=0
+    log "round $round: qsd and ours on $device, paired (alternating every ${SLICE}s): jobs $JOBS (${RUNTIME}s each)"
+    [[ $device != file ]] || cat "$IMG" >/dev/null
+    start_backend qsd "$device" "$WORKDIR/r${round}-qsd-${device}.backend.log"
+    qpid=$BACKEND_PID qsock=$SOCK
+    start_backend ours "$device" "$WORKDIR/r${round}-ours-${device}.backend.log"
+    opid=$BACKEND_PID osock=$SOCK
+    guest_run "$round" qsd "$device" "$qpid" "$qsock" &
+    g1=$!
+    guest_run "$round" ours "$device" "$opid" "$osock" &
+    g2=$!
+    local a="" b="" turn=0
+    while kill -0 "$g1" 2>/dev/null && kill -0 "$g2" 2>/dev/null; do
+        [[ -n "$a" ]] || a=$(qemu_of "$qsock")
+        [[ -n "$b" ]] || b=$(qemu_of "$osock")
+        if [[ -n "$a" && -n "$b" ]]; then
+            if ((turn)); then
+                kill -STOP "$a" 2>/dev/null || true
+                kill -CONT "$b" 2>/dev/null || true
+            else
+                kill -STOP "$b" 2>/dev/null || true
+                kill -CONT "$a" 2>/dev/null || true
+            fi
+            PAUSED=("$a" "$b")
+            turn=$((1 - turn))
+        fi
+        sleep "$SLICE"
+    done
+    resume_guests # the one left finishes alone
+    wait "$g1" || rc=1
+    wait "$g2" || rc=1
+    [[ $rc -eq 0 ]] || ANY_FAILED=1
+    stop_backend "$qpid"
+    stop_backend "$opid"
 }
 
 if [[ " ${DEVICE_LIST[*]} " == *" file "* ]]; then
@@ -346,6 +427,10 @@ for round in $(seq 1 "$ROUNDS"); do
         order=(ours qsd)
     fi
     for device in "${DEVICE_LIST[@]}"; do
+        if ((PAIRED)); then
+            run_pair "$round" "$device"
+            continue
+        fi
         for backend in "${order[@]}"; do
             run_one "$round" "$backend" "$device"
         done
@@ -389,7 +474,7 @@ TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_
         }
     }' "$RESULTS")
 
-HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}$([[ $SPIN_IDLE -eq 0 ]] || echo "; --spin-idle (CPUs kept from halting)")"
+HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}$([[ $SPIN_IDLE -eq 0 ]] || echo "; --spin-idle (CPUs kept from halting)")$([[ $PAIRED -eq 0 ]] || echo "; --paired (both at once, one guest running at a time, ${SLICE} s slices)")"
 {
     echo "$HEADER"
     echo "$TABLE"

@@ -33,6 +33,7 @@ internal sealed class VhostUserSession : IDisposable
     private readonly ulong _offeredFeatures;
     private ulong _features;
     private bool _featuresSet;
+    private bool _startedSinceFeatures;
     private ulong _protocolFeatures;
     private bool _versionWarned;
     private bool _unsealedWarned;
@@ -249,11 +250,18 @@ internal sealed class VhostUserSession : IDisposable
             return Fail($"features 0x{unknown:x} ({VirtioFeatures.Describe(unknown)}) were not offered");
         var changed = !_featuresSet || features != _features;
         var anyStarted = _vrings.Any(v => v.Started);
-        if (!anyStarted && _device.Breaches.Total > 0)
+        // QEMU sends the same SET_FEATURES more than once per start (in-flight setup, then the start
+        // itself): only new features, or features after rings have run, begin a new device start.
+        var newStart = !anyStarted && (changed || _startedSinceFeatures);
+        if (newStart)
         {
-            // A new device start: the breaches of the last one have been reported.
-            _log.Info(_device.Breaches.Summary());
-            _device.Breaches.Clear();
+            _startedSinceFeatures = false;
+            if (_device.Breaches.Total > 0)
+            {
+                // The breaches of the last start have been reported.
+                _log.Info(_device.Breaches.Summary());
+                _device.Breaches.Clear();
+            }
         }
         _features = features;
         _featuresSet = true;
@@ -265,7 +273,7 @@ internal sealed class VhostUserSession : IDisposable
                 _log.Warn("front-end did not acknowledge VIRTIO_F_VERSION_1 (feature bit 32); serving the driver as a little-endian modern device");
             }
             // 6.1: a driver MUST accept VIRTIO_F_VERSION_1; strict=fail stops the rings at their first drain.
-            if (_device.Breaches.Strict)
+            if (_device.Breaches.Strict && (newStart || changed))
                 _device.Breaches.Report("6.1", -1, -1, "VIRTIO_F_VERSION_1 accepted", "bit 32 clear in VHOST_USER_SET_FEATURES");
         }
         _device.Activate(features & ~VhostUserFeatures.ProtocolFeatures);
@@ -597,6 +605,7 @@ internal sealed class VhostUserSession : IDisposable
                 if (usedIdx != v.Base)
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
                 v.Start(queue);
+                _startedSinceFeatures = true;
                 _log.Debug($"queue {v.Index}: worker running: desc 0x{a.Descriptor:x} avail 0x{a.Available:x} used 0x{a.Used:x}, avail {v.Base}, used {usedIdx}");
                 return true;
             }

@@ -115,4 +115,31 @@ public sealed class VhostUserStrictTests
         }
         server.WaitForLog("driver breaches: 1 (6.1 x1)");
     }
+
+    [Fact]
+    public void An_identical_SET_FEATURES_repeated_in_one_start_gives_one_report_and_one_summary_6_1()
+    {
+        const string Breach = "driver breach: spec 6.1";
+        const string Summary = "driver breaches: 1 (6.1 x1)";
+        using var server = new TestServer(strict: StrictMode.Warn);
+        int Count(string text) => server.Log.Lines.Count(l => l.Message.Contains(text, StringComparison.Ordinal));
+        using (var fe = server.Connect())
+        {
+            var acked = fe.Negotiate(version1: false) & ~VirtioFeatures.Bit(VirtioFeatures.Version1);
+            // QEMU 7.2 sends SET_FEATURES twice per start: for the in-flight region, then in vhost_dev_start.
+            fe.Do(VhostUserRequest.SetFeatures, TestFrontEnd.U64(acked));
+            fe.SetMemTable();
+            var q = fe.SetupQueue(0);
+            Assert.Equal(BlkStatus.Ok, q.Request(BlkRequestType.Flush, 0, default));
+            Assert.True(Count(Breach) == 1 && Count("driver breaches:") == 0, server.Dump());
+
+            // The device stops and starts again: a new start, so the last one is summed up once.
+            fe.GetVringBase(0);
+            fe.Do(VhostUserRequest.SetFeatures, TestFrontEnd.U64(acked));
+            fe.Do(VhostUserRequest.SetFeatures, TestFrontEnd.U64(acked));
+            Assert.True(Count(Breach) == 2 && Count(Summary) == 1, server.Dump());
+        }
+        TestServer.Eventually(() => Count(Summary) == 2, "the second start's summary");
+        Assert.Equal(2, Count(Breach));
+    }
 }

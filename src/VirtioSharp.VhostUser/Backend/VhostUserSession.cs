@@ -602,6 +602,7 @@ internal sealed class VhostUserSession : IDisposable
                 error = queueError ?? "the ring cannot be laid out";
             else
             {
+                queue.SignalNextBatch(); // as Linux's vhost does for the first used batch after a ring starts
                 if (usedIdx != v.Base)
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
                 v.Start(queue);

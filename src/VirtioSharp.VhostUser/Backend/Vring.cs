@@ -137,6 +137,10 @@ internal sealed class Vring : IDisposable
         {
             kick.Handle.DangerousAddRef(ref kickRef);
             _control.Handle.DangerousAddRef(ref controlRef);
+            // A back-end that died after moving used idx and before signalling the call left
+            // used elements the driver has not been told about; with nothing new to complete,
+            // nothing else would tell it. One interrupt with no work is harmless.
+            SignalCall();
             if (_aio != AioMode.Sync && _device.SupportsQueueIo)
             {
                 // Made on this thread: the ring is single-issuer where the kernel allows it. Its

@@ -19,6 +19,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     private ushort _lastAvail;
     private ushort _usedShadow;
     private ushort _usedPublished;
+    private bool _signalNext; // signal the next used batch whatever used_event says
     private int _inFlightCount;
     private readonly GuestMemory _memory;
 
@@ -82,6 +83,14 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     public int InFlight => _inFlightCount;
     public RingError LastRingError { get; private set; }
     public int LastRingErrorValue { get; private set; }
+
+    /// <summary>
+    /// Makes the next <see cref="PublishUsed"/> report that the driver wants an interrupt,
+    /// whatever used_event or the flags say. For a ring resumed from indices another device
+    /// process left: it may have carried used idx past used_event and died before notifying,
+    /// and then no later batch would ever cross used_event by the 2.7.7.2 formula.
+    /// </summary>
+    public void SignalNextBatch() => _signalNext = true;
 
     /// <summary>Heads taken and not yet returned, for in-flight tracking.</summary>
     public bool IsInFlight(ushort head) => head < Size && _inFlight[head];
@@ -244,6 +253,11 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         _usedPublished = newIdx;
         // Full fence: publish idx, then read the driver's used_event / flags (2.7.7.2).
         Interlocked.MemoryBarrier();
+        if (_signalNext)
+        {
+            _signalNext = false;
+            return true;
+        }
         if (EventIdx)
             return SplitRing.NeedEvent(UsedEvent, newIdx, oldIdx);
         return (AvailFlags & SplitRing.AvailFNoInterrupt) == 0;

@@ -31,7 +31,7 @@ internal sealed class TestFrontEnd : IDisposable
         Allocator = new GuestAllocator(Memory, GuestBase, RamSize);
     }
 
-    public VhostUserChannel Channel { get; }
+    public VhostUserChannel Channel { get; private set; }
     public SafeFdHandle Ram { get; }
     public Mapping RamMapping { get; }
     /// <summary>This process's address of guest RAM: the front-end virtual address vhost-user calls "user address".</summary>
@@ -44,6 +44,18 @@ internal sealed class TestFrontEnd : IDisposable
     public ulong ToUser(ulong guest) => guest - GuestBase + UserBase;
 
     public static TestFrontEnd Connect(string path) => new(UnixFdSocket.Connect(path));
+
+    /// <summary>
+    /// Drops the connection, keeping guest RAM and the rings in it, as QEMU does when its
+    /// back-end goes away (reconnect=on); <see cref="ConnectAgain"/> opens the next one.
+    /// </summary>
+    public void Disconnect() => Channel.Dispose();
+
+    public void ConnectAgain(string path)
+    {
+        Channel = new VhostUserChannel(UnixFdSocket.Connect(path));
+        ProtocolFeatures = 0;
+    }
 
     // --- raw messages ---
 
@@ -170,6 +182,18 @@ internal sealed class TestFrontEnd : IDisposable
             Do(VhostUserRequest.SetVringEnable, State((uint)index, 1));
         _queues.Add(q);
         return q;
+    }
+
+    /// <summary>Hands an existing ring to the back-end again, starting at <paramref name="baseIndex"/> (a reconnect).</summary>
+    public void ResumeQueue(TestQueue q, ushort baseIndex, bool enable = true)
+    {
+        Do(VhostUserRequest.SetVringNum, State((uint)q.Index, q.Driver.Size));
+        Do(VhostUserRequest.SetVringBase, State((uint)q.Index, baseIndex));
+        SendAddr(q);
+        Do(VhostUserRequest.SetVringCall, U64((ulong)q.Index), q.Call.Handle);
+        Do(VhostUserRequest.SetVringKick, U64((ulong)q.Index), q.Kick.Handle);
+        if (enable)
+            Do(VhostUserRequest.SetVringEnable, State((uint)q.Index, 1));
     }
 
     public void SendAddr(TestQueue q)

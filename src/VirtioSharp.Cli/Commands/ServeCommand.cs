@@ -130,12 +130,15 @@ public static class ServeCommand
         }
         if (s.Aio == AioMode.Sync)
             return "; file I/O synchronous per queue (--aio sync)";
-        using var probe = VirtioSharp.Native.IoUring.TryCreate(4, out var why);
-        if (probe is null)
+        // Probed once: a ring, the opcodes the workers queue, and multishot poll (Linux 5.13).
+        try
         {
-            if (s.Aio == AioMode.IoUring)
-                throw new UsageException($"--aio io_uring: {why}");
-            return $"; file I/O synchronous per queue ({why})";
+            if (!AioChoice.UseIoUring(s.Aio, true, VirtioSharp.Native.IoUringSupport.Probed, out var why))
+                return $"; file I/O synchronous per queue ({why})";
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new UsageException(e.Message);
         }
         return $"; reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} in flight per queue";
     }

@@ -15,3 +15,29 @@ public enum AioMode
     /// <summary>Each queue's worker calls preadv/pwritev/fdatasync itself: one request of a queue in the kernel at a time.</summary>
     Sync,
 }
+
+/// <summary>Which way a queue worker runs, decided from <see cref="AioMode"/>, the device and the kernel's io_uring.</summary>
+public static class AioChoice
+{
+    /// <summary>
+    /// True: the worker waits in io_uring and starts reads and flushes there. False: it waits in
+    /// poll(2) and the device does its I/O synchronously; <paramref name="why"/> says why when the
+    /// mode asked for io_uring. <see cref="AioMode.IoUring"/> with a kernel that lacks something
+    /// the worker uses is an <see cref="InvalidOperationException"/> naming it: a worker must
+    /// never arm a poll the kernel ends at once, again and again.
+    /// </summary>
+    public static bool UseIoUring(AioMode mode, bool deviceDoesQueueIo, Native.IoUringSupport support, out string? why)
+    {
+        why = null;
+        if (mode == AioMode.Sync || !deviceDoesQueueIo)
+            return false;
+        if (support.Missing is { } missing)
+        {
+            if (mode == AioMode.IoUring)
+                throw new InvalidOperationException($"io_uring is required (--aio io_uring), but {missing}");
+            why = missing;
+            return false;
+        }
+        return true;
+    }
+}

@@ -33,6 +33,9 @@ public class VhostUserServer : IDisposable
     public string SocketPath { get; }
     /// <summary>How queue workers run file I/O; set before <see cref="Start"/>.</summary>
     public AioMode Aio { get; init; } = AioMode.Auto;
+    /// <summary>Once a message has begun, how long the rest may take (and a reply may wait to be sent) before the connection is closed.</summary>
+    public TimeSpan MessageTimeout { get; init; } = DefaultMessageTimeout;
+    public static TimeSpan DefaultMessageTimeout => VhostUserSession.DefaultMessageTimeout;
     protected ILogSink? Log => _log;
 
     /// <summary>A front-end is connected.</summary>
@@ -127,7 +130,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log, Aio);
+                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }

@@ -39,11 +39,19 @@ internal sealed class VhostUserSession : IDisposable
     private bool _unsealedWarned;
     private string _why = "";
 
-    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto)
+    /// <summary>How long the rest of a message may take once it has begun, and how long a reply may wait to be sent.</summary>
+    public static readonly TimeSpan DefaultMessageTimeout = TimeSpan.FromSeconds(5);
+
+    private readonly TimeSpan _messageTimeout;
+
+    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null)
     {
         _device = device;
         _log = log;
+        _messageTimeout = messageTimeout ?? DefaultMessageTimeout;
         _channel = new VhostUserChannel(connection);
+        // A front-end that stops reading our replies must not hold this thread either.
+        connection.SetTimeouts(_messageTimeout);
         _offeredFeatures = device.DeviceFeatures | VhostUserFeatures.ProtocolFeatures;
         _vrings = new Vring[device.NumQueues];
         for (var i = 0; i < _vrings.Length; i++)
@@ -63,6 +71,9 @@ internal sealed class VhostUserSession : IDisposable
         {
             _channel.Socket.Handle.DangerousAddRef(ref socketRef);
             stop.Handle.DangerousAddRef(ref stopRef);
+            // Every wait inside a message is bounded and ends when the server stops: a front-end
+            // that sends half a message and stops cannot hold this thread (or a shutdown) for ever.
+            _channel.BoundReceives(stop.Handle, _messageTimeout);
             Span<PollFd> fds = stackalloc PollFd[2];
             while (true)
             {
@@ -81,6 +92,9 @@ internal sealed class VhostUserSession : IDisposable
                         return;
                     case ReceiveStatus.Malformed:
                         _log.Error($"closing the connection: malformed message: {problem}");
+                        return;
+                    case ReceiveStatus.Stopped:
+                        _log.Info("closing the front-end connection: the server is stopping (a message was cut short)");
                         return;
                 }
                 if (!Dispatch(header))

@@ -149,23 +149,37 @@ internal sealed class Vring : IDisposable
             // used elements the driver has not been told about; with nothing new to complete,
             // nothing else would tell it. One interrupt with no work is harmless.
             SignalCall();
+            // The kernel's io_uring is probed once per process; what it lacks sends the worker to poll(2).
             if (_aio != AioMode.Sync && _device.SupportsQueueIo)
             {
-                // Made on this thread: the ring is single-issuer where the kernel allows it. Its
-                // completion queue (twice the submission queue) holds a full queue's completions.
-                ring = IoUring.TryCreate(RingEntries(queue.Size), out var why);
-                if (ring is null)
+                if (!AioChoice.UseIoUring(_aio, true, IoUringSupport.Probed, out var missing))
                 {
-                    if (_aio == AioMode.IoUring)
-                        throw new InvalidOperationException($"io_uring is required (AioMode.IoUring), but {why}");
                     if (Interlocked.Exchange(ref s_uringFallbackLogged, 1) == 0)
-                        _log.Info($"queue workers do file I/O synchronously: {why}");
+                        _log.Info($"queue workers do file I/O synchronously: {missing}");
+                }
+                else
+                {
+                    // Made on this thread: the ring is single-issuer where the kernel allows it. Its
+                    // completion queue (twice the submission queue) holds a full queue's completions.
+                    ring = IoUring.TryCreate(RingEntries(queue.Size), out var why);
+                    if (ring is null)
+                    {
+                        if (_aio == AioMode.IoUring)
+                            throw new InvalidOperationException($"io_uring is required (AioMode.IoUring), but {why}");
+                        if (Interlocked.Exchange(ref s_uringFallbackLogged, 1) == 0)
+                            _log.Info($"queue workers do file I/O synchronously: {why}");
+                    }
                 }
             }
             if (ring != null)
             {
                 _log.Debug($"queue {Index}: asynchronous I/O through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} in flight");
-                RunUring(queue, kick, ring);
+                if (RunUring(queue, kick, ring))
+                {
+                    ring.Dispose();
+                    ring = null;
+                    RunPolled(queue, kick);
+                }
             }
             else
                 RunPolled(queue, kick);
@@ -190,6 +204,9 @@ internal sealed class Vring : IDisposable
                 _completed.Handle.DangerousRelease();
         }
     }
+
+    /// <summary>Polls ended by the kernel in a row before the worker gives io_uring up.</summary>
+    private const int MaxPollFailures = 8;
 
     private static uint RingEntries(ushort queueSize) =>
         (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 3; // + the three polls
@@ -251,10 +268,12 @@ internal sealed class Vring : IDisposable
     /// flight, so guest memory is never unmapped under an I/O (vhost-user.rst: GET_VRING_BASE
     /// stops the ring; here its in-flight requests are finished and used first).
     /// </summary>
-    private void RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
+    /// <returns>True when the worker must carry on in poll(2): its polls kept failing (nothing is in flight then).</returns>
+    private bool RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = new IoUringQueueIo(ring, _port);
-        bool armControl = true, armKick = true, armCompleted = true, stopped = false;
+        bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false;
+        var pollFailures = 0;
         var drain = true; // buffers may have been made available before the ring started
         while (true)
         {
@@ -264,10 +283,10 @@ internal sealed class Vring : IDisposable
                 stopped = true; // take nothing more; finish what is in flight
             drain = false;
             if (stopped && _device.QueueIoInFlight(queue.Index) == 0)
-                return;
-            if (armControl)
+                return fallBack && !_stopRequested;
+            if (armControl && !fallBack)
                 armControl = !ring.QueuePollMultishot(_control.Fd, IoUringQueueIo.ControlTag);
-            if (armKick)
+            if (armKick && !fallBack)
                 armKick = !ring.QueuePollMultishot(kick.Fd, IoUringQueueIo.KickTag);
             if (armCompleted)
                 armCompleted = !ring.QueuePollMultishot(_completed.Fd, IoUringQueueIo.CompletionTag);
@@ -301,7 +320,20 @@ internal sealed class Vring : IDisposable
                     armKick |= !more;
                 }
                 if (cqe.Result < 0 && !more)
-                    _log.Debug($"queue {Index}: a poll ended with {Errno.Describe(-cqe.Result)}; armed again");
+                {
+                    // A poll the kernel ends at once, each time it is armed, would spin this thread.
+                    if (++pollFailures >= MaxPollFailures && !fallBack)
+                    {
+                        fallBack = stopped = true;
+                        _log.Warn($"queue {Index}: io_uring polls keep failing ({Errno.Describe(-cqe.Result)}); finishing the I/O in flight, then waiting in poll(2) with synchronous I/O");
+                    }
+                    else
+                        _log.Debug($"queue {Index}: a poll ended with {Errno.Describe(-cqe.Result)}; armed again");
+                    if (fallBack)
+                        continue;
+                }
+                else
+                    pollFailures = 0;
                 drain = true;
             }
             if (completed && queue.PublishUsed())

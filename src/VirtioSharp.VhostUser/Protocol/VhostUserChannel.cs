@@ -10,6 +10,8 @@ public enum ReceiveStatus
     Closed,
     /// <summary>The bytes cannot be framed as a vhost-user message; the stream cannot be trusted further.</summary>
     Malformed,
+    /// <summary>The stop descriptor given to <see cref="VhostUserChannel.BoundReceives"/> was signalled mid-message.</summary>
+    Stopped,
 }
 
 /// <summary>
@@ -27,6 +29,8 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
     private readonly Lock _sendLock = new();
     private int _payloadLength;
     private ulong _taken; // bit i: descriptor i was taken by the caller
+    private SafeFdHandle? _stop;
+    private int _messageTimeoutMs = -1;
 
     public UnixFdSocket Socket { get; } = socket;
 
@@ -46,6 +50,18 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
         return fd;
     }
 
+    /// <summary>
+    /// Bounds every later <see cref="Receive"/>: once a message has begun, the rest of it must come
+    /// within <paramref name="messageTimeout"/> (else the message is malformed: a peer that sends
+    /// half a message and stops), and a signal on <paramref name="stop"/> ends the wait at once
+    /// (<see cref="ReceiveStatus.Stopped"/>). The caller keeps <paramref name="stop"/> open.
+    /// </summary>
+    public void BoundReceives(SafeFdHandle stop, TimeSpan messageTimeout)
+    {
+        _stop = stop;
+        _messageTimeoutMs = (int)Math.Clamp(messageTimeout.TotalMilliseconds, 1, int.MaxValue);
+    }
+
     /// <summary>Reads one whole message. <paramref name="problem"/> says why a message was malformed.</summary>
     public ReceiveStatus Receive(out VhostUserHeader header, out string? problem)
     {
@@ -55,8 +71,14 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
         _payloadLength = 0;
         try
         {
-            if (!Socket.ReceiveExactly(_header, _fds, out var truncated))
-                return ReceiveStatus.Closed;
+            var deadline = Environment.TickCount64 + _messageTimeoutMs;
+            var got = Fill(_header, deadline, out var truncated);
+            if (got != ReceiveStatus.Message)
+            {
+                if (got == ReceiveStatus.Malformed)
+                    problem = $"the peer sent part of a message header and nothing more for {_messageTimeoutMs / 1000.0:0.###} s";
+                return got;
+            }
             header = VhostUserHeader.Read(_header);
             if (header.ProtocolVersion != VhostUserHeader.Version)
             {
@@ -70,11 +92,13 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
             }
             if (header.Size > 0)
             {
-                if (!Socket.ReceiveExactly(_payload.AsSpan(0, (int)header.Size), _fds, out var truncatedPayload))
-                {
+                got = Fill(_payload.AsSpan(0, (int)header.Size), deadline, out var truncatedPayload);
+                if (got == ReceiveStatus.Closed)
                     problem = $"{header}: connection closed inside the payload";
-                    return ReceiveStatus.Closed;
-                }
+                else if (got == ReceiveStatus.Malformed)
+                    problem = $"{header}: the peer sent part of the {header.Size}-byte payload and nothing more for {_messageTimeoutMs / 1000.0:0.###} s";
+                if (got != ReceiveStatus.Message)
+                    return got;
                 truncated |= truncatedPayload;
             }
             _payloadLength = (int)header.Size;
@@ -94,6 +118,39 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
         {
             return ReceiveStatus.Closed;
         }
+    }
+
+    /// <summary>
+    /// Fills <paramref name="buffer"/>. Unbounded, a plain blocking read. Bounded, every wait for more
+    /// bytes is a poll on the socket and the stop descriptor that ends by <paramref name="deadline"/>;
+    /// the first bytes of a message are awaited only as long, since the caller polls before it reads.
+    /// </summary>
+    private ReceiveStatus Fill(Span<byte> buffer, long deadline, out bool fdsTruncated)
+    {
+        if (_stop is null)
+            return Socket.ReceiveExactly(buffer, _fds, out fdsTruncated) ? ReceiveStatus.Message : ReceiveStatus.Closed;
+        fdsTruncated = false;
+        var done = 0;
+        Span<PollFd> fds = stackalloc PollFd[2];
+        while (done < buffer.Length)
+        {
+            var left = deadline - Environment.TickCount64;
+            if (left <= 0)
+                return ReceiveStatus.Malformed;
+            fds[0] = new PollFd(Socket.Fd);
+            fds[1] = new PollFd(_stop.Fd);
+            FdPoll.Wait(fds, (int)Math.Min(left, int.MaxValue));
+            if (fds[1].Ready)
+                return ReceiveStatus.Stopped;
+            if (!fds[0].Ready)
+                continue; // timed out: the loop head says so
+            var n = Socket.Receive(buffer[done..], _fds, out var truncated);
+            fdsTruncated |= truncated;
+            if (n == 0)
+                return ReceiveStatus.Closed;
+            done += n;
+        }
+        return ReceiveStatus.Message;
     }
 
     /// <summary>Sends one message (header and payload in one write, descriptors attached). Throws <see cref="IOException"/> if the peer is gone.</summary>

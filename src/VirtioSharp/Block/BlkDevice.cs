@@ -424,6 +424,19 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             Breaches.Report("5.2.6.1", queue, req.Head, "IN/OUT data length a multiple of 512", $"{req.DataLength} bytes");
             return BlkStatus.IoErr;
         }
+        // 2.7.8: the used length is 32 bits. A longer transfer is refused, never cut short.
+        if (req.DataLength > uint.MaxValue - 1)
+        {
+            Breaches.Report("2.7.8", queue, req.Head, "a transfer whose length fits the 32-bit used length", $"{req.DataLength} bytes");
+            return BlkStatus.IoErr;
+        }
+        // 5.2.3: with VIRTIO_BLK_F_SIZE_MAX offered, no data segment is longer than size_max.
+        if (Config.SizeMax != 0 && (DeviceFeatures & VirtioFeatures.Bit(VirtioFeatures.BlkSizeMax)) != 0
+            && LongestDataSegment(ref req) is var longest && longest > Config.SizeMax)
+        {
+            Breaches.Report("5.2.3", queue, req.Head, $"data segments of at most size_max {Config.SizeMax} bytes", $"a segment of {longest} bytes");
+            return BlkStatus.IoErr;
+        }
         // 5.2.6.1: no read or write beyond capacity (overflow-safe).
         var sectors = req.DataLength >> BlkLayout.SectorShift;
         if (req.Header.Sector > _capacitySectors || sectors > _capacitySectors - req.Header.Sector)
@@ -733,6 +746,25 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             }
             pos += avail;
         }
+    }
+
+    /// <summary>The longest data buffer of an IN or OUT request, counted as <see cref="BuildIoVec"/> cuts them.</summary>
+    private static ulong LongestDataSegment(ref ParsedRequest req)
+    {
+        var writable = (BlkRequestType)req.Header.Type == BlkRequestType.In;
+        var buffers = req.Buffers;
+        var length = req.DataLength;
+        var start = writable ? req.ReadableCount : req.FirstReadable;
+        var end = writable ? buffers.Length : req.ReadableCount;
+        ulong longest = 0;
+        for (var i = start; i < end && length > 0; i++)
+        {
+            var skip = !writable && i == req.FirstReadable ? req.ReadableSkip : 0u;
+            var take = Math.Min((ulong)(buffers[i].Length - skip), length);
+            longest = Math.Max(longest, take);
+            length -= take;
+        }
+        return longest;
     }
 
     /// <summary>

@@ -8,6 +8,7 @@ internal static partial class Interop
     // numbering was unified): include/uapi/asm-generic/unistd.h.
     internal const nint SYS_io_uring_setup = 425;
     internal const nint SYS_io_uring_enter = 426;
+    internal const nint SYS_io_uring_register = 427;
 
     /// <summary>syscall(2) with up to six arguments (glibc's wrapper reads exactly the registers and stack slot it needs).</summary>
     [LibraryImport(Libc, EntryPoint = "syscall", SetLastError = true)]

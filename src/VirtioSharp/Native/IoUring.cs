@@ -113,6 +113,43 @@ public sealed unsafe class IoUring : IDisposable
         return null;
     }
 
+    // IORING_REGISTER_PROBE (Linux 5.6): which opcodes this kernel knows.
+    private const uint IORING_REGISTER_PROBE = 8;
+    private const ushort IO_URING_OP_SUPPORTED = 1;
+
+    /// <summary>
+    /// Whether this kernel supports <paramref name="opcode"/>; null when it cannot say (a kernel
+    /// before 5.6 has no IORING_REGISTER_PROBE; those before 5.5 were refused at set-up).
+    /// </summary>
+    public bool? SupportsOpcode(byte opcode)
+    {
+        const int ops = 64;
+        // struct io_uring_probe: 16-byte header, then 8 bytes per op (op, resv, flags, resv2).
+        var probe = stackalloc byte[16 + ops * 8];
+        new Span<byte>(probe, 16 + ops * 8).Clear();
+        var added = false;
+        try
+        {
+            _fd.DangerousAddRef(ref added);
+            var r = Interop.Syscall(Interop.SYS_io_uring_register, _fd.Fd, (nint)IORING_REGISTER_PROBE, (nint)probe, ops, 0, 0);
+            if (r < 0)
+                return null;
+        }
+        finally
+        {
+            if (added)
+                _fd.DangerousRelease();
+        }
+        var lastOp = probe[0];
+        if (opcode > lastOp || opcode >= ops)
+            return false;
+        var entry = probe + 16 + opcode * 8;
+        return (*(ushort*)(entry + 2) & IO_URING_OP_SUPPORTED) != 0;
+    }
+
+    /// <summary>Opcodes the queue workers use.</summary>
+    public const byte OpReadV = IORING_OP_READV, OpFSync = IORING_OP_FSYNC, OpPollAdd = IORING_OP_POLL_ADD;
+
     /// <summary>Queues a multishot poll for readability of <paramref name="fd"/> (the caller keeps it open while armed).</summary>
     public bool QueuePollMultishot(int fd, ulong userData)
     {

@@ -111,6 +111,50 @@ public sealed class BlkDeviceRequestTests
         Assert.Equal(0, Disk(h).Reads + Disk(h).Writes);
     }
 
+    [Theory]
+    [InlineData(BlkRequestType.Out)]
+    [InlineData(BlkRequestType.In)]
+    public void A_transfer_longer_than_4_GiB_is_IOERR_not_truncated_2_7_8(BlkRequestType type)
+    {
+        // 1366 buffers of 3 MiB, all over the same guest memory: 4 GiB + 1.7 MiB of data on an 8 GiB disk.
+        const int Segments = 1366;
+        const uint Segment = 3 << 20;
+        using var disk = new NullBackend(8UL << 30);
+        using var h = new BlkHarness(disk, new BlkDeviceOptions { SizeMax = Segment }, queueSize: 2048);
+        var data = h.Data((int)Segment, 0x44);
+        var buffers = new List<Buf> { Buf.R(h.Header(type, 0), 16) };
+        for (var i = 0; i < Segments; i++)
+            buffers.Add(Buf.New(data, Segment, type == BlkRequestType.In));
+        buffers.Add(Buf.W(h.StatusByte(), 1));
+        var c = h.Run([.. buffers]);
+        Assert.Equal((IoErr, 1u), (c.Status, c.UsedLength)); // used len is 32 bits: refused, not cut to 1.7 MiB
+        Assert.Equal((0L, 0L), (h.Device.Stats.BytesRead, h.Device.Stats.BytesWritten));
+        Assert.All(h.Ring.Span(data, 4096).ToArray(), b => Assert.Equal(0x44, b));
+        Assert.Contains(h.Log.Lines, l => l.Message.Contains("2.7.8", StringComparison.Ordinal) && l.Message.Contains("32-bit used length", StringComparison.Ordinal));
+    }
+
+    [Theory]
+    [InlineData(BlkRequestType.Out)]
+    [InlineData(BlkRequestType.In)]
+    public void A_data_segment_longer_than_size_max_is_IOERR_and_shorter_ones_are_served_5_2_3(BlkRequestType type)
+    {
+        using var h = New(new BlkDeviceOptions { SizeMax = 4096 });
+        Assert.True(VirtioFeatures.Has(h.Device.DeviceFeatures, VirtioFeatures.BlkSizeMax));
+        var writable = type == BlkRequestType.In;
+
+        var big = h.Data(8192, 0x21);
+        var c = h.Run(Buf.R(h.Header(type, 0), 16), Buf.New(big, 8192, writable), Buf.W(h.StatusByte(), 1));
+        Assert.Equal((IoErr, 1u), (c.Status, c.UsedLength));
+        Assert.Equal(0, Disk(h).Reads + Disk(h).Writes);
+        Assert.All(h.Ring.Span(big, 8192).ToArray(), b => Assert.Equal(0x21, b));
+
+        // The same 8 KiB in two segments of size_max each is a legal request.
+        var a = h.Data(4096, 0x21);
+        var b2 = h.Data(4096, 0x21);
+        var ok = h.Run(Buf.R(h.Header(type, 0), 16), Buf.New(a, 4096, writable), Buf.New(b2, 4096, writable), Buf.W(h.StatusByte(), 1));
+        Assert.Equal((Ok, writable ? 8193u : 1u), (ok.Status, ok.UsedLength));
+    }
+
     [Fact]
     public void Out_to_a_read_only_device_is_IOERR_and_writes_nothing_5_2_6_2()
     {

@@ -29,7 +29,13 @@ public static class Sizes
         return n * unit;
     }
 
-    public static string Format(double bytes)
+    /// <summary>An exact size with a readable unit beside it: "2048000 bytes = 1.95 MiB".</summary>
+    public static string Exact(ulong bytes) =>
+        bytes < 1024 ? $"{bytes} bytes" : $"{bytes} bytes = {Format(bytes, hundredths: true)}";
+
+    public static string Format(double bytes) => Format(bytes, hundredths: false);
+
+    private static string Format(double bytes, bool hundredths)
     {
         string[] units = ["B", "KiB", "MiB", "GiB", "TiB"];
         var i = 0;
@@ -38,6 +44,8 @@ public static class Sizes
             bytes /= 1024;
             i++;
         }
-        return i == 0 ? $"{bytes:0} {units[i]}" : $"{bytes:0.#} {units[i]}";
+        if (i == 0)
+            return $"{bytes:0} {units[i]}";
+        return hundredths ? $"{bytes:0.##} {units[i]}" : $"{bytes:0.#} {units[i]}";
     }
 }

@@ -81,9 +81,9 @@ public static class ServeCommand
     };
 
     /// <summary>Runs the server until SIGINT/SIGTERM (or <paramref name="stop"/>). Expected mistakes are one line on <paramref name="error"/> and exit code 2.</summary>
-    public static int Run(ServeSettings s, TextWriter error, CancellationToken stop = default)
+    public static int Run(ServeSettings s, TextWriter error, CancellationToken stop = default, ILogSink? logSink = null)
     {
-        var log = new ConsoleLogSink(s.Verbose ? LogLevel.Debug : LogLevel.Info);
+        var log = logSink ?? new ConsoleLogSink(s.Verbose ? LogLevel.Debug : LogLevel.Info);
         IBlockBackend? backend = null;
         try
         {
@@ -101,8 +101,10 @@ public static class ServeCommand
             var aioNote = DescribeAio(s, backend);
             using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio };
             server.Start();
-            log.Info($"serving {backend.Description} ({backend.Capacity >> 20} MiB{(device.Config.BlkSize != 512 ? $", {device.Config.BlkSize}-byte blocks" : "")}{(s.ReadOnly || backend.ReadOnly ? ", read-only" : "")}) "
+            log.Info($"serving {backend.Description} ({Sizes.Exact(backend.Capacity)}{(device.Config.BlkSize != 512 ? $", {device.Config.BlkSize}-byte blocks" : "")}{(s.ReadOnly || backend.ReadOnly ? ", read-only" : "")}) "
                 + $"with {s.NumQueues} queue{(s.NumQueues == 1 ? "" : "s")} of up to {s.QueueSize}{aioNote}");
+            if (backend is FileBackend file && file.FileLength != file.Capacity)
+                log.Warn($"disk image '{file.Path}' is {file.FileLength} bytes, not a multiple of 512: its last {file.FileLength - file.Capacity} bytes (a partial sector) are not served");
             log.Info($"QEMU: -chardev socket,id=vblk0,path={s.Socket},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");
             WaitForSignal(log, stop);
             server.Stop(); // closes the connection, stops the rings, flushes

@@ -572,7 +572,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         {
             case ReceiveStatus.Closed when problem is not null:
                 // EAGAIN here is our receive timeout in the middle of a message; anything else (a reset) is a hang-up.
-                _peerClosed = !problem.Contains($"(errno {Errno.EAGAIN})", StringComparison.Ordinal);
+                _peerClosed = _channel.LastErrno != Errno.EAGAIN;
                 throw Lose($"vhost-user connection failed reading the reply to {Name(request)}: {problem}");
             case ReceiveStatus.Closed:
                 _peerClosed = true;

@@ -37,6 +37,12 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
     /// <summary>The payload of the last message received.</summary>
     public ReadOnlySpan<byte> Payload => _payload.AsSpan(0, _payloadLength);
 
+    /// <summary>
+    /// The errno of the socket call that ended the last <see cref="Receive"/> with <see cref="ReceiveStatus.Closed"/>;
+    /// 0 when none did (an orderly close, or a message). EAGAIN means the receive timeout ran out mid-message.
+    /// </summary>
+    public int LastErrno { get; private set; }
+
     /// <summary>Number of descriptors that came with the last message.</summary>
     public int FdCount => _fds.Count;
 
@@ -68,6 +74,7 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
         ReleaseFds();
         header = default;
         problem = null;
+        LastErrno = 0;
         _payloadLength = 0;
         try
         {
@@ -112,6 +119,7 @@ public sealed class VhostUserChannel(UnixFdSocket socket) : IDisposable
         catch (NativeCallException e)
         {
             problem = e.Message;
+            LastErrno = e.Errno;
             return ReceiveStatus.Closed;
         }
         catch (ObjectDisposedException)

@@ -16,12 +16,14 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend
     private readonly SafeFileHandle _handle;
     private readonly int _fd;
 
-    private FileBackend(SafeFileHandle handle, string path, ulong capacity, bool readOnly, uint blockSize)
+    private FileBackend(SafeFileHandle handle, string path, ulong length, bool readOnly, uint blockSize)
     {
         _handle = handle;
         _fd = (int)handle.DangerousGetHandle();
         Path = path;
-        Capacity = capacity;
+        FileLength = length;
+        // Capacity is whole sectors (5.2.4: capacity in 512-byte sectors); a ragged tail is not exposed.
+        Capacity = length & ~(ulong)(BlkLayout.SectorSize - 1);
         ReadOnly = readOnly;
         BlockSize = blockSize;
     }
@@ -48,8 +50,7 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend
             handle.Dispose();
             throw new IOException($"disk image '{path}' is {length} bytes; it must hold at least one 512-byte sector");
         }
-        // Capacity is whole sectors (5.2.4: capacity in 512-byte sectors); a ragged tail is not exposed.
-        return new FileBackend(handle, path, length & ~(ulong)(BlkLayout.SectorSize - 1), readOnly, blockSize);
+        return new FileBackend(handle, path, length, readOnly, blockSize);
     }
 
     /// <summary>Creates (or replaces) a sparse image file of the given size.</summary>
@@ -60,6 +61,8 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend
     }
 
     public string Path { get; }
+    /// <summary>The image file's length when opened; <see cref="Capacity"/> leaves out a partial last sector.</summary>
+    public ulong FileLength { get; }
     public ulong Capacity { get; }
     public uint BlockSize { get; }
     public bool ReadOnly { get; }

@@ -43,4 +43,28 @@ public sealed class ServeCommandTests
         Assert.Equal(0, await run.WaitAsync(TimeSpan.FromMilliseconds(TestFrontEnd.Timeout)));
         Assert.Equal("", error.ToString());
     }
+
+    [Theory]
+    [InlineData(2_048_000, false)] // 4000 sectors: 1.95 MiB, not "1 MiB"
+    [InlineData(2_048_100, true)] // 100 bytes past the last whole sector
+    public async Task The_start_up_line_gives_the_exact_size_and_warns_of_a_partial_last_sector(int length, bool ragged)
+    {
+        using var dir = new TempDir();
+        var image = dir.File("disk.img");
+        File.WriteAllBytes(image, new byte[length]);
+        var socket = dir.File("s.sock");
+        using var stop = new CancellationTokenSource();
+        var log = new ListLogSink();
+        var run = Task.Run(() => ServeCommand.Run(Settings(socket, image, aio: AioMode.Sync), new StringWriter(), stop.Token, log));
+        TestServer.Eventually(() => log.Contains("QEMU: -chardev"), "the start-up lines");
+        stop.Cancel();
+        Assert.Equal(0, await run.WaitAsync(TimeSpan.FromMilliseconds(TestFrontEnd.Timeout)));
+        var lines = string.Join("\n", log.Lines.Select(l => $"{l.Level}: {l.Message}"));
+        Assert.Contains($"Info: serving file {image} (2048000 bytes = 1.95 MiB)", lines);
+        var warning = $"Warning: disk image '{image}' is 2048100 bytes, not a multiple of 512: its last 100 bytes (a partial sector) are not served";
+        if (ragged)
+            Assert.Contains(warning, lines);
+        else
+            Assert.DoesNotContain("not a multiple of 512", lines);
+    }
 }

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using VirtioSharp.Block;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.VhostUser.Backend;
+using VirtioSharp.VhostUser.Systemd;
 
 namespace VirtioSharp.Cli.Commands;
 
@@ -30,6 +31,12 @@ public static class ServeCommand
 
         One front-end is served at a time; when it disconnects the back-end waits for the next
         one on the same socket. SIGINT or SIGTERM stops it after flushing the image.
+
+        Under systemd, a .socket unit can own the listening socket (socket activation: the socket
+        arrives as descriptor 3 with LISTEN_FDS and LISTEN_PID; --socket is then optional) and
+        Type=notify hears READY=1 once the back-end accepts, STOPPING=1 when it stops. Restarting
+        the service then never refuses a connection: QEMU's reconnect waits in the socket's backlog.
+        Sample units: docs/systemd/.
         """;
 
     public static Command Create()
@@ -39,7 +46,7 @@ public static class ServeCommand
             Description = "Raw disk image to serve (with --backend file, the default)",
             Arity = ArgumentArity.ZeroOrOne,
         };
-        var socket = new Option<string>("--socket") { Description = "Unix socket path to listen on (a stale socket file is replaced)", Required = true };
+        var socket = new Option<string?>("--socket") { Description = "Unix socket path to listen on (a stale socket file is replaced); optional when systemd passes the socket (LISTEN_FDS)" };
         var readOnly = new Option<bool>("--read-only") { Description = "Expose the disk read-only (VIRTIO_BLK_F_RO)" };
         var numQueues = new Option<int>("--num-queues") { Description = "Request queues offered (1..64); QEMU's num-queues must not exceed it", DefaultValueFactory = _ => 1 };
         var queueSize = new Option<int>("--queue-size") { Description = "Largest ring the front-end may use (power of two, 4..32768); QEMU's queue-size must not exceed it", DefaultValueFactory = _ => 256 };
@@ -61,7 +68,7 @@ public static class ServeCommand
         command.SetAction(result =>
         {
             var settings = new ServeSettings(
-                result.GetValue(image), result.GetValue(socket)!, result.GetValue(readOnly), result.GetValue(numQueues),
+                result.GetValue(image), result.GetValue(socket), result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
                 result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!));
             return Run(settings, result.InvocationConfiguration.Error);
@@ -70,7 +77,7 @@ public static class ServeCommand
     }
 
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
-    public sealed record ServeSettings(string? Image, string Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
+    public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
         string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto);
 
     private static AioMode ParseAio(string value) => value switch
@@ -85,8 +92,14 @@ public static class ServeCommand
     {
         var log = logSink ?? new ConsoleLogSink(s.Verbose ? LogLevel.Debug : LogLevel.Info);
         IBlockBackend? backend = null;
+        VirtioSharp.Native.UnixFdSocket? activated = null;
+        ServiceNotifier? notifier = null;
         try
         {
+            // Taken first, so the service manager's socket is ours (close-on-exec) before anything else runs.
+            activated = SocketActivation.TryTake(out var activatedPath, out var activatedName);
+            var socketPath = SocketPathFor(s, activated, activatedPath, activatedName);
+            notifier = ServiceNotifier.FromEnvironment();
             backend = OpenBackend(s);
             var options = new BlkDeviceOptions
             {
@@ -99,14 +112,19 @@ public static class ServeCommand
             };
             var device = new BlkDevice(backend, options);
             var aioNote = DescribeAio(s, backend);
-            using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio };
-            server.Start();
+            using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio };
+            if (activated is not null)
+                server.Start(activated);
+            else
+                server.Start();
             log.Info($"serving {backend.Description} ({Sizes.Exact(backend.Capacity)}{(device.Config.BlkSize != 512 ? $", {device.Config.BlkSize}-byte blocks" : "")}{(s.ReadOnly || backend.ReadOnly ? ", read-only" : "")}) "
                 + $"with {s.NumQueues} queue{(s.NumQueues == 1 ? "" : "s")} of up to {s.QueueSize}{aioNote}");
             if (backend is FileBackend file && file.FileLength != file.Capacity)
                 log.Warn($"disk image '{file.Path}' is {file.FileLength} bytes, not a multiple of 512: its last {file.FileLength - file.Capacity} bytes (a partial sector) are not served");
-            log.Info($"QEMU: -chardev socket,id=vblk0,path={s.Socket},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");
+            log.Info($"QEMU: -chardev socket,id=vblk0,path={socketPath},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");
+            Tell(notifier, $"READY=1\nSTATUS=serving {backend.Description} on {socketPath}", log);
             WaitForSignal(log, stop);
+            Tell(notifier, "STOPPING=1", log);
             server.Stop(); // closes the connection, stops the rings, flushes
             return 0;
         }
@@ -118,7 +136,28 @@ public static class ServeCommand
         finally
         {
             backend?.Dispose();
+            activated?.Dispose();
+            notifier?.Dispose();
         }
+    }
+
+    /// <summary>The socket's path: --socket, or the one systemd passed (which --socket, if given, must name).</summary>
+    private static string SocketPathFor(ServeSettings s, VirtioSharp.Native.UnixFdSocket? activated, string activatedPath, string? activatedName)
+    {
+        if (activated is null)
+            return s.Socket ?? throw new UsageException("--socket is required (unless systemd passes the listening socket: LISTEN_FDS, LISTEN_PID)");
+        if (s.Socket is not null && activatedPath.Length > 0 && Path.GetFullPath(s.Socket) != Path.GetFullPath(activatedPath))
+            throw new UsageException($"--socket {s.Socket} differs from the socket systemd passed, which is bound to {activatedPath}");
+        if (activatedPath.Length > 0)
+            return activatedPath;
+        return s.Socket ?? $"descriptor {SocketActivation.FirstFd}{(activatedName is null ? "" : $" ({activatedName})")}";
+    }
+
+    /// <summary>sd_notify: a failure to notify is logged, never fatal (the service manager's timeout speaks for it).</summary>
+    private static void Tell(ServiceNotifier? notifier, string state, ILogSink log)
+    {
+        if (notifier is not null && !notifier.Notify(state, out var error))
+            log.Warn(error!);
     }
 
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>

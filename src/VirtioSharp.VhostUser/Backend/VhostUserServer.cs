@@ -21,6 +21,7 @@ public class VhostUserServer : IDisposable
     private VhostUserSession? _session;
     private int _connections, _sessionsEnded, _refused;
     private bool _stopped;
+    private bool _inherited;
 
     public VhostUserServer(IVirtioDevice device, string socketPath, ILogSink? log = null)
     {
@@ -62,9 +63,30 @@ public class VhostUserServer : IDisposable
         {
             throw new IOException($"cannot listen on {SocketPath}: {Errno.Describe(e.Errno)}", e);
         }
+        StartAccepting();
+        _log.Info($"vhost-user back-end listening on {SocketPath}");
+    }
+
+    /// <summary>
+    /// Starts accepting on a socket that is already listening, handed over by whoever started this
+    /// process (systemd socket activation). The socket stays theirs: it is closed here on
+    /// <see cref="Stop"/> but its file is left in place, so connections made while no back-end
+    /// runs wait in its backlog for the next one.
+    /// </summary>
+    public void Start(UnixFdSocket listener)
+    {
+        if (_listener != null)
+            throw new InvalidOperationException("the server is already started");
+        _listener = listener;
+        _inherited = true;
+        StartAccepting();
+        _log.Info($"vhost-user back-end accepting on {SocketPath} (socket passed by the service manager)");
+    }
+
+    private void StartAccepting()
+    {
         _acceptThread = new Thread(AcceptLoop) { IsBackground = true, Name = "vhost-user accept" };
         _acceptThread.Start();
-        _log.Info($"vhost-user back-end listening on {SocketPath}");
     }
 
     /// <summary>Makes <paramref name="path"/> free for a new listener, removing a stale socket.</summary>
@@ -204,13 +226,18 @@ public class VhostUserServer : IDisposable
         if (_listener != null)
         {
             _listener.Dispose();
-            try
+            if (_inherited)
+                _log.Info($"stopped accepting on {SocketPath}; the service manager keeps the socket open");
+            else
             {
-                if (FileStatus.KindOf(SocketPath) == FileKind.Socket)
-                    File.Delete(SocketPath);
+                try
+                {
+                    if (FileStatus.KindOf(SocketPath) == FileKind.Socket)
+                        File.Delete(SocketPath);
+                }
+                catch (IOException) { }
+                _log.Info($"stopped listening on {SocketPath}");
             }
-            catch (IOException) { }
-            _log.Info($"stopped listening on {SocketPath}");
             OnStopped();
         }
     }

@@ -12,7 +12,7 @@ namespace VirtioSharp.Block;
 /// notifies, and completes the waiting callers when the device returns them. It runs over any
 /// <see cref="IDriverTransport"/>. Many callers on many threads may have requests in flight.
 /// </summary>
-public sealed class BlkDriver : IInterruptHandler, IDisposable
+public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDisposable
 {
     /// <summary>Every feature this driver understands.</summary>
     public const ulong SupportedFeatures =
@@ -230,31 +230,32 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         var memory = ctx.Memory;
         new BlkRequestHeader((uint)type, 0, sector).Write(memory.GetSpan(slot.HeaderAddress, BlkLayout.HeaderSize));
         memory.GetSpan(slot.StatusAddress, 1)[0] = 0xff; // not yet written by the device
+        slot.Type = (uint)type;
+        slot.Sector = sector;
+        slot.Data = default;
 
-        Span<DriverBuffer> chain = stackalloc DriverBuffer[3];
-        var n = 0;
-        chain[n++] = new DriverBuffer(slot.HeaderAddress, BlkLayout.HeaderSize, false);
         var writable = 1u;
         if (!source.IsEmpty)
         {
             source.Span.CopyTo(memory.GetSpan(slot.BounceAddress, source.Length));
-            chain[n++] = new DriverBuffer(slot.BounceAddress, (uint)source.Length, false);
+            slot.Data = new DriverBuffer(slot.BounceAddress, (uint)source.Length, false);
         }
         else if (!destination.IsEmpty)
         {
             slot.CopyBack = destination;
-            chain[n++] = new DriverBuffer(slot.BounceAddress, (uint)destination.Length, true);
+            slot.Data = new DriverBuffer(slot.BounceAddress, (uint)destination.Length, true);
             writable += (uint)destination.Length;
         }
         else if (direct != 0 && length > 0)
         {
             var deviceWrites = type is BlkRequestType.In or BlkRequestType.GetId;
-            chain[n++] = new DriverBuffer(direct, length, deviceWrites);
+            slot.Data = new DriverBuffer(direct, length, deviceWrites);
             if (deviceWrites)
                 writable += length;
         }
-        chain[n++] = new DriverBuffer(slot.StatusAddress, 1, true);
         slot.WritableBytes = writable;
+        Span<DriverBuffer> chain = stackalloc DriverBuffer[3];
+        var n = Chain(slot, chain);
 
         var result = slot.AsValueTask();
         bool notify;
@@ -270,16 +271,13 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
             ushort head = 0;
             if (failure is not null)
                 placed = false;
-            else if (ctx.Indirect)
-            {
-                SplitDriverQueue.WriteIndirectTable(memory.GetSpan(slot.IndirectAddress, n * SplitRing.DescriptorSize), chain[..n]);
-                placed = ctx.Queue.TryAddIndirect(slot.IndirectAddress, n, out head);
-            }
             else
-                placed = ctx.Queue.TryAdd(chain[..n], out head);
+            {
+                slot.Sequence = ctx.NextSequence();
+                placed = TryPlace(ctx, slot, chain[..n], out head);
+            }
             if (placed)
             {
-                ctx.Track(head, slot);
                 if (slot.Tracing)
                     TraceChain(trace!, ctx, head, chain[..n], type, sector);
                 notify = ctx.Queue.Publish();
@@ -300,6 +298,68 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         else if (slot.Tracing)
             trace!.Step("driver", "device asked not to be notified (VIRTQ_USED_F_NO_NOTIFY / avail_event); no QueueNotify");
         return result;
+    }
+
+    /// <summary>The slot's chain: header, its data buffer if any, status byte (5.2.6).</summary>
+    private static int Chain(BlkRequestSlot slot, Span<DriverBuffer> chain)
+    {
+        var n = 0;
+        chain[n++] = new DriverBuffer(slot.HeaderAddress, BlkLayout.HeaderSize, false);
+        if (slot.Data.Length > 0)
+            chain[n++] = slot.Data;
+        chain[n++] = new DriverBuffer(slot.StatusAddress, 1, true);
+        return n;
+    }
+
+    /// <summary>Under the queue's lock: places the chain (indirect when negotiated) and tracks the slot by its head.</summary>
+    private static bool TryPlace(BlkQueueContext ctx, BlkRequestSlot slot, ReadOnlySpan<DriverBuffer> chain, out ushort head)
+    {
+        bool placed;
+        if (ctx.Indirect)
+        {
+            SplitDriverQueue.WriteIndirectTable(ctx.Memory.GetSpan(slot.IndirectAddress, chain.Length * SplitRing.DescriptorSize), chain);
+            placed = ctx.Queue.TryAddIndirect(slot.IndirectAddress, chain.Length, out head);
+        }
+        else
+            placed = ctx.Queue.TryAdd(chain, out head);
+        if (placed)
+            ctx.Track(head, slot);
+        return placed;
+    }
+
+    // ---------------------------------------------------------------- restart (the device came back)
+
+    /// <summary>
+    /// The transport brought the device back after losing it (a vhost-user back-end that restarted):
+    /// the requests whose used elements arrived are completed, the ring starts afresh at its
+    /// addresses, and every request still outstanding is made available again, in the order it was
+    /// first submitted, before the transport hands the ring to the new device. A request the old
+    /// device may already have carried out runs again: reads and writes of a block device are
+    /// idempotent. Returns how many were made available again.
+    /// </summary>
+    public int RestartQueue(int queue)
+    {
+        if ((uint)queue >= (uint)_queues.Length || _failure is not null)
+            return 0;
+        var ctx = _queues[queue];
+        Reap(ctx); // the old device finished these and said so
+        lock (ctx.Lock)
+        {
+            var again = ctx.UntrackAll();
+            again.Sort((a, b) => a.Sequence.CompareTo(b.Sequence));
+            ctx.Queue.Restart();
+            Span<DriverBuffer> chain = stackalloc DriverBuffer[3];
+            foreach (var slot in again)
+            {
+                new BlkRequestHeader(slot.Type, 0, slot.Sector).Write(ctx.Memory.GetSpan(slot.HeaderAddress, BlkLayout.HeaderSize));
+                ctx.Memory.GetSpan(slot.StatusAddress, 1)[0] = 0xff;
+                var n = Chain(slot, chain);
+                if (!TryPlace(ctx, slot, chain[..n], out _))
+                    slot.Fail(new InvalidOperationException("a restarted ring had no room for a request that was outstanding"));
+            }
+            ctx.Queue.Publish(); // the transport notifies once the ring runs again
+            return again.Count;
+        }
     }
 
     private static void TraceChain(ITraceSink trace, BlkQueueContext ctx, ushort head, ReadOnlySpan<DriverBuffer> chain, BlkRequestType type, ulong sector)

@@ -43,6 +43,10 @@ internal sealed class BlkQueueContext
     /// <summary>Scratch for the interrupt path: slots completed in one pass (used under <see cref="Lock"/>).</summary>
     public BlkRequestSlot?[] Completed { get; }
     public int Outstanding { get; private set; }
+    private long _sequence;
+
+    /// <summary>Under <see cref="Lock"/>: the next submission number.</summary>
+    public long NextSequence() => ++_sequence;
 
     /// <summary>Takes a free slot; the caller has passed <see cref="Capacity"/>.</summary>
     public BlkRequestSlot Rent()

@@ -30,6 +30,12 @@ internal sealed class BlkRequestSlot : IValueTaskSource<BlkStatus>
 
     // Per request:
     public ushort Head;
+    /// <summary>The request as first placed, so it can be made available again on a restarted ring.</summary>
+    public uint Type;
+    public ulong Sector;
+    public Queues.DriverBuffer Data; // Length 0: no data buffer
+    /// <summary>Order of first submission on its queue; a restarted ring gets the requests back in this order.</summary>
+    public long Sequence;
     public uint WritableBytes;
     public uint UsedLength;
     public Memory<byte> CopyBack;

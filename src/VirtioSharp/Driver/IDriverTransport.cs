@@ -15,6 +15,17 @@ public interface IInterruptHandler
 }
 
 /// <summary>
+/// A driver that can carry on when its transport brings a lost device back (a vhost-user
+/// back-end that restarted, reached again on its socket). The transport calls it per queue after
+/// the new device has the features and the memory, before it hands the ring over.
+/// </summary>
+public interface IDeviceRestartHandler
+{
+    /// <summary>Starts <paramref name="queue"/>'s ring afresh and makes what was outstanding available again; returns how many.</summary>
+    int RestartQueue(int queue);
+}
+
+/// <summary>
 /// What a virtio driver needs from a transport (virtio-mmio in-process, vhost-user front-end).
 /// Drivers never know which one carries them.
 /// </summary>

@@ -10,6 +10,9 @@ internal static partial class Interop
     internal const int F_SEAL_SEAL = 0x1;
     internal const int F_SEAL_SHRINK = 0x2;
     internal const int F_SEAL_GROW = 0x4;
+    internal const int F_GETFD = 1;
+    internal const int F_SETFD = 2;
+    internal const int FD_CLOEXEC = 1;
 
     // fcntl is variadic in C; on x86-64 and arm64 Linux an int passed through "..." travels in the
     // same register as a declared one, so fixed signatures call it correctly.

@@ -53,6 +53,52 @@ public sealed unsafe class UnixFdSocket : IDisposable
         }
     }
 
+    /// <summary>
+    /// Takes over descriptor <paramref name="fd"/>, inherited from the process that started us
+    /// (systemd socket activation), after checking it is a listening AF_UNIX stream socket.
+    /// It becomes close-on-exec. <paramref name="path"/> is the address it is bound to (empty
+    /// for an unnamed or abstract socket). Anything else is an <see cref="IOException"/> with one line.
+    /// </summary>
+    public static UnixFdSocket AdoptListening(int fd, out string path)
+    {
+        var handle = new SafeFdHandle(fd);
+        try
+        {
+            int type = 0, listening = 0;
+            var length = (uint)sizeof(int);
+            if (Interop.GetSockOpt(handle, Interop.SOL_SOCKET, Interop.SO_TYPE, &type, &length) != 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                throw new IOException(errno == 88 // ENOTSOCK
+                    ? $"descriptor {fd} is not a socket"
+                    : $"descriptor {fd}: {Errno.Describe(errno)}");
+            }
+            var address = new SockAddrUn();
+            var addressLength = (uint)sizeof(SockAddrUn);
+            if (Interop.GetSockName(handle, &address, &addressLength) != 0)
+                throw new IOException($"descriptor {fd}: getsockname failed: {Errno.Describe(Marshal.GetLastPInvokeError())}");
+            if (address.Family != Interop.AF_UNIX)
+                throw new IOException($"descriptor {fd} is not a Unix socket (address family {address.Family}); vhost-user needs AF_UNIX");
+            if (type != Interop.SOCK_STREAM)
+                throw new IOException($"descriptor {fd} is not a stream socket (type {type}); vhost-user needs SOCK_STREAM (ListenStream= in the .socket unit)");
+            length = (uint)sizeof(int);
+            if (Interop.GetSockOpt(handle, Interop.SOL_SOCKET, Interop.SO_ACCEPTCONN, &listening, &length) != 0 || listening == 0)
+                throw new IOException($"descriptor {fd} is a Unix stream socket that is not listening");
+            if (Interop.Fcntl(handle, Interop.F_SETFD, Interop.FD_CLOEXEC) != 0)
+                throw new IOException($"descriptor {fd}: fcntl(F_SETFD) failed: {Errno.Describe(Marshal.GetLastPInvokeError())}");
+            var pathBytes = (int)Math.Max(0, (long)addressLength - sizeof(ushort));
+            var raw = new ReadOnlySpan<byte>(address.Path, Math.Min(pathBytes, SockAddrUn.PathSize));
+            var end = raw.IndexOf((byte)0);
+            path = raw.Length == 0 || raw[0] == 0 ? "" : Encoding.UTF8.GetString(end < 0 ? raw : raw[..end]);
+            return new UnixFdSocket(handle);
+        }
+        catch
+        {
+            handle.SetHandleAsInvalid(); // not ours to close: the caller reports and exits
+            throw;
+        }
+    }
+
     /// <summary>Connects to a listening socket.</summary>
     public static UnixFdSocket Connect(string path)
     {

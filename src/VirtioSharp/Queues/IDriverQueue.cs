@@ -34,4 +34,6 @@ public interface IDriverQueue
     void DisableInterrupts();
     /// <summary>Asks for interrupts again; true if used buffers arrived meanwhile.</summary>
     bool EnableInterrupts();
+    /// <summary>Starts the ring afresh at its addresses (a new device behind the transport); nothing stays outstanding.</summary>
+    void Restart() => throw new NotSupportedException($"{GetType().Name} cannot restart its ring");
 }

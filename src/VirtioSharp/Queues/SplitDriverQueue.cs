@@ -212,6 +212,27 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         _free += n;
     }
 
+    /// <summary>
+    /// Starts the ring afresh at the same addresses, as after a device reset (2.7: a new device
+    /// begins at index 0): every descriptor free, all three areas zeroed. What was outstanding is
+    /// the caller's to make available again.
+    /// </summary>
+    public void Restart()
+    {
+        new Span<byte>(_desc, (int)SplitQueueLayout.DescriptorTableSize(Size)).Clear();
+        new Span<byte>(_avail, (int)SplitQueueLayout.AvailRingSize(Size)).Clear();
+        new Span<byte>(_used, (int)SplitQueueLayout.UsedRingSize(Size)).Clear();
+        for (var i = 0; i < Size; i++)
+        {
+            _next[i] = (ushort)((i + 1) % Size);
+            _chainLength[i] = 0;
+        }
+        _freeHead = 0;
+        _free = Size;
+        _availShadow = _availPublished = _lastUsed = 0;
+        Interlocked.MemoryBarrier(); // the zeroed ring is visible before the device is told its addresses
+    }
+
     public void DisableInterrupts()
     {
         if (!EventIdx)

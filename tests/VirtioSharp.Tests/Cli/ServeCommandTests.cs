@@ -8,7 +8,7 @@ namespace VirtioSharp.Tests.Cli;
 /// <summary><c>vblk serve</c>'s checks of its options: one line and exit code 2 for a mistake, a clean start and stop otherwise.</summary>
 public sealed class ServeCommandTests
 {
-    private static ServeCommand.ServeSettings Settings(string socket, string? image = null, string backend = "file", string? size = null, AioMode aio = AioMode.Auto) =>
+    private static ServeCommand.ServeSettings Settings(string? socket, string? image = null, string backend = "file", string? size = null, AioMode aio = AioMode.Auto) =>
         new(image, socket, ReadOnly: false, NumQueues: 1, QueueSize: 256, BlkSize: 512, Serial: "t", Backend: backend, Size: size,
             Strict: StrictMode.Off, Verbose: false, Aio: aio);
 
@@ -21,6 +21,15 @@ public sealed class ServeCommandTests
         Assert.Equal(ServeCommand.UsageError, code);
         Assert.Equal("vblk serve: --aio io_uring is for a file image; --backend null does no file I/O", error.ToString().TrimEnd());
         Assert.False(File.Exists(dir.File("s.sock")));
+    }
+
+    [Fact]
+    public void Without_socket_or_socket_activation_the_missing_socket_is_named_in_one_line()
+    {
+        var error = new StringWriter();
+        var code = ServeCommand.Run(Settings(null, backend: "null", size: "1M"), error);
+        Assert.Equal(ServeCommand.UsageError, code);
+        Assert.Equal("vblk serve: --socket is required (unless systemd passes the listening socket: LISTEN_FDS, LISTEN_PID)", error.ToString().TrimEnd());
     }
 
     [Theory]

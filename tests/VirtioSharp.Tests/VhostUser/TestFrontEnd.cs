@@ -57,6 +57,9 @@ internal sealed class TestFrontEnd : IDisposable
         ProtocolFeatures = 0;
     }
 
+    /// <summary>A front-end over a connection made earlier (one that waited in a listening socket's backlog).</summary>
+    public static TestFrontEnd Adopt(UnixFdSocket connected) => new(connected);
+
     // --- raw messages ---
 
     public void Send(VhostUserRequest request, ReadOnlySpan<byte> payload, bool needReply = false, params SafeFdHandle[] fds) =>

@@ -70,7 +70,16 @@ internal sealed class BackgroundProcess : IDisposable
     }
 
     public string Output { get { lock (_output) return _output.ToString(); } }
+    public int Pid => _process.Id;
     public bool HasExited => _process.HasExited;
+
+    /// <summary>Waits for the process to end (after a kill); throws if it does not.</summary>
+    public void WaitForExit(TimeSpan timeout)
+    {
+        if (!_process.WaitForExit(timeout))
+            throw new TimeoutException($"process {_process.Id} did not exit within {timeout.TotalSeconds} s:\n{Output}");
+        _process.WaitForExit();
+    }
     public int ExitCode => _process.ExitCode;
 
     public void WaitForSocket(string path, TimeSpan timeout)
@@ -119,4 +128,11 @@ internal static partial class TestNative
 {
     [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "kill")]
     internal static partial int Kill(int pid, int signal);
+
+    /// <summary>dup(2): the copy is not close-on-exec, so a child process inherits it.</summary>
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "dup")]
+    internal static partial int Dup(int fd);
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "close")]
+    internal static partial int Close(int fd);
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using VirtioSharp.Block;
+using VirtioSharp.Block.Nbd;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.VhostUser.Backend;
 using VirtioSharp.VhostUser.Systemd;
@@ -43,7 +44,7 @@ public static class ServeCommand
     {
         var image = new Argument<string?>("IMAGE")
         {
-            Description = "Raw disk image to serve (with --backend file, the default)",
+            Description = "Raw disk image to serve (with --backend file, the default), or an NBD export: nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH",
             Arity = ArgumentArity.ZeroOrOne,
         };
         var socket = new Option<string?>("--socket") { Description = "Unix socket path to listen on (a stale socket file is replaced); optional when systemd passes the socket (LISTEN_FDS)" };
@@ -61,16 +62,27 @@ public static class ServeCommand
             DefaultValueFactory = _ => "auto",
         };
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
+        var nbdConnections = new Option<int>("--nbd-connections")
+        {
+            Description = "Connections to an NBD server (1..64); more than one only when the server allows multi-conn (NBD_FLAG_CAN_MULTI_CONN)",
+            DefaultValueFactory = _ => 1,
+        };
+        var nbdTimeout = new Option<double>("--nbd-timeout")
+        {
+            Description = "Seconds an NBD request may wait for its reply; then the connection is dropped and its requests fail with EIO (the next request reconnects)",
+            DefaultValueFactory = _ => 30,
+        };
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose };
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, nbdConnections, nbdTimeout, strict, verbose };
         command.SetAction(result =>
         {
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket), result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
-                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!));
+                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
+                result.GetValue(nbdConnections), result.GetValue(nbdTimeout));
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
@@ -78,7 +90,8 @@ public static class ServeCommand
 
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
-        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto);
+        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto,
+        int NbdConnections = 1, double NbdTimeout = 30);
 
     private static AioMode ParseAio(string value) => value switch
     {
@@ -100,7 +113,7 @@ public static class ServeCommand
             activated = SocketActivation.TryTake(out var activatedPath, out var activatedName);
             var socketPath = SocketPathFor(s, activated, activatedPath, activatedName);
             notifier = ServiceNotifier.FromEnvironment();
-            backend = OpenBackend(s);
+            backend = OpenBackend(s, log);
             var options = new BlkDeviceOptions
             {
                 NumQueues = s.NumQueues,
@@ -128,7 +141,7 @@ public static class ServeCommand
             server.Stop(); // closes the connection, stops the rings, flushes
             return 0;
         }
-        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or UsageException)
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or UsageException or FormatException)
         {
             error.WriteLine($"vblk serve: {e.Message}");
             return UsageError;
@@ -163,6 +176,12 @@ public static class ServeCommand
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>
     private static string DescribeAio(ServeSettings s, IBlockBackend backend)
     {
+        if (backend is NbdBackend nbd)
+        {
+            if (s.Aio == AioMode.IoUring)
+                throw new UsageException("--aio io_uring is for a file image; an NBD export does no file I/O");
+            return $"; up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} requests in flight per queue over {nbd.Connections} NBD connection{(nbd.Connections == 1 ? "" : "s")}";
+        }
         if (backend is not FileBackend)
         {
             if (s.Aio == AioMode.IoUring)
@@ -184,10 +203,24 @@ public static class ServeCommand
         return $"; reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} in flight per queue";
     }
 
-    private static IBlockBackend OpenBackend(ServeSettings s)
+    private static IBlockBackend OpenBackend(ServeSettings s, ILogSink log)
     {
         if (s.BlkSize < BlkLayout.SectorSize || s.BlkSize > 65536 || (s.BlkSize & (s.BlkSize - 1)) != 0)
             throw new UsageException($"--blk-size {s.BlkSize} must be a power of two between 512 and 65536");
+        if (s.Backend == "file" && s.Image is not null && NbdUri.LooksLikeNbd(s.Image))
+        {
+            if (s.Size is not null)
+                throw new UsageException("--size is for --backend memory or null; an NBD export has its own size");
+            if (s.NbdTimeout is not (>= 1 and <= 3600))
+                throw new UsageException($"--nbd-timeout {s.NbdTimeout} must be 1..3600 seconds");
+            return NbdBackend.Open(NbdUri.Parse(s.Image), new NbdOptions
+            {
+                Connections = s.NbdConnections,
+                Timeout = TimeSpan.FromSeconds(s.NbdTimeout),
+                ReadOnly = s.ReadOnly,
+                Log = log,
+            });
+        }
         if (s.Backend == "file")
         {
             if (s.Image is null)

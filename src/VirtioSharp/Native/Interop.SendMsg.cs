@@ -10,3 +10,10 @@ internal static partial class Interop
     [LibraryImport(Libc, EntryPoint = "sendmsg", SetLastError = true)]
     internal static unsafe partial nint SendMsg(SafeFdHandle fd, MsgHdr* message, int flags);
 }
+
+internal static partial class Interop
+{
+    /// <summary>sendmsg(2) on a socket owned by a <see cref="System.Net.Sockets.Socket"/> (NBD: header and data in one call).</summary>
+    [LibraryImport(Libc, EntryPoint = "sendmsg", SetLastError = true)]
+    internal static unsafe partial nint SendMsg(System.Net.Sockets.SafeSocketHandle fd, MsgHdr* message, int flags);
+}

@@ -56,6 +56,7 @@ internal unsafe struct SockAddrUn
 public struct PollFd
 {
     public const short In = 0x1;
+    public const short Out = 0x4;
     public const short Err = 0x8;
     public const short Hup = 0x10;
     public const short Invalid = 0x20;

@@ -1,0 +1,217 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using static VirtioSharp.Block.Nbd.NbdProtocol;
+
+namespace VirtioSharp.Block.Nbd;
+
+/// <summary>What NBD_OPT_GO told us about the export.</summary>
+public readonly record struct NbdExportInfo(ulong Size, ushort Flags, uint MinBlock, uint PreferredBlock, uint MaxBlock, bool Structured)
+{
+    public bool Has(ushort flag) => (Flags & flag) != 0;
+}
+
+/// <summary>
+/// Connects to an NBD server and negotiates (proto.md, "Fixed newstyle negotiation"): structured
+/// replies if the server has them, then NBD_OPT_GO with NBD_INFO_BLOCK_SIZE. Everything the
+/// server sends is bounded before use. Failures throw <see cref="NbdException"/> with one line.
+/// </summary>
+internal static class NbdHandshake
+{
+    private const int MaxOptionReply = 64 * 1024;
+
+    public static Socket Connect(NbdUri uri, TimeSpan timeout, out NbdExportInfo info)
+    {
+        var socket = Open(uri, timeout);
+        try
+        {
+            socket.ReceiveTimeout = socket.SendTimeout = (int)timeout.TotalMilliseconds;
+            info = Negotiate(socket, uri);
+            socket.ReceiveTimeout = socket.SendTimeout = 0;
+            return socket;
+        }
+        catch (Exception e) when (e is SocketException or IOException)
+        {
+            socket.Dispose();
+            throw new NbdException($"{uri}: the handshake failed: {Describe(e)}");
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+    }
+
+    private static string Describe(Exception e) => e is SocketException { SocketErrorCode: SocketError.TimedOut or SocketError.WouldBlock }
+        ? "the server did not answer in time" : e.Message;
+
+    private static Socket Open(NbdUri uri, TimeSpan timeout)
+    {
+        Socket socket;
+        EndPoint endpoint;
+        if (uri.IsUnix)
+        {
+            socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            endpoint = new UnixDomainSocketEndPoint(uri.SocketPath!);
+        }
+        else
+        {
+            IPAddress[] addresses;
+            try
+            {
+                addresses = IPAddress.TryParse(uri.Host, out var literal) ? [literal] : Dns.GetHostAddresses(uri.Host!);
+            }
+            catch (SocketException e)
+            {
+                throw new NbdException($"{uri}: cannot resolve '{uri.Host}': {e.Message}");
+            }
+            if (addresses.Length == 0)
+                throw new NbdException($"{uri}: '{uri.Host}' has no address");
+            socket = new Socket(addresses[0].AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            endpoint = new IPEndPoint(addresses[0], uri.Port);
+        }
+        try
+        {
+            using var cts = new CancellationTokenSource(timeout);
+            socket.ConnectAsync(endpoint, cts.Token).AsTask().GetAwaiter().GetResult();
+            socket.Blocking = true;
+            return socket;
+        }
+        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        {
+            socket.Dispose();
+            var why = e is OperationCanceledException ? "no answer in time" : e.Message;
+            throw new NbdException($"{uri}: cannot connect: {why}");
+        }
+    }
+
+    private static NbdExportInfo Negotiate(Socket s, NbdUri uri)
+    {
+        Span<byte> hello = stackalloc byte[18];
+        ReadExact(s, hello);
+        if (BinaryPrimitives.ReadUInt64BigEndian(hello) != InitMagic)
+            throw new NbdException($"{uri}: not an NBD server (bad greeting)");
+        if (BinaryPrimitives.ReadUInt64BigEndian(hello[8..]) != OptMagic)
+            throw new NbdException($"{uri}: the server speaks only the old NBD handshake; fixed newstyle is required");
+        var serverFlags = BinaryPrimitives.ReadUInt16BigEndian(hello[16..]);
+        if ((serverFlags & FlagFixedNewstyle) == 0)
+            throw new NbdException($"{uri}: the server does not offer fixed newstyle negotiation");
+        var noZeroes = (serverFlags & FlagNoZeroes) != 0;
+        Span<byte> clientFlags = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32BigEndian(clientFlags, ClientFlagFixedNewstyle | (noZeroes ? ClientFlagNoZeroes : 0));
+        s.Send(clientFlags);
+
+        // NBD_OPT_STRUCTURED_REPLY: ACK turns them on; an error leaves simple replies.
+        SendOption(s, OptStructuredReply, []);
+        var structured = false;
+        while (true)
+        {
+            var (type, payload) = ReadOptionReply(s, OptStructuredReply, uri);
+            if (type == RepAck)
+            {
+                structured = true;
+                break;
+            }
+            if ((type & RepFlagError) != 0)
+                break;
+            // Any other reply to this option is not one we asked for; skip it.
+            _ = payload;
+        }
+
+        // NBD_OPT_GO: export name, and one information request (NBD_INFO_BLOCK_SIZE).
+        var name = Encoding.UTF8.GetBytes(uri.Export);
+        var go = new byte[4 + name.Length + 2 + 2];
+        BinaryPrimitives.WriteUInt32BigEndian(go, (uint)name.Length);
+        name.CopyTo(go, 4);
+        BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(4 + name.Length), 1);
+        BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(6 + name.Length), InfoBlockSize);
+        SendOption(s, OptGo, go);
+        ulong? size = null;
+        ushort flags = 0;
+        uint min = 1, preferred = 4096, max = 32 << 20;
+        while (true)
+        {
+            var (type, payload) = ReadOptionReply(s, OptGo, uri);
+            if (type == RepAck)
+                break;
+            if ((type & RepFlagError) != 0)
+            {
+                var message = payload.Length > 0 ? ": " + Printable(payload) : "";
+                throw new NbdException($"{uri}: the server refused export '{uri.Export}': {OptionError(type)}{message}");
+            }
+            if (type != RepInfo || payload.Length < 2)
+                continue;
+            var info = BinaryPrimitives.ReadUInt16BigEndian(payload);
+            if (info == InfoExport && payload.Length == 12)
+            {
+                size = BinaryPrimitives.ReadUInt64BigEndian(payload.AsSpan(2));
+                flags = BinaryPrimitives.ReadUInt16BigEndian(payload.AsSpan(10));
+            }
+            else if (info == InfoBlockSize && payload.Length == 14)
+            {
+                min = BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(2));
+                preferred = BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(6));
+                max = BinaryPrimitives.ReadUInt32BigEndian(payload.AsSpan(10));
+            }
+        }
+        if (size is null)
+            throw new NbdException($"{uri}: the server ended NBD_OPT_GO without the export's size");
+        // proto.md "Block size constraints": powers of two, min <= 64 KiB, min <= preferred <= max.
+        if (min == 0 || (min & (min - 1)) != 0 || min > 65536 || preferred < min || (preferred & (preferred - 1)) != 0 || max < preferred)
+            throw new NbdException($"{uri}: the server sent impossible block sizes (min {min}, preferred {preferred}, max {max})");
+        if (min > BlkLayout.SectorSize && min > 4096)
+            throw new NbdException($"{uri}: the export's minimum block size {min} is larger than 4096");
+        return new NbdExportInfo(size.Value, flags, min, preferred, max, structured);
+    }
+
+    private static void SendOption(Socket s, uint option, ReadOnlySpan<byte> data)
+    {
+        var m = new byte[16 + data.Length];
+        BinaryPrimitives.WriteUInt64BigEndian(m, OptMagic);
+        BinaryPrimitives.WriteUInt32BigEndian(m.AsSpan(8), option);
+        BinaryPrimitives.WriteUInt32BigEndian(m.AsSpan(12), (uint)data.Length);
+        data.CopyTo(m.AsSpan(16));
+        s.Send(m);
+    }
+
+    private static (uint Type, byte[] Payload) ReadOptionReply(Socket s, uint option, NbdUri uri)
+    {
+        Span<byte> h = stackalloc byte[20];
+        ReadExact(s, h);
+        if (BinaryPrimitives.ReadUInt64BigEndian(h) != OptReplyMagic)
+            throw new NbdException($"{uri}: the server broke the handshake (bad option reply magic)");
+        if (BinaryPrimitives.ReadUInt32BigEndian(h[8..]) != option)
+            throw new NbdException($"{uri}: the server broke the handshake (a reply to an option we did not send)");
+        var type = BinaryPrimitives.ReadUInt32BigEndian(h[12..]);
+        var length = BinaryPrimitives.ReadUInt32BigEndian(h[16..]);
+        if (length > MaxOptionReply)
+            throw new NbdException($"{uri}: the server broke the handshake (an option reply of {length} bytes)");
+        var payload = new byte[length];
+        ReadExact(s, payload);
+        return (type, payload);
+    }
+
+    private static void ReadExact(Socket s, Span<byte> buffer)
+    {
+        while (buffer.Length > 0)
+        {
+            var n = s.Receive(buffer);
+            if (n == 0)
+                throw new IOException("the server closed the connection");
+            buffer = buffer[n..];
+        }
+    }
+
+    private static string Printable(byte[] text)
+    {
+        var s = Encoding.UTF8.GetString(text, 0, Math.Min(text.Length, MaxMessage));
+        var sb = new StringBuilder(s.Length);
+        foreach (var c in s)
+            sb.Append(char.IsControl(c) ? ' ' : c);
+        return sb.ToString().Trim();
+    }
+}
+
+/// <summary>An NBD server could not be reached or used; the message is one line for the user.</summary>
+public sealed class NbdException(string message) : IOException(message);

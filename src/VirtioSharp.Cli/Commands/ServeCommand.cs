@@ -158,7 +158,7 @@ public static class ServeCommand
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>
     private static string DescribeAio(ServeSettings s, IBlockBackend backend)
     {
-        if (backend.AsyncFd < 0)
+        if (backend is not FileBackend)
         {
             if (s.Aio == AioMode.IoUring)
                 throw new UsageException($"--aio io_uring is for a file image; --backend {s.Backend} does no file I/O");

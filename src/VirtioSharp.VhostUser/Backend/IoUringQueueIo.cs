@@ -7,11 +7,16 @@ namespace VirtioSharp.VhostUser.Backend;
 /// <summary>
 /// <see cref="IQueueIo"/> on a queue worker's io_uring. Completions are tagged with the chain
 /// head in the low 16 bits of user_data; the worker's own polls use tags above that range.
+/// Operations other threads complete arrive on <paramref name="port"/>, whose eventfd the
+/// worker polls on the same ring.
 /// </summary>
-internal sealed unsafe class IoUringQueueIo(IoUring ring) : IQueueIo
+internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) : IQueueIo
 {
     public const ulong KickTag = 1UL << 62;
     public const ulong ControlTag = 2UL << 62;
+    public const ulong CompletionTag = 3UL << 62;
+
+    public CompletionPort Completions => port;
 
     public static bool IsIo(ulong userData) => userData <= ushort.MaxValue;
 

@@ -19,6 +19,8 @@ internal sealed class Vring : IDisposable
     private readonly ILogSink? _log;
     private readonly AioMode _aio;
     private readonly EventFd _control = EventFd.Create();
+    private readonly EventFd _completed = EventFd.Create(); // the port's wake-up: an asynchronous backend finished something
+    private readonly CompletionPort _port;
     private static int s_uringFallbackLogged;
     private Thread? _worker;
     private volatile bool _stopRequested;
@@ -32,7 +34,11 @@ internal sealed class Vring : IDisposable
         _device = device;
         _log = log;
         _aio = aio;
+        _port = new CompletionPort(device.MaxQueueSize, () => _completed.Signal());
     }
+
+    private static readonly Action<(IVirtioDevice Device, SplitDeviceQueue Queue), ushort, int> s_complete =
+        static (s, tag, result) => s.Device.CompleteIo(s.Queue, tag, result);
 
     public int Index { get; }
 
@@ -95,6 +101,7 @@ internal sealed class Vring : IDisposable
         Failed = false;
         _stopRequested = false;
         _control.TryRead(out _);
+        _completed.TryRead(out _);
         _worker = new Thread(Run) { IsBackground = true, Name = $"vhost-user queue {Index}" };
         _worker.Start();
     }
@@ -131,12 +138,13 @@ internal sealed class Vring : IDisposable
     {
         var queue = Queue!;
         var kick = Kick!;
-        bool kickRef = false, controlRef = false;
+        bool kickRef = false, controlRef = false, completedRef = false;
         IoUring? ring = null;
         try
         {
             kick.Handle.DangerousAddRef(ref kickRef);
             _control.Handle.DangerousAddRef(ref controlRef);
+            _completed.Handle.DangerousAddRef(ref completedRef);
             if (_aio != AioMode.Sync && _device.SupportsQueueIo)
             {
                 // Made on this thread: the ring is single-issuer where the kernel allows it. Its
@@ -152,7 +160,7 @@ internal sealed class Vring : IDisposable
             }
             if (ring != null)
             {
-                _log.Debug($"queue {Index}: reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} in flight");
+                _log.Debug($"queue {Index}: asynchronous I/O through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} in flight");
                 RunUring(queue, kick, ring);
             }
             else
@@ -164,8 +172,7 @@ internal sealed class Vring : IDisposable
             // a host-side failure. Stop this queue, keep the process alive.
             Failed = true;
             _log.Error($"queue {Index}: worker stopped by an unexpected error: {e.GetType().Name}: {e.Message}");
-            if (ring != null)
-                FinishInFlight(queue, ring);
+            FinishInFlight(queue, ring);
             _err?.Signal();
         }
         finally
@@ -175,24 +182,37 @@ internal sealed class Vring : IDisposable
                 kick.Handle.DangerousRelease();
             if (controlRef)
                 _control.Handle.DangerousRelease();
+            if (completedRef)
+                _completed.Handle.DangerousRelease();
         }
     }
 
     private static uint RingEntries(ushort queueSize) =>
-        (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 2; // + the two polls
+        (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 3; // + the three polls
 
-    /// <summary>Waits in poll(2) on the control and kick descriptors; the device does its I/O synchronously.</summary>
+    /// <summary>
+    /// Waits in poll(2) on the control, kick and completion descriptors. File I/O is synchronous;
+    /// an asynchronous backend still keeps many requests in flight, completed through the port.
+    /// The worker leaves only with nothing in flight.
+    /// </summary>
     private void RunPolled(SplitDeviceQueue queue, EventFd kick)
     {
-        Span<PollFd> fds = stackalloc PollFd[2];
+        Span<PollFd> fds = stackalloc PollFd[3];
+        var io = _device.SupportsQueueIo ? new CompletionPortQueueIo(_port) : null;
         var drain = true; // buffers may have been made available before the ring started
-        while (!_stopRequested)
+        var stopped = false;
+        while (true)
         {
-            if (drain && _enabled && Drain(queue, null) == QueueOutcome.NeedsReset)
-                return;
+            if (_stopRequested)
+                stopped = true;
+            if (!stopped && drain && _enabled && Drain(queue, io) == QueueOutcome.NeedsReset)
+                stopped = true; // take nothing more; finish what is in flight
             drain = false;
+            if (stopped && _device.QueueIoInFlight(queue.Index) == 0)
+                return;
             fds[0] = new PollFd(_control.Fd);
-            fds[1] = new PollFd(_enabled ? kick.Fd : -1); // poll skips negative descriptors
+            fds[1] = new PollFd(_enabled && !stopped ? kick.Fd : -1); // poll skips negative descriptors
+            fds[2] = new PollFd(_completed.Fd);
             FdPoll.Wait(fds, -1);
             if (fds[0].Ready)
             {
@@ -205,20 +225,32 @@ internal sealed class Vring : IDisposable
                 Interlocked.Increment(ref _kicks);
                 drain = true;
             }
+            if (fds[2].Ready)
+            {
+                _completed.TryRead(out _);
+                TakeCompletions(queue);
+            }
         }
     }
 
+    /// <summary>Finishes what the backend's threads posted, then publishes and notifies once.</summary>
+    private void TakeCompletions(SplitDeviceQueue queue)
+    {
+        if (_port.Drain((_device, queue), s_complete) > 0 && queue.PublishUsed())
+            SignalCall();
+    }
+
     /// <summary>
-    /// Waits in io_uring on everything at once: multishot polls on the control and kick
-    /// descriptors, and the reads and flushes the device started there. Requests complete
+    /// Waits in io_uring on everything at once: multishot polls on the control, kick and
+    /// completion descriptors, and the file operations the backend started there. Requests complete
     /// in whatever order the kernel finishes them. The worker leaves only with nothing in
     /// flight, so guest memory is never unmapped under an I/O (vhost-user.rst: GET_VRING_BASE
     /// stops the ring; here its in-flight requests are finished and used first).
     /// </summary>
     private void RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
     {
-        var io = new IoUringQueueIo(ring);
-        bool armControl = true, armKick = true, stopped = false;
+        var io = new IoUringQueueIo(ring, _port);
+        bool armControl = true, armKick = true, armCompleted = true, stopped = false;
         var drain = true; // buffers may have been made available before the ring started
         while (true)
         {
@@ -233,6 +265,8 @@ internal sealed class Vring : IDisposable
                 armControl = !ring.QueuePollMultishot(_control.Fd, IoUringQueueIo.ControlTag);
             if (armKick)
                 armKick = !ring.QueuePollMultishot(kick.Fd, IoUringQueueIo.KickTag);
+            if (armCompleted)
+                armCompleted = !ring.QueuePollMultishot(_completed.Fd, IoUringQueueIo.CompletionTag);
             ring.SubmitAndWait(wait: true);
             var completed = false;
             while (ring.TryTakeCompletion(out var cqe))
@@ -244,6 +278,13 @@ internal sealed class Vring : IDisposable
                     continue;
                 }
                 var more = (cqe.Flags & IoUring.CqeFlagMore) != 0;
+                if (cqe.UserData == IoUringQueueIo.CompletionTag)
+                {
+                    _completed.TryRead(out _);
+                    armCompleted |= !more;
+                    completed |= _port.Drain((_device, queue), s_complete) > 0;
+                    continue;
+                }
                 if (cqe.UserData == IoUringQueueIo.ControlTag)
                 {
                     _control.TryRead(out _);
@@ -265,18 +306,29 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>After a host-side failure: waits for the I/O still in flight, so no completion lands after memory is unmapped.</summary>
-    private void FinishInFlight(SplitDeviceQueue queue, IoUring ring)
+    private void FinishInFlight(SplitDeviceQueue queue, IoUring? ring)
     {
         try
         {
             while (_device.QueueIoInFlight(queue.Index) > 0)
             {
-                ring.SubmitAndWait(wait: true);
-                while (ring.TryTakeCompletion(out var cqe))
+                var any = false;
+                if (ring != null)
                 {
-                    if (IoUringQueueIo.IsIo(cqe.UserData))
-                        _device.CompleteIo(queue, (ushort)cqe.UserData, cqe.Result);
+                    ring.SubmitAndWait(wait: false);
+                    while (ring.TryTakeCompletion(out var cqe))
+                    {
+                        if (IoUringQueueIo.IsIo(cqe.UserData))
+                        {
+                            _device.CompleteIo(queue, (ushort)cqe.UserData, cqe.Result);
+                            any = true;
+                        }
+                    }
                 }
+                _completed.TryRead(out _);
+                any |= _port.Drain((_device, queue), s_complete) > 0;
+                if (!any)
+                    _completed.Wait(1); // the ring's own polls may be gone: look again soon
             }
             if (queue.PublishUsed())
                 SignalCall();
@@ -323,5 +375,7 @@ internal sealed class Vring : IDisposable
     {
         Reset();
         _control.Dispose();
+        _port.Dispose(); // the worker is gone and left nothing in flight
+        _completed.Dispose();
     }
 }

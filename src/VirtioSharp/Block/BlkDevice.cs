@@ -24,9 +24,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private readonly bool _readOnly;
     private readonly BlkInFlight?[] _inFlight; // per queue, made by its worker on first asynchronous use
     private readonly int _iovPerSlot;
+    private readonly IAsyncBlockBackend? _async;
     private ulong _negotiated;
 
-    /// <summary>Most requests one queue keeps in flight through <see cref="IQueueIo"/>; more wait their turn synchronously.</summary>
+    /// <summary>Most requests one queue keeps in flight on an <see cref="IAsyncBlockBackend"/>; more are served synchronously.</summary>
     public const int MaxAsyncPerQueue = 256;
 
     /// <summary>HandleChain's answer for a request that is still in flight: no used element yet.</summary>
@@ -35,6 +36,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     public BlkDevice(IBlockBackend backend, BlkDeviceOptions? options = null)
     {
         _backend = backend;
+        _async = backend as IAsyncBlockBackend;
         _options = options ?? new BlkDeviceOptions();
         _options.Validate();
         _readOnly = _options.ReadOnly || backend.ReadOnly;
@@ -491,63 +493,105 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     }
 
     /// <summary>
-    /// Starts a validated read or flush on the queue's asynchronous I/O. False leaves the request
-    /// to <see cref="Execute"/>: other types, no descriptor to hand over, more data buffers than a
-    /// slot holds, or no free slot. Writes stay synchronous: a buffered write lands in the page
-    /// cache without waiting for the disk, and io_uring runs buffered writes to one file on its
-    /// worker threads one at a time, so handing them over buys no concurrency and costs a
-    /// hand-off (docs/benchmarks.md, section 2.1).
+    /// Starts a validated request on an <see cref="IAsyncBlockBackend"/>, which completes it later
+    /// through <paramref name="io"/>. False leaves the request to <see cref="Execute"/>: what the
+    /// backend refuses (the file backend takes reads and flushes only: a buffered write lands in
+    /// the page cache without waiting for the disk, and io_uring runs buffered writes to one file
+    /// on its worker threads one at a time, so handing them over buys no concurrency and costs a
+    /// hand-off, docs/benchmarks.md, section 2.1), GET_ID, discard and write-zeroes of more than
+    /// one segment, more data buffers than a slot holds, or no free slot.
     /// </summary>
     private bool TryStartAsync(int queue, ref ParsedRequest req, IQueueIo io)
     {
-        var fd = _backend.AsyncFd;
-        var type = (BlkRequestType)req.Header.Type;
-        if (fd < 0)
+        if (_async is not { } backend)
             return false;
+        var type = (BlkRequestType)req.Header.Type;
+        var offset = req.Header.Sector << BlkLayout.SectorShift;
+        var length = req.DataLength;
+        var flags = BlkIoFlags.None;
+        BlkIoKind kind;
         int span;
         switch (type)
         {
             case BlkRequestType.In:
+                kind = BlkIoKind.Read;
                 span = req.Buffers.Length - req.ReadableCount;
                 break;
-            case BlkRequestType.Flush:
-                span = 0;
+            case BlkRequestType.Out:
+                kind = BlkIoKind.Write;
+                span = req.ReadableCount - req.FirstReadable;
+                // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
+                if (!Negotiated(VirtioFeatures.BlkFlush))
+                    flags = BlkIoFlags.Fua;
                 break;
+            case BlkRequestType.Flush:
+                kind = BlkIoKind.Flush;
+                span = 0;
+                offset = 0;
+                length = 0;
+                break;
+            case BlkRequestType.Discard:
+            case BlkRequestType.WriteZeroes:
+                {
+                    // One segment, already copied out of guest memory and checked by ValidateSegments.
+                    if (req.ReadableData != BlkLayout.DiscardSegmentSize)
+                        return false;
+                    var seg = _segmentScratch[queue][0];
+                    kind = type == BlkRequestType.Discard ? BlkIoKind.Discard : BlkIoKind.WriteZeroes;
+                    if ((seg.Flags & BlkLayout.SegmentFlagUnmap) != 0)
+                        flags = BlkIoFlags.MayUnmap;
+                    offset = seg.Sector << BlkLayout.SectorShift;
+                    length = (ulong)seg.NumSectors << BlkLayout.SectorShift;
+                    span = 0;
+                    break;
+                }
             default:
                 return false;
         }
-        if (type != BlkRequestType.Flush && req.DataLength == 0)
+        if (type != BlkRequestType.Flush && (length == 0 || length > int.MaxValue))
             return false;
         if (span > _iovPerSlot)
             return false;
         var inFlight = _inFlight[queue] ??= new BlkInFlight(MaxQueueSize, Math.Min((int)MaxQueueSize, MaxAsyncPerQueue), _iovPerSlot);
         if (!inFlight.TryRent(req.Head, out var slot))
             return false;
-        var offset = req.Header.Sector << BlkLayout.SectorShift;
-        var count = type == BlkRequestType.Flush ? 0 : BuildIoVec(ref req, inFlight.IovSpan(slot), writable: true, req.DataLength);
-        var started = type == BlkRequestType.In
-            ? io.TryStartRead(fd, inFlight.IovPointer(slot), count, offset, req.Head)
-            : io.TryStartFlush(fd, req.Head);
-        if (!started)
+        var count = kind switch
         {
-            inFlight.Release(slot);
-            return false;
-        }
+            BlkIoKind.Read => BuildIoVec(ref req, inFlight.IovSpan(slot), writable: true, length),
+            BlkIoKind.Write => BuildIoVec(ref req, inFlight.IovSpan(slot), writable: false, length),
+            _ => 0,
+        };
+        var op = new BlkIo
+        {
+            Kind = kind,
+            Flags = flags,
+            Tag = req.Head,
+            Queue = queue,
+            Offset = offset,
+            Length = (uint)length,
+            Iov = inFlight.IovPointer(slot),
+            IovCount = count,
+        };
+        // Tracked before the start: another thread may post the completion before TryStart returns.
         inFlight.Track(req.Head, new BlkInFlight.Entry
         {
             Status = req.Status,
             Offset = offset,
-            Length = (uint)req.DataLength,
+            Length = kind == BlkIoKind.Read || kind == BlkIoKind.Write ? (uint)length : 0,
             Type = (uint)type,
             Slot = slot,
             IovCount = count,
         });
-        return true;
+        if (backend.TryStart(op, io))
+            return true;
+        inFlight.TryTake(req.Head, out _);
+        inFlight.Release(slot);
+        return false;
     }
 
-    public bool SupportsQueueIo => _backend.AsyncFd >= 0;
+    public bool SupportsQueueIo => _async != null;
 
-    /// <summary>Requests of <paramref name="queue"/> started on its asynchronous I/O and not completed yet.</summary>
+    /// <summary>Requests of <paramref name="queue"/> started on the asynchronous backend and not completed yet.</summary>
     public int QueueIoInFlight(int queue) => (uint)queue < (uint)_inFlight.Length ? _inFlight[queue]?.Count ?? 0 : 0;
 
     public void CompleteIo(IDeviceQueue queue, ushort tag, int result)
@@ -566,7 +610,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             status = result >= 0 || result == -Native.Errno.EINVAL ? BlkStatus.Ok : BlkStatus.IoErr;
         else if (result < 0)
             status = BlkStatus.IoErr;
-        else if ((uint)result < entry.Length)
+        else if (type == BlkRequestType.In && (uint)result < entry.Length)
             status = FinishShortTransfer(inFlight, entry, (uint)result) ? BlkStatus.Ok : BlkStatus.IoErr;
         else
             status = BlkStatus.Ok;

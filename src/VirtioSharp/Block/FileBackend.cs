@@ -7,9 +7,10 @@ namespace VirtioSharp.Block;
 /// <summary>
 /// A raw image file. Reads and writes go straight between the file and guest memory with
 /// preadv/pwritev (no bounce buffer); FLUSH is fdatasync; DISCARD punches a hole;
-/// WRITE_ZEROES zeroes the range (punching when the driver allows unmapping).
+/// WRITE_ZEROES zeroes the range (punching when the driver allows unmapping). Reads and flushes
+/// may run on the queue worker's io_uring (<see cref="IAsyncBlockBackend"/>).
 /// </summary>
-public sealed unsafe class FileBackend : IBlockBackend
+public sealed unsafe class FileBackend : IAsyncBlockBackend
 {
     private const int MaxIov = 1024; // IOV_MAX on Linux
     private readonly SafeFileHandle _handle;
@@ -65,7 +66,17 @@ public sealed unsafe class FileBackend : IBlockBackend
     public bool SupportsDiscard => !ReadOnly;
     public bool SupportsWriteZeroes => !ReadOnly;
     public string Description => $"file {Path}";
-    public int AsyncFd => _fd;
+
+    /// <summary>
+    /// Reads and flushes go to the worker's io_uring (preadv, fdatasync on this file); the rest
+    /// is synchronous (see <see cref="BlkDevice"/>'s note on buffered writes).
+    /// </summary>
+    public bool TryStart(in BlkIo op, Devices.IQueueIo io) => op.Kind switch
+    {
+        BlkIoKind.Read => io.TryStartRead(_fd, op.Iov, op.IovCount, op.Offset, op.Tag),
+        BlkIoKind.Flush => io.TryStartFlush(_fd, op.Tag),
+        _ => false,
+    };
 
     public bool Read(ulong offset, ReadOnlySpan<IoVec> iov) => Transfer(offset, iov, write: false);
 

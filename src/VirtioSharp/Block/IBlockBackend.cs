@@ -19,7 +19,8 @@ public struct IoVec
 /// <summary>
 /// Storage behind a block device. Offsets and lengths are in bytes and already checked
 /// against <see cref="Capacity"/> by the caller. Methods return false on an I/O error;
-/// they never throw for a failed I/O.
+/// they never throw for a failed I/O. A backend that can keep many requests in flight also
+/// implements <see cref="IAsyncBlockBackend"/>; these calls stay its synchronous fallback.
 /// </summary>
 public interface IBlockBackend : IDisposable
 {
@@ -30,13 +31,6 @@ public interface IBlockBackend : IDisposable
     bool SupportsDiscard { get; }
     bool SupportsWriteZeroes { get; }
     string Description { get; }
-
-    /// <summary>
-    /// A descriptor on which preadv and fdatasync at byte offsets do exactly what
-    /// <see cref="Read"/> and <see cref="Flush"/> do, so a queue may run them asynchronously
-    /// (see <see cref="Devices.IQueueIo"/>); -1 when there is none.
-    /// </summary>
-    int AsyncFd => -1;
 
     bool Read(ulong offset, ReadOnlySpan<IoVec> iov);
     bool Write(ulong offset, ReadOnlySpan<IoVec> iov);

@@ -297,4 +297,142 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
         Assert.Empty(io.Held);
         Assert.Equal(1, h.Ring.UsedIdx);
     }
+    /// <summary>A worker's port as a test drives it: the wake-up sets an event; <see cref="Take"/> finishes what was posted.</summary>
+    private sealed class TestPort : IDisposable
+    {
+        private readonly AutoResetEvent _woken = new(false);
+
+        public TestPort(int capacity)
+        {
+            Port = new CompletionPort(capacity, () => _woken.Set());
+            Io = new CompletionPortQueueIo(Port);
+        }
+
+        public CompletionPort Port { get; }
+        public CompletionPortQueueIo Io { get; }
+
+        /// <summary>Waits for a wake-up and hands every posted completion to the device, as the worker does.</summary>
+        public int Take(BlkHarness h)
+        {
+            Assert.True(_woken.WaitOne(10_000), "no wake-up from the completion port");
+            return Port.Drain(h, static (h, tag, result) => h.Device.CompleteIo(h.Queue, tag, result));
+        }
+
+        public void Dispose()
+        {
+            Port.Dispose();
+            _woken.Dispose();
+        }
+    }
+
+    [Fact]
+    public void An_asynchronous_backend_completes_every_kind_of_request_from_other_threads_in_any_order()
+    {
+        var backend = new ThreadedBackend(1 << 20);
+        using var h = new BlkHarness(backend);
+        using var port = new TestPort(h.Device.MaxQueueSize);
+        var written = Pattern(4096, 11);
+        Pattern(8192, 12).CopyTo(backend.Disk.Contents(0, 8192));
+        var into = h.Data(1536, 0x55);
+        ulong[] s = [h.StatusByte(), h.StatusByte(), h.StatusByte(), h.StatusByte(), h.StatusByte()];
+        var read = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 2), 16), Buf.W(into, 512), Buf.W(into + 512, 1024), Buf.W(s[0], 1));
+        var write = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 100), 16), Buf.R(h.Ring.Put(written), 4096), Buf.W(s[1], 1));
+        var flush = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Flush), 16), Buf.W(s[2], 1));
+        var discard = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Discard), 16), Buf.R(h.Segments(new BlkDiscardSegment(0, 1, 0)), 16), Buf.W(s[3], 1));
+        var zeroes = h.Ring.Chain(Buf.R(h.Header(BlkRequestType.WriteZeroes), 16), Buf.R(h.Segments(new BlkDiscardSegment(12, 2, BlkLayout.SegmentFlagUnmap)), 16), Buf.W(s[4], 1));
+        h.Ring.Offer(read, write, flush, discard, zeroes);
+
+        Assert.Equal(QueueOutcome.None, h.Device.ProcessQueue(h.Queue, port.Io));
+        Assert.Equal(0, h.Ring.UsedIdx); // 2.7.8: nothing is used before its I/O is done
+        Assert.Equal(5, h.Device.QueueIoInFlight(0));
+        var held = backend.Held;
+        Assert.Equal([BlkIoKind.Read, BlkIoKind.Write, BlkIoKind.Flush, BlkIoKind.Discard, BlkIoKind.WriteZeroes], held.Select(o => o.Io.Kind));
+        Assert.Equal(BlkIoFlags.None, held[1].Io.Flags); // FLUSH negotiated: no write needs FUA
+        Assert.Equal((12UL * 512, 1024u, BlkIoFlags.MayUnmap), (held[4].Io.Offset, held[4].Io.Length, held[4].Io.Flags));
+        Assert.Equal(2, held[0].Io.IovCount); // straight into guest memory, one iovec per buffer
+
+        backend.ReleaseAllReversed(); // five threads post at once, last started first
+        var taken = 0;
+        while (taken < 5)
+            taken += port.Take(h);
+        Assert.True(h.Queue.PublishUsed());
+        Assert.Equal(5, h.Ring.UsedIdx);
+        var used = Enumerable.Range(0, 5).Select(i => Used(h, i)).ToDictionary(u => (ushort)u.Id, u => u.Length);
+        Assert.Equal(1537u, used[read]); // 2.7.8: data and status byte
+        Assert.All(new[] { write, flush, discard, zeroes }, head => Assert.Equal(1u, used[head]));
+        Assert.All(s, a => Assert.Equal(Ok, h.Ring.Span(a, 1)[0]));
+        Assert.Equal(backend.Disk.Contents(2 * 512, 1536).ToArray(), h.Ring.Span(into, 1536).ToArray());
+        Assert.Equal(written, backend.Disk.Contents(100 * 512, 4096).ToArray());
+        Assert.Equal(new byte[512], backend.Disk.Contents(0, 512).ToArray());
+        Assert.Equal(new byte[1024], backend.Disk.Contents(12 * 512, 1024).ToArray());
+        Assert.Equal((0, 0), (h.Device.QueueIoInFlight(0), h.Queue.InFlight));
+        Assert.Equal(5, h.Device.Stats.AsyncCompleted);
+        Assert.Equal(0, backend.SyncCalls);
+    }
+
+    [Fact]
+    public void Writes_are_FUA_when_FLUSH_is_not_negotiated_and_failures_earn_IOERR()
+    {
+        var backend = new ThreadedBackend(1 << 20) { FailWith = 5 };
+        var h0 = new BlkHarness(new MemoryBackend(512));
+        var features = h0.Device.DeviceFeatures & ~VirtioFeatures.Bit(VirtioFeatures.BlkFlush);
+        h0.Dispose();
+        using var h = new BlkHarness(backend, negotiate: features);
+        using var port = new TestPort(h.Device.MaxQueueSize);
+        var into = h.Data(512, 0x55);
+        var s1 = h.StatusByte();
+        var s2 = h.StatusByte();
+        h.Ring.Offer(
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Out, 1), 16), Buf.R(h.Ring.Put(Pattern(512, 3)), 512), Buf.W(s1, 1)),
+            h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 1), 16), Buf.W(into, 512), Buf.W(s2, 1)));
+        h.Device.ProcessQueue(h.Queue, port.Io);
+        Assert.Equal(BlkIoFlags.Fua, backend.Held[0].Io.Flags); // 5.2.6.2: stable at completion
+        backend.ReleaseAllReversed();
+        var taken = 0;
+        while (taken < 2)
+            taken += port.Take(h);
+        Assert.Equal((IoErr, IoErr), (h.Ring.Span(s1, 1)[0], h.Ring.Span(s2, 1)[0]));
+        Assert.Equal(1u, Used(h, 0).Length); // only the status byte
+        Assert.Equal(1u, Used(h, 1).Length);
+        Assert.Equal(2, h.Device.Stats.IoErrors);
+        Assert.Equal(0, h.Device.QueueIoInFlight(0));
+    }
+
+    [Fact]
+    public void What_an_asynchronous_backend_refuses_and_what_no_slot_holds_is_served_by_its_synchronous_calls()
+    {
+        var backend = new ThreadedBackend(1 << 20);
+        using var h = new BlkHarness(backend, queueSize: 1024);
+        using var port = new TestPort(h.Device.MaxQueueSize);
+        // Past MaxAsyncPerQueue, requests run synchronously; a two-segment discard always does.
+        const int requests = BlkDevice.MaxAsyncPerQueue + 3;
+        var heads = new List<ushort>();
+        for (var i = 0; i < requests; i++)
+        {
+            var data = h.Data(513, 0xee);
+            heads.Add(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, (ulong)i), 16), Buf.W(data, 513)));
+        }
+        var s = h.StatusByte();
+        heads.Add(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.Discard), 16),
+            Buf.R(h.Segments(new BlkDiscardSegment(0, 1, 0), new BlkDiscardSegment(8, 1, 0)), 32), Buf.W(s, 1)));
+        h.Ring.Offer([.. heads]);
+        h.Device.ProcessQueue(h.Queue, port.Io);
+        Assert.Equal(BlkDevice.MaxAsyncPerQueue, backend.Started);
+        Assert.Equal(4, h.Ring.UsedIdx);
+        Assert.Equal(3, backend.SyncCalls);
+        Assert.Equal(Ok, h.Ring.Span(s, 1)[0]);
+
+        // A refused start gives its slot back: with every slot free again, the backend refusing
+        // everything still leaves the queue served.
+        backend.ReleaseAllReversed();
+        var taken = 0;
+        while (taken < BlkDevice.MaxAsyncPerQueue)
+            taken += port.Take(h);
+        backend.Refuse = true;
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 0), 16), Buf.W(h.Data(512), 512), Buf.W(h.StatusByte(), 1)));
+        h.Device.ProcessQueue(h.Queue, port.Io);
+        Assert.Equal(requests + 2, h.Ring.UsedIdx);
+        Assert.Equal(0, h.Device.QueueIoInFlight(0));
+    }
 }
+

@@ -1,6 +1,8 @@
 using System.IO.Pipes;
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Queues;
+using VirtioSharp.Tests.Support;
 using VirtioSharp.VhostUser.Backend;
 using VirtioSharp.VhostUser.Frontend;
 using VirtioSharp.VhostUser.Protocol;
@@ -20,7 +22,7 @@ public sealed class VhostUserAsyncIoTests
     /// A disk whose reads are served from a pipe: a read stays in the kernel until the test writes
     /// the bytes, so a test can hold a request in flight as long as it likes.
     /// </summary>
-    private sealed class PipeBackend : IBlockBackend
+    private sealed unsafe class PipeBackend : IAsyncBlockBackend
     {
         private readonly AnonymousPipeServerStream _writer = new(PipeDirection.Out);
 
@@ -30,7 +32,10 @@ public sealed class VhostUserAsyncIoTests
         public bool SupportsDiscard => false;
         public bool SupportsWriteZeroes => false;
         public string Description => "pipe";
-        public int AsyncFd => (int)_writer.ClientSafePipeHandle.DangerousGetHandle();
+        private int Fd => (int)_writer.ClientSafePipeHandle.DangerousGetHandle();
+
+        public bool TryStart(in BlkIo op, IQueueIo io) =>
+            op.Kind == BlkIoKind.Read && io.TryStartRead(Fd, op.Iov, op.IovCount, op.Offset, op.Tag);
 
         public void Feed(byte[] bytes)
         {
@@ -97,6 +102,71 @@ public sealed class VhostUserAsyncIoTests
         using var next = server.Connect();
         Assert.NotEqual(0UL, next.Negotiate());
         Assert.Equal(2, server.Server.Connections);
+    }
+
+    [Theory]
+    [InlineData(AioMode.Auto)]
+    [InlineData(AioMode.Sync)]
+    public async Task GET_VRING_BASE_waits_for_an_asynchronous_backend_that_completes_on_its_own_thread(AioMode aio)
+    {
+        var backend = new ThreadedBackend(DiskSize);
+        new Random(9).NextBytes(backend.Disk.Contents(0, 4096));
+        using var server = new TestServer(numQueues: 1, backend: backend, aio: aio);
+        using var f = server.Connect();
+        f.Negotiate();
+        f.SetMemTable();
+        var q = f.SetupQueue(0);
+
+        var head = PostRead(f, q, 4096);
+        TestServer.Eventually(() => server.Device.QueueIoInFlight(0) == 1, "the read to be in flight");
+        var stop = Task.Run(() => f.GetVringBase(0));
+        Assert.NotSame(stop, await Task.WhenAny(stop, Task.Delay(300))); // no answer with a read still in flight
+        Assert.Equal(0xff, f.Memory.GetSpan(q.Status, 1)[0]);
+
+        backend.Release(0); // the storage client's thread posts; the worker finishes the request
+        Assert.Equal(1, await stop.WaitAsync(TimeSpan.FromMilliseconds(TestFrontEnd.Timeout)));
+        Assert.Equal(4097u, q.WaitUsed(head));
+        Assert.Equal((byte)BlkStatus.Ok, f.Memory.GetSpan(q.Status, 1)[0]);
+        Assert.Equal(backend.Disk.Contents(0, 4096).ToArray(), f.Memory.GetSpan(q.Data, 4096).ToArray());
+        Assert.Equal(0, server.Device.QueueIoInFlight(0));
+    }
+
+    [Theory]
+    [InlineData(AioMode.Auto)]
+    [InlineData(AioMode.Sync)]
+    public async Task An_asynchronous_backend_completing_on_pool_threads_in_any_order_reads_back_byte_for_byte(AioMode aio)
+    {
+        const int chunk = 16384, count = 256;
+        var backend = new ThreadedBackend(DiskSize, hold: false);
+        var model = new byte[DiskSize];
+        var rng = new Random(17);
+        var device = new BlkDevice(backend, new BlkDeviceOptions { NumQueues = 2, QueueSize = 128 });
+        using var dir = new TempDir();
+        var socket = dir.File("s.sock");
+        using (var server = new VhostUserBlkServer(device, socket) { Aio = aio })
+        {
+            server.Start();
+            using var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions { MemorySize = 32 << 20 });
+            using var driver = BlkDriver.Start(transport, new BlkDriverOptions { QueueSize = 128, NumQueues = 2 });
+            var writes = new List<Task>();
+            for (var i = 0; i < count; i++)
+            {
+                var data = new byte[rng.Next(1, chunk / 512 + 1) * 512];
+                rng.NextBytes(data);
+                data.CopyTo(model.AsSpan(i * chunk));
+                writes.Add(driver.WriteAsync((ulong)(i * chunk), data).AsTask());
+            }
+            await Task.WhenAll(writes);
+            await driver.FlushAsync();
+            var reads = new List<Task>();
+            for (var i = 0; i < count; i++)
+                reads.Add(Verify(driver, (ulong)(i * chunk), model.AsMemory(i * chunk, chunk)));
+            await Task.WhenAll(reads);
+        }
+        Assert.Equal(model, backend.Disk.Contents(0, (int)DiskSize).ToArray());
+        Assert.True(device.Stats.AsyncCompleted >= 2 * count, $"only {device.Stats.AsyncCompleted} requests went through the backend asynchronously");
+        Assert.Equal(0, backend.SyncCalls);
+        backend.Dispose();
     }
 
     /// <summary>Makes a read of sector 0 available and kicks; returns its head.</summary>

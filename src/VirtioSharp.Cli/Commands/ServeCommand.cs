@@ -158,6 +158,15 @@ public static class ServeCommand
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>
     private static string DescribeAio(ServeSettings s, IBlockBackend backend)
     {
+        if (backend is RbdBackend)
+        {
+            if (s.Aio == AioMode.IoUring)
+                throw new UsageException("--aio io_uring is for a file image; an rbd: image does no file I/O");
+            var timeout = s.Ceph.IoTimeoutSeconds == 0 ? "no timeout" : $"failed after {s.Ceph.IoTimeoutSeconds} s without an answer";
+            return s.Aio == AioMode.Sync
+                ? $"; librbd requests one at a time per queue (--aio sync), {timeout}"
+                : $"; librbd requests asynchronous, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} in flight per queue, {timeout}";
+        }
         if (backend is not FileBackend)
         {
             if (s.Aio == AioMode.IoUring)

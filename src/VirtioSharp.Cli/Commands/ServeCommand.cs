@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using VirtioSharp.Block;
 using VirtioSharp.Block.Nbd;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Rbd;
 using VirtioSharp.VhostUser.Backend;
 using VirtioSharp.VhostUser.Systemd;
 
@@ -30,6 +31,15 @@ public static class ServeCommand
             -chardev socket,id=vblk0,path=/tmp/vblk.sock,reconnect=1 \
             -device vhost-user-blk-pci,chardev=vblk0,num-queues=1 ...
 
+        IMAGE may be a Ceph RBD image, rbd:POOL/IMAGE or rbd:POOL/IMAGE@SNAP (a snapshot is served
+        read-only), reached through librbd with --ceph-conf and --ceph-id:
+
+          vblk serve rbd:vms/disk1 --ceph-conf /etc/ceph/ceph.conf --ceph-id vms --socket /run/vblk/disk1.sock
+
+        A request the cluster does not answer within --ceph-io-timeout seconds (default 30) fails,
+        and the guest sees an I/O error; the back-end keeps serving and later requests succeed
+        once the cluster is back.
+
         One front-end is served at a time; when it disconnects the back-end waits for the next
         one on the same socket. SIGINT or SIGTERM stops it after flushing the image.
 
@@ -44,7 +54,7 @@ public static class ServeCommand
     {
         var image = new Argument<string?>("IMAGE")
         {
-            Description = "Raw disk image to serve (with --backend file, the default), or an NBD export: nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH",
+            Description = "Raw disk image to serve (with --backend file, the default), an NBD export (nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH), or a Ceph image rbd:POOL/IMAGE[@SNAP]",
             Arity = ArgumentArity.ZeroOrOne,
         };
         var socket = new Option<string?>("--socket") { Description = "Unix socket path to listen on (a stale socket file is replaced); optional when systemd passes the socket (LISTEN_FDS)" };
@@ -72,17 +82,39 @@ public static class ServeCommand
             Description = "Seconds an NBD request may wait for its reply; then the connection is dropped and its requests fail with EIO (the next request reconnects)",
             DefaultValueFactory = _ => 30,
         };
+        var cephConf = new Option<string?>("--ceph-conf") { Description = "ceph.conf for an rbd: image (default: $CEPH_CONF, then /etc/ceph/ceph.conf)" };
+        var cephId = new Option<string>("--ceph-id") { Description = "Ceph user for an rbd: image, without 'client.'", DefaultValueFactory = _ => "admin" };
+        var cephIoTimeout = new Option<int>("--ceph-io-timeout")
+        {
+            Description = "Seconds an rbd: request waits for the OSDs before it fails with an I/O error (rados_osd_op_timeout; 0: wait forever)",
+            DefaultValueFactory = _ => RbdOptions.DefaultIoTimeoutSeconds,
+        };
+        var cephConnectTimeout = new Option<int>("--ceph-connect-timeout")
+        {
+            Description = "Seconds to wait for the Ceph monitors at start (client_mount_timeout)",
+            DefaultValueFactory = _ => 15,
+        };
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, nbdConnections, nbdTimeout, strict, verbose };
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio,
+            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose };
         command.SetAction(result =>
         {
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket), result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
                 result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
-                result.GetValue(nbdConnections), result.GetValue(nbdTimeout));
+                result.GetValue(nbdConnections), result.GetValue(nbdTimeout))
+            {
+                Ceph = new RbdOptions
+                {
+                    ConfPath = result.GetValue(cephConf),
+                    Id = result.GetValue(cephId)!,
+                    IoTimeoutSeconds = result.GetValue(cephIoTimeout),
+                    ConnectTimeoutSeconds = result.GetValue(cephConnectTimeout),
+                },
+            };
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
@@ -91,7 +123,11 @@ public static class ServeCommand
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
         string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto,
-        int NbdConnections = 1, double NbdTimeout = 30);
+        int NbdConnections = 1, double NbdTimeout = 30)
+    {
+        /// <summary>How to reach Ceph for an rbd: IMAGE (ReadOnly comes from the settings' own flag).</summary>
+        public RbdOptions Ceph { get; init; } = new();
+    }
 
     private static AioMode ParseAio(string value) => value switch
     {
@@ -182,6 +218,15 @@ public static class ServeCommand
                 throw new UsageException("--aio io_uring is for a file image; an NBD export does no file I/O");
             return $"; up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} requests in flight per queue over {nbd.Connections} NBD connection{(nbd.Connections == 1 ? "" : "s")}";
         }
+        if (backend is RbdBackend)
+        {
+            if (s.Aio == AioMode.IoUring)
+                throw new UsageException("--aio io_uring is for a file image; an rbd: image does no file I/O");
+            var timeout = s.Ceph.IoTimeoutSeconds == 0 ? "no timeout" : $"failed after {s.Ceph.IoTimeoutSeconds} s without an answer";
+            return s.Aio == AioMode.Sync
+                ? $"; librbd requests one at a time per queue (--aio sync), {timeout}"
+                : $"; librbd requests asynchronous, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} in flight per queue, {timeout}";
+        }
         if (backend is not FileBackend)
         {
             if (s.Aio == AioMode.IoUring)
@@ -221,6 +266,8 @@ public static class ServeCommand
                 Log = log,
             });
         }
+        if (s.Image is not null && RbdImageSpec.Matches(s.Image))
+            return OpenRbd(s, log);
         if (s.Backend == "file")
         {
             if (s.Image is null)
@@ -238,6 +285,22 @@ public static class ServeCommand
         if (bytes % s.BlkSize != 0)
             throw new UsageException($"--size {bytes} is not a multiple of --blk-size {s.BlkSize}");
         return s.Backend == "memory" ? new MemoryBackend(bytes, s.ReadOnly, s.BlkSize) : new NullBackend(bytes, s.ReadOnly, s.BlkSize);
+    }
+
+    private static RbdBackend OpenRbd(ServeSettings s, ILogSink log)
+    {
+        if (s.Backend != "file")
+            throw new UsageException($"--backend {s.Backend} takes no IMAGE; an rbd: image needs no --backend");
+        if (s.Size is not null)
+            throw new UsageException("--size is for --backend memory or null; an RBD image has its own size");
+        var spec = RbdImageSpec.Parse(s.Image!);
+        var backend = RbdBackend.Open(spec, s.Ceph with { ReadOnly = s.ReadOnly }, log);
+        if (backend.Capacity % s.BlkSize != 0)
+        {
+            backend.Dispose();
+            throw new UsageException($"image '{spec}' is {backend.Capacity} bytes, not a multiple of --blk-size {s.BlkSize}");
+        }
+        return backend;
     }
 
     /// <summary>Parses "4096", "64K", "512M", "2G" (binary multiples; "KiB"-style and "B" suffixes are accepted too).</summary>

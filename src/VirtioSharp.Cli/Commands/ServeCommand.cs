@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using VirtioSharp.Block;
+using VirtioSharp.Cli.Metrics;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.VhostUser.Backend;
 
@@ -56,22 +57,46 @@ public static class ServeCommand
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
+        var limits = new ServeLimitOptions();
+        var pollUs = new Option<int>("--poll-us")
+        {
+            Description = $"Microseconds a queue worker keeps looking at its ring after a drain before it sleeps, with the driver's notifications off; adapted down when it finds nothing (0: sleep at once; default {DefaultPollUs})",
+            DefaultValueFactory = _ => DefaultPollUs,
+        };
+        var metrics = new Option<string?>("--metrics") { Description = "Serve Prometheus metrics over HTTP at HOST:PORT/metrics (e.g. 127.0.0.1:9100); SIGUSR1 logs the same numbers" };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose };
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose, pollUs, metrics };
+        foreach (var option in limits.All)
+            command.Options.Add(option);
         command.SetAction(result =>
         {
+            BlkLimits? parsedLimits;
+            try
+            {
+                parsedLimits = limits.Parse(result);
+            }
+            catch (ArgumentException e)
+            {
+                result.InvocationConfiguration.Error.WriteLine($"vblk serve: {e.Message}");
+                return UsageError;
+            }
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket)!, result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
-                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!));
+                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
+                parsedLimits, result.GetValue(pollUs), result.GetValue(metrics));
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
     }
 
+    /// <summary>--poll-us when none is given (docs/benchmarks.md, "Polling").</summary>
+    public const int DefaultPollUs = 0;
+
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
-        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto);
+        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto,
+        BlkLimits? Limits = null, int PollUs = DefaultPollUs, string? Metrics = null);
 
     private static AioMode ParseAio(string value) => value switch
     {
@@ -87,6 +112,8 @@ public static class ServeCommand
         IBlockBackend? backend = null;
         try
         {
+            if (s.PollUs is < 0 or > 1_000_000)
+                throw new UsageException($"--poll-us {s.PollUs} must be 0..1000000 microseconds");
             backend = OpenBackend(s);
             var options = new BlkDeviceOptions
             {
@@ -95,15 +122,27 @@ public static class ServeCommand
                 Serial = s.Serial,
                 ReadOnly = s.ReadOnly,
                 Strict = s.Strict,
+                Limits = s.Limits,
                 Log = log,
             };
             var device = new BlkDevice(backend, options);
             var aioNote = DescribeAio(s, backend);
-            using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio };
+            using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio, PollMicroseconds = s.PollUs };
+            using var metrics = new ServeMetrics(device, server);
+            if (s.Metrics is { } address)
+                metrics.Serve(address);
             server.Start();
             log.Info($"serving {backend.Description} ({backend.Capacity >> 20} MiB{(device.Config.BlkSize != 512 ? $", {device.Config.BlkSize}-byte blocks" : "")}{(s.ReadOnly || backend.ReadOnly ? ", read-only" : "")}) "
                 + $"with {s.NumQueues} queue{(s.NumQueues == 1 ? "" : "s")} of up to {s.QueueSize}{aioNote}");
             log.Info($"QEMU: -chardev socket,id=vblk0,path={s.Socket},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");
+            if (s.Limits is not null || s.PollUs > 0 || s.Metrics is not null)
+                log.Info(DescribeControls(s));
+            using var usr1 = PosixSignalRegistration.Create((PosixSignal)SigUsr1, context =>
+            {
+                context.Cancel = true;
+                foreach (var line in metrics.Describe())
+                    log.Info(line);
+            });
             WaitForSignal(log, stop);
             server.Stop(); // closes the connection, stops the rings, flushes
             return 0;
@@ -117,6 +156,28 @@ public static class ServeCommand
         {
             backend?.Dispose();
         }
+    }
+
+    private const int SigUsr1 = 10; // Linux
+
+    private static string DescribeControls(ServeSettings s)
+    {
+        var parts = new List<string>();
+        if (s.Limits is { } l)
+        {
+            static string Rate(double? v, string unit) => v is { } x ? string.Create(CultureInfo.InvariantCulture, $"{x:0.###} {unit}") : "";
+            var rates = new[]
+            {
+                l.IopsTotal is null ? "" : $"{Rate(l.IopsTotal, "requests/s")}", l.IopsRead is null ? "" : $"reads {Rate(l.IopsRead, "requests/s")}",
+                l.IopsWrite is null ? "" : $"writes {Rate(l.IopsWrite, "requests/s")}", l.BpsTotal is null ? "" : $"{Rate(l.BpsTotal, "bytes/s")}",
+                l.BpsRead is null ? "" : $"reads {Rate(l.BpsRead, "bytes/s")}", l.BpsWrite is null ? "" : $"writes {Rate(l.BpsWrite, "bytes/s")}",
+            }.Where(r => r.Length > 0);
+            parts.Add($"limits: {string.Join(", ", rates)} (requests beyond them wait in the ring)");
+        }
+        parts.Add(s.PollUs > 0 ? $"queue workers poll up to {s.PollUs} us before sleeping" : "queue workers sleep at once (no polling)");
+        if (s.Metrics is not null)
+            parts.Add($"metrics at http://{s.Metrics}/metrics");
+        return string.Join("; ", parts);
     }
 
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>

@@ -12,6 +12,7 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring) : IQueueIo
 {
     public const ulong KickTag = 1UL << 62;
     public const ulong ControlTag = 2UL << 62;
+    public const ulong TimerTag = 3UL << 62;
 
     public static bool IsIo(ulong userData) => userData <= ushort.MaxValue;
 

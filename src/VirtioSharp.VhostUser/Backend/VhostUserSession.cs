@@ -38,7 +38,7 @@ internal sealed class VhostUserSession : IDisposable
     private bool _unsealedWarned;
     private string _why = "";
 
-    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto)
+    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, IReadOnlyList<AdaptivePoller>? pollers = null)
     {
         _device = device;
         _log = log;
@@ -46,7 +46,7 @@ internal sealed class VhostUserSession : IDisposable
         _offeredFeatures = device.DeviceFeatures | VhostUserFeatures.ProtocolFeatures;
         _vrings = new Vring[device.NumQueues];
         for (var i = 0; i < _vrings.Length; i++)
-            _vrings[i] = new Vring(i, device, log, aio);
+            _vrings[i] = new Vring(i, device, log, aio, pollers?[i]);
     }
 
     public ulong Features => _features;

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using VirtioSharp.Block;
 using VirtioSharp.Block.Nbd;
+using VirtioSharp.Cli.Metrics;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Rbd;
 using VirtioSharp.VhostUser.Backend;
@@ -96,16 +97,36 @@ public static class ServeCommand
         };
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
+        var limits = new ServeLimitOptions();
+        var pollUs = new Option<int>("--poll-us")
+        {
+            Description = $"Microseconds a queue worker keeps looking at its ring after a drain before it sleeps, with the driver's notifications off; adapted down when it finds nothing (0: sleep at once; default {DefaultPollUs})",
+            DefaultValueFactory = _ => DefaultPollUs,
+        };
+        var metrics = new Option<string?>("--metrics") { Description = "Serve Prometheus metrics over HTTP at HOST:PORT/metrics (e.g. 127.0.0.1:9100); SIGUSR1 logs the same numbers" };
 
         var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio,
-            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose };
+            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics };
+        foreach (var option in limits.All)
+            command.Options.Add(option);
         command.SetAction(result =>
         {
+            BlkLimits? parsedLimits;
+            try
+            {
+                parsedLimits = limits.Parse(result);
+            }
+            catch (ArgumentException e)
+            {
+                result.InvocationConfiguration.Error.WriteLine($"vblk serve: {e.Message}");
+                return UsageError;
+            }
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket), result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
                 result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
-                result.GetValue(nbdConnections), result.GetValue(nbdTimeout))
+                result.GetValue(nbdConnections), result.GetValue(nbdTimeout),
+                parsedLimits, result.GetValue(pollUs), result.GetValue(metrics))
             {
                 Ceph = new RbdOptions
                 {
@@ -120,10 +141,13 @@ public static class ServeCommand
         return command;
     }
 
+    /// <summary>--poll-us when none is given (docs/benchmarks.md, "Polling").</summary>
+    public const int DefaultPollUs = 0;
+
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
         string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto,
-        int NbdConnections = 1, double NbdTimeout = 30)
+        int NbdConnections = 1, double NbdTimeout = 30, BlkLimits? Limits = null, int PollUs = DefaultPollUs, string? Metrics = null)
     {
         /// <summary>How to reach Ceph for an rbd: IMAGE (ReadOnly comes from the settings' own flag).</summary>
         public RbdOptions Ceph { get; init; } = new();
@@ -145,6 +169,8 @@ public static class ServeCommand
         ServiceNotifier? notifier = null;
         try
         {
+            if (s.PollUs is < 0 or > 1_000_000)
+                throw new UsageException($"--poll-us {s.PollUs} must be 0..1000000 microseconds");
             // Taken first, so the service manager's socket is ours (close-on-exec) before anything else runs.
             activated = SocketActivation.TryTake(out var activatedPath, out var activatedName);
             var socketPath = SocketPathFor(s, activated, activatedPath, activatedName);
@@ -157,11 +183,15 @@ public static class ServeCommand
                 Serial = s.Serial,
                 ReadOnly = s.ReadOnly,
                 Strict = s.Strict,
+                Limits = s.Limits,
                 Log = log,
             };
             var device = new BlkDevice(backend, options);
             var aioNote = DescribeAio(s, backend);
-            using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio };
+            using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio, PollMicroseconds = s.PollUs };
+            using var metrics = new ServeMetrics(device, server);
+            if (s.Metrics is { } address)
+                metrics.Serve(address);
             if (activated is not null)
                 server.Start(activated);
             else
@@ -171,6 +201,14 @@ public static class ServeCommand
             if (backend is FileBackend file && file.FileLength != file.Capacity)
                 log.Warn($"disk image '{file.Path}' is {file.FileLength} bytes, not a multiple of 512: its last {file.FileLength - file.Capacity} bytes (a partial sector) are not served");
             log.Info($"QEMU: -chardev socket,id=vblk0,path={socketPath},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");
+            if (s.Limits is not null || s.PollUs > 0 || s.Metrics is not null)
+                log.Info(DescribeControls(s));
+            using var usr1 = PosixSignalRegistration.Create((PosixSignal)SigUsr1, context =>
+            {
+                context.Cancel = true;
+                foreach (var line in metrics.Describe())
+                    log.Info(line);
+            });
             Tell(notifier, $"READY=1\nSTATUS=serving {backend.Description} on {socketPath}", log);
             WaitForSignal(log, stop);
             Tell(notifier, "STOPPING=1", log);
@@ -207,6 +245,28 @@ public static class ServeCommand
     {
         if (notifier is not null && !notifier.Notify(state, out var error))
             log.Warn(error!);
+    }
+
+    private const int SigUsr1 = 10; // Linux
+
+    private static string DescribeControls(ServeSettings s)
+    {
+        var parts = new List<string>();
+        if (s.Limits is { } l)
+        {
+            static string Rate(double? v, string unit) => v is { } x ? string.Create(CultureInfo.InvariantCulture, $"{x:0.###} {unit}") : "";
+            var rates = new[]
+            {
+                l.IopsTotal is null ? "" : $"{Rate(l.IopsTotal, "requests/s")}", l.IopsRead is null ? "" : $"reads {Rate(l.IopsRead, "requests/s")}",
+                l.IopsWrite is null ? "" : $"writes {Rate(l.IopsWrite, "requests/s")}", l.BpsTotal is null ? "" : $"{Rate(l.BpsTotal, "bytes/s")}",
+                l.BpsRead is null ? "" : $"reads {Rate(l.BpsRead, "bytes/s")}", l.BpsWrite is null ? "" : $"writes {Rate(l.BpsWrite, "bytes/s")}",
+            }.Where(r => r.Length > 0);
+            parts.Add($"limits: {string.Join(", ", rates)} (requests beyond them wait in the ring)");
+        }
+        parts.Add(s.PollUs > 0 ? $"queue workers poll up to {s.PollUs} us before sleeping" : "queue workers sleep at once (no polling)");
+        if (s.Metrics is not null)
+            parts.Add($"metrics at http://{s.Metrics}/metrics");
+        return string.Join("; ", parts);
     }
 
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>

@@ -17,6 +17,7 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
     public const ulong CompletionTag = 3UL << 62;
 
     public CompletionPort Completions => port;
+    public const ulong TimerTag = 1UL << 61;
 
     public static bool IsIo(ulong userData) => userData <= ushort.MaxValue;
 

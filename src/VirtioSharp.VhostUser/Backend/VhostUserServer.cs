@@ -37,6 +37,22 @@ public class VhostUserServer : IDisposable
     /// <summary>Once a message has begun, how long the rest may take (and a reply may wait to be sent) before the connection is closed.</summary>
     public TimeSpan MessageTimeout { get; init; } = DefaultMessageTimeout;
     public static TimeSpan DefaultMessageTimeout => VhostUserSession.DefaultMessageTimeout;
+
+    /// <summary>Microseconds a queue worker keeps looking at its ring after a drain before it sleeps (adapted down when it finds nothing); 0: sleep at once.</summary>
+    public int PollMicroseconds { get; init; }
+
+    /// <summary>Each queue worker's poller, kept across front-ends so its counters only grow.</summary>
+    public IReadOnlyList<AdaptivePoller> Pollers => LazyInitializer.EnsureInitialized(ref _pollers, () => [.. Enumerable.Range(0, Device.NumQueues).Select(_ => new AdaptivePoller(PollMicroseconds))]);
+    private AdaptivePoller[]? _pollers;
+
+    /// <summary>Chains of <paramref name="queue"/> taken from the ring and not yet used (0 with no front-end).</summary>
+    public int QueueInFlight(int queue)
+    {
+        VhostUserSession? session;
+        lock (_lock)
+            session = _session;
+        return session is not null && (uint)queue < (uint)session.Vrings.Count && session.Vrings[queue].Queue is { } q ? q.InFlight : 0;
+    }
     protected ILogSink? Log => _log;
 
     /// <summary>A front-end is connected.</summary>
@@ -152,7 +168,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout);
+                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }

@@ -44,7 +44,7 @@ internal sealed class VhostUserSession : IDisposable
 
     private readonly TimeSpan _messageTimeout;
 
-    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null)
+    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null, IReadOnlyList<AdaptivePoller>? pollers = null)
     {
         _device = device;
         _log = log;
@@ -55,7 +55,7 @@ internal sealed class VhostUserSession : IDisposable
         _offeredFeatures = device.DeviceFeatures | VhostUserFeatures.ProtocolFeatures;
         _vrings = new Vring[device.NumQueues];
         for (var i = 0; i < _vrings.Length; i++)
-            _vrings[i] = new Vring(i, device, log, aio);
+            _vrings[i] = new Vring(i, device, log, aio, pollers?[i]);
     }
 
     public ulong Features => _features;

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
@@ -28,14 +29,18 @@ internal sealed class Vring : IDisposable
     private EventFd? _call;
     private EventFd? _err;
 
-    public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto)
+    public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null)
     {
         Index = index;
         _device = device;
         _log = log;
         _aio = aio;
+        Poller = poller ?? new AdaptivePoller(0);
         _port = new CompletionPort(device.MaxQueueSize, () => _completed.Signal());
     }
+
+    /// <summary>How long the worker looks at the ring after a drain before it sleeps (its counters: polls and sleeps).</summary>
+    public AdaptivePoller Poller { get; }
 
     private static readonly Action<(IVirtioDevice Device, SplitDeviceQueue Queue), ushort, int> s_complete =
         static (s, tag, result) => s.Device.CompleteIo(s.Queue, tag, result);
@@ -209,7 +214,7 @@ internal sealed class Vring : IDisposable
     private const int MaxPollFailures = 8;
 
     private static uint RingEntries(ushort queueSize) =>
-        (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 3; // + the three polls
+        (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 4; // + the three polls and the limits' timer
 
     /// <summary>
     /// Waits in poll(2) on the control, kick and completion descriptors. File I/O is synchronous;
@@ -231,10 +236,26 @@ internal sealed class Vring : IDisposable
             drain = false;
             if (stopped && _device.QueueIoInFlight(queue.Index) == 0)
                 return;
+            var timeout = -1;
+            if (_enabled && !stopped)
+            {
+                var wait = _device.QueueWaitTicks(queue.Index);
+                if (wait > 0)
+                    timeout = (int)Math.Min(int.MaxValue, (wait * 1000 + Stopwatch.Frequency - 1) / Stopwatch.Frequency);
+                else if (PollRing(queue, null))
+                {
+                    drain = true;
+                    continue;
+                }
+            }
             fds[0] = new PollFd(_control.Fd);
             fds[1] = new PollFd(_enabled && !stopped ? kick.Fd : -1); // poll skips negative descriptors
             fds[2] = new PollFd(_completed.Fd);
-            FdPoll.Wait(fds, -1);
+            Poller.Sleeping();
+            FdPoll.Wait(fds, timeout);
+            Poller.Woke();
+            if (timeout >= 0)
+                drain = true; // the limits may let more through now
             if (fds[0].Ready)
             {
                 _control.TryRead(out _);
@@ -272,7 +293,7 @@ internal sealed class Vring : IDisposable
     private bool RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = new IoUringQueueIo(ring, _port);
-        bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false;
+        bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false, timerArmed = false;
         var pollFailures = 0;
         var drain = true; // buffers may have been made available before the ring started
         while (true)
@@ -290,7 +311,23 @@ internal sealed class Vring : IDisposable
                 armKick = !ring.QueuePollMultishot(kick.Fd, IoUringQueueIo.KickTag);
             if (armCompleted)
                 armCompleted = !ring.QueuePollMultishot(_completed.Fd, IoUringQueueIo.CompletionTag);
-            ring.SubmitAndWait(wait: true);
+            var wait = !stopped && _enabled ? _device.QueueWaitTicks(queue.Index) : 0;
+            if (wait > 0)
+            {
+                if (!timerArmed)
+                    timerArmed = ring.QueueTimeout(wait * 1_000_000_000 / Stopwatch.Frequency + 1, IoUringQueueIo.TimerTag);
+            }
+            else if (!stopped && _enabled && PollRing(queue, ring) && !ring.HasCompletion)
+            {
+                drain = true;
+                continue;
+            }
+            if (!ring.HasCompletion)
+            {
+                Poller.Sleeping();
+                ring.SubmitAndWait(wait: true);
+                Poller.Woke();
+            }
             var completed = false;
             while (ring.TryTakeCompletion(out var cqe))
             {
@@ -298,6 +335,12 @@ internal sealed class Vring : IDisposable
                 {
                     _device.CompleteIo(queue, (ushort)cqe.UserData, cqe.Result);
                     completed = true;
+                    continue;
+                }
+                if (cqe.UserData == IoUringQueueIo.TimerTag)
+                {
+                    timerArmed = false;
+                    drain = true; // the limits may let more through now
                     continue;
                 }
                 var more = (cqe.Flags & IoUring.CqeFlagMore) != 0;
@@ -339,6 +382,41 @@ internal sealed class Vring : IDisposable
             if (completed && queue.PublishUsed())
                 SignalCall();
         }
+    }
+
+    /// <summary>
+    /// After a drain, looks at the ring (and at the completions of <paramref name="ring"/>) for up
+    /// to the poller's window before the worker sleeps, with the driver's notifications off
+    /// (2.7.10) so it does not pay for a kick the worker would not need. True when it found work;
+    /// false when the worker should sleep, notifications back on.
+    /// </summary>
+    private bool PollRing(SplitDeviceQueue queue, IoUring? ring)
+    {
+        var until = Poller.Begin();
+        if (Stopwatch.GetTimestamp() >= until)
+            return queue.EnableNotifications(); // a drain held back by the limits left them off
+        queue.DisableNotifications();
+        ring?.SubmitAndReap(); // what the drain queued goes to the kernel now
+        var reap = ring != null && _device.QueueIoInFlight(queue.Index) > 0;
+        var spins = 0;
+        do
+        {
+            if (queue.HasAvailable || (reap && ring!.HasCompletion))
+            {
+                Poller.Hit();
+                return true;
+            }
+            if (reap && (++spins & 15) == 0)
+                ring!.SubmitAndReap(); // completions are posted on request (DEFER_TASKRUN)
+            Thread.SpinWait(4);
+        }
+        while (!_stopRequested && _enabled && Stopwatch.GetTimestamp() < until);
+        if (queue.EnableNotifications())
+        {
+            Poller.Hit();
+            return true;
+        }
+        return false;
     }
 
     /// <summary>After a host-side failure: waits for the I/O still in flight, so no completion lands after memory is unmapped.</summary>

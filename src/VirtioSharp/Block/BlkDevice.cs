@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Text;
 using VirtioSharp.Devices;
@@ -25,6 +26,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private readonly BlkInFlight?[] _inFlight; // per queue, made by its worker on first asynchronous use
     private readonly int _iovPerSlot;
     private readonly IAsyncBlockBackend? _async;
+    private readonly BlkThrottle? _throttle;
     private ulong _negotiated;
 
     /// <summary>Most requests one queue keeps in flight on an <see cref="IAsyncBlockBackend"/>; more are served synchronously.</summary>
@@ -95,6 +97,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         // because the status byte may end a buffer that carries data too. A larger chain is
         // still served, synchronously.
         _iovPerSlot = (int)Math.Clamp(segMax + 1, 2u, 257u);
+        if (_options.Limits is { Any: true } limits)
+            _throttle = new BlkThrottle(limits, _options.NumQueues);
     }
 
     public uint DeviceId => 2; // 5.2.1
@@ -107,6 +111,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     public ILogSink? Log => _options.Log;
     public ITraceSink? Trace => _options.Trace;
     public BlkStats Stats { get; }
+    /// <summary>The disk's limits (<see cref="BlkDeviceOptions.Limits"/>), or null when it has none.</summary>
+    public BlkThrottle? Throttle => _throttle;
     public IBlockBackend Backend => _backend;
     public ulong NegotiatedFeatures => Volatile.Read(ref _negotiated);
 
@@ -144,8 +150,12 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         queue.DisableNotifications();
         while (true)
         {
-            PopResult result;
-            while ((result = queue.TryPop(out var chain)) == PopResult.Chain)
+            PopResult result = PopResult.Empty;
+            var throttled = false;
+            // A limited disk takes the next chain only while its limits allow; a delayed one
+            // stays in the ring, notifications stay off, and the worker waits QueueWaitTicks.
+            while (!(throttled = _throttle != null && _throttle.WaitTicks(queue.Index) > 0)
+                && (result = queue.TryPop(out var chain)) == PopResult.Chain)
             {
                 var written = HandleChain(queue.Index, chain, iov, io);
                 if (written != Deferred)
@@ -165,6 +175,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 queue.PublishUsed();
                 return QueueOutcome.NeedsReset;
             }
+            if (throttled)
+                break;
             if (!queue.EnableNotifications())
                 break;
             queue.DisableNotifications();
@@ -214,6 +226,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         if (trace is { Active: true })
             TraceChain(trace, queue, chain);
 
+        var started = Stopwatch.GetTimestamp();
         if (!Parse(queue, chain, iov, out var req))
         {
             Stats.CountMalformed(queue);
@@ -223,14 +236,17 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             return 1;
         }
 
+        req.Started = started;
         var status = Validate(queue, ref req);
+        if (status == BlkStatus.Ok)
+            _throttle?.Charge((BlkRequestType)req.Header.Type, req.DataLength);
         if (status == BlkStatus.Ok && io != null && trace is not { Active: true } && TryStartAsync(queue, ref req, io))
             return Deferred;
         if (status == BlkStatus.Ok)
             status = Execute(ref req, iov);
         *req.Status = (byte)status;
         var written = status == BlkStatus.Ok ? req.Written + 1 : 1u;
-        Stats.Count(queue, req.Header.Type, status, req.DataLength);
+        Stats.Count(queue, req.Header.Type, status, req.DataLength, started);
         if (trace is { Active: true })
         {
             trace.Step("device", $"status byte at 0x{req.StatusAddress:x} = {(byte)status} (VIRTIO_BLK_S_{StatusName(status)})");
@@ -265,6 +281,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         public int ReadableCount;
         public ulong DataLength;
         public uint Written;
+        public long Started;            // Stopwatch timestamp when the chain was taken
     }
 
     /// <summary>
@@ -594,6 +611,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             Type = (uint)type,
             Slot = slot,
             IovCount = count,
+            Started = req.Started,
         });
         if (backend.TryStart(op, io))
             return true;
@@ -603,6 +621,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     }
 
     public bool SupportsQueueIo => _async != null;
+
+    public long QueueWaitTicks(int queue) => _throttle != null && (uint)queue < (uint)_iovScratch.Length ? _throttle.WaitTicks(queue) : 0;
 
     /// <summary>Requests of <paramref name="queue"/> started on the asynchronous backend and not completed yet.</summary>
     public int QueueIoInFlight(int queue) => (uint)queue < (uint)_inFlight.Length ? _inFlight[queue]?.Count ?? 0 : 0;
@@ -631,7 +651,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
 
         *entry.Status = (byte)status;
         var written = status == BlkStatus.Ok && type == BlkRequestType.In ? entry.Length + 1 : 1u;
-        Stats.Count(queue.Index, entry.Type, status, entry.Length);
+        Stats.Count(queue.Index, entry.Type, status, entry.Length, entry.Started);
         Stats.CountAsync(queue.Index);
         queue.AddUsed(tag, written);
     }

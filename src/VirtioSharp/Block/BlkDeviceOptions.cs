@@ -21,6 +21,8 @@ public sealed record BlkDeviceOptions
     public bool OfferEventIdx { get; init; } = true;
     public bool OfferIndirect { get; init; } = true;
     public StrictMode Strict { get; init; } = StrictMode.Off;
+    /// <summary>Requests and bytes per second this disk may serve; requests beyond wait in their ring.</summary>
+    public BlkLimits? Limits { get; init; }
     public ILogSink? Log { get; init; }
     public ITraceSink? Trace { get; init; }
 

@@ -21,6 +21,7 @@ internal sealed unsafe class BlkInFlight
         public uint Type;       // BlkRequestType
         public int Slot;        // -1 when the entry is unused; else its iovec slot
         public int IovCount;
+        public long Started;    // Stopwatch timestamp when the chain was taken
     }
 
     private readonly Entry[] _byHead;

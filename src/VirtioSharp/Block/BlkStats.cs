@@ -10,8 +10,17 @@ public sealed class BlkStats
     private sealed class Shard
     {
         public readonly long[] ByType = new long[16];
-        public long BytesRead, BytesWritten, IoErr, Unsupp, Malformed, Async;
+        public readonly long[] Latency = new long[LatencyBuckets + 1];
+        public long BytesRead, BytesWritten, IoErr, Unsupp, Malformed, Async, LatencyNanos;
     }
+
+    /// <summary>Latency buckets: bucket i counts requests that took at most 2^i microseconds; one more counts the rest.</summary>
+    public const int LatencyBuckets = 21;
+
+    /// <summary>The upper bound of latency bucket <paramref name="i"/> in seconds (infinity for the last).</summary>
+    public static double LatencyBound(int i) => i < LatencyBuckets ? (1L << i) * 1e-6 : double.PositiveInfinity;
+
+    private static readonly long TicksPerMicrosecond = Math.Max(1, System.Diagnostics.Stopwatch.Frequency / 1_000_000);
 
     private readonly Shard[] _shards;
 
@@ -22,9 +31,15 @@ public sealed class BlkStats
             _shards[i] = new Shard();
     }
 
-    internal void Count(int queue, uint type, BlkStatus status, ulong bytes)
+    internal void Count(int queue, uint type, BlkStatus status, ulong bytes, long started)
     {
         var s = _shards[queue];
+        // Time from taking the chain to its status: bucket ceil(log2(microseconds)).
+        var ticks = System.Diagnostics.Stopwatch.GetTimestamp() - started;
+        var us = (ulong)Math.Max(1, ticks / TicksPerMicrosecond);
+        var bucket = Math.Min(LatencyBuckets, 64 - System.Numerics.BitOperations.LeadingZeroCount(us - 1));
+        Volatile.Write(ref s.Latency[bucket], s.Latency[bucket] + 1);
+        Volatile.Write(ref s.LatencyNanos, s.LatencyNanos + ticks * 1_000_000_000 / System.Diagnostics.Stopwatch.Frequency);
         Volatile.Write(ref s.ByType[type < 15 ? type : 15], s.ByType[type < 15 ? type : 15] + 1);
         switch (status)
         {
@@ -66,6 +81,26 @@ public sealed class BlkStats
     public long Malformed => Sum(s => Volatile.Read(ref s.Malformed));
     /// <summary>Requests whose I/O ran asynchronously (in flight alongside others of the same queue).</summary>
     public long AsyncCompleted => Sum(s => Volatile.Read(ref s.Async));
+
+    public int Queues => _shards.Length;
+
+    /// <summary>One queue's counters, read at the moment of the call (each value on its own; a scrape, not a transaction).</summary>
+    public QueueSnapshot Snapshot(int queue)
+    {
+        var s = _shards[queue];
+        var byType = new long[s.ByType.Length];
+        for (var i = 0; i < byType.Length; i++)
+            byType[i] = Volatile.Read(ref s.ByType[i]);
+        var latency = new long[s.Latency.Length];
+        for (var i = 0; i < latency.Length; i++)
+            latency[i] = Volatile.Read(ref s.Latency[i]);
+        return new QueueSnapshot(byType, Volatile.Read(ref s.BytesRead), Volatile.Read(ref s.BytesWritten), Volatile.Read(ref s.IoErr),
+            Volatile.Read(ref s.Unsupp), Volatile.Read(ref s.Malformed), Volatile.Read(ref s.Async), latency, Volatile.Read(ref s.LatencyNanos) * 1e-9);
+    }
+
+    /// <summary>A queue's counters: requests by type (index = VIRTIO_BLK_T_*), bytes, errors by status, latency buckets (see <see cref="LatencyBound"/>).</summary>
+    public sealed record QueueSnapshot(long[] ByType, long BytesRead, long BytesWritten, long IoErrors, long Unsupported, long Malformed,
+        long Async, long[] Latency, double LatencySeconds);
 
     public long Total
     {

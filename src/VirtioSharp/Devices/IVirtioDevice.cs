@@ -58,6 +58,13 @@ public interface IVirtioDevice
     /// <summary>Operations of <paramref name="queue"/> started through <see cref="IQueueIo"/> and not yet completed.</summary>
     int QueueIoInFlight(int queue) => 0;
 
+    /// <summary>
+    /// Stopwatch ticks until <paramref name="queue"/> may take more requests (a rate limit left
+    /// them in the ring; ProcessQueue left notifications off), 0 when it may now. The worker
+    /// sleeps at most this long, then drains again.
+    /// </summary>
+    long QueueWaitTicks(int queue) => 0;
+
     /// <summary>The driver reset the device or went away.</summary>
     void Reset();
 }

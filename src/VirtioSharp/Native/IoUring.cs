@@ -23,6 +23,7 @@ public sealed unsafe class IoUring : IDisposable
     private const byte IORING_OP_READV = 1;
     private const byte IORING_OP_FSYNC = 3;
     private const byte IORING_OP_POLL_ADD = 6;
+    private const byte IORING_OP_TIMEOUT = 11;
     private const uint IORING_FSYNC_DATASYNC = 1u << 0;
     private const uint IORING_POLL_ADD_MULTI = 1u << 0;
     /// <summary>IORING_CQE_F_MORE: a multishot request stays armed after this completion.</summary>
@@ -36,6 +37,7 @@ public sealed unsafe class IoUring : IDisposable
     private readonly Cqe* _cqes;
     private uint _sqLocalTail;
     private bool _disposed;
+    private readonly long* _timeout = (long*)NativeMemory.AllocZeroed(16); // struct __kernel_timespec, read at submission
 
     private IoUring(SafeFdHandle fd, in Params p)
     {
@@ -193,6 +195,25 @@ public sealed unsafe class IoUring : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Queues a timeout that completes (with -ETIME) after <paramref name="nanoseconds"/>. One at a
+    /// time: the kernel reads the time when the entry is submitted, from storage the ring owns.
+    /// </summary>
+    public bool QueueTimeout(long nanoseconds, ulong userData)
+    {
+        if (!TryNextSqe(out var sqe))
+            return false;
+        _timeout[0] = nanoseconds / 1_000_000_000;
+        _timeout[1] = nanoseconds % 1_000_000_000;
+        sqe->Opcode = IORING_OP_TIMEOUT;
+        sqe->Fd = -1;
+        sqe->Addr = (ulong)_timeout;
+        sqe->Len = 1;
+        sqe->Off = 0; // a pure timeout, not counting completions
+        sqe->UserData = userData;
+        return true;
+    }
+
     private bool TryNextSqe(out Sqe* sqe)
     {
         var head = Volatile.Read(ref *_sqHead);
@@ -215,20 +236,28 @@ public sealed unsafe class IoUring : IDisposable
     /// early; entries the kernel did not take stay queued for the next call. The descriptors
     /// named by the submissions must stay open for the call.
     /// </summary>
-    public void SubmitAndWait(bool wait)
+    public void SubmitAndWait(bool wait) => Enter(wait, wait);
+
+    /// <summary>
+    /// Hands queued submissions to the kernel and lets it post the completions it has (a ring
+    /// set up with DEFER_TASKRUN posts them only when asked), without waiting: for polling.
+    /// </summary>
+    public void SubmitAndReap() => Enter(wait: false, getEvents: true);
+
+    private void Enter(bool wait, bool getEvents)
     {
         Volatile.Write(ref *_sqTail, _sqLocalTail); // release: the entries are written
         // Without SQPOLL only io_uring_enter moves the kernel's head: what lies between it and
         // our tail is everything not yet taken, including entries a short submit left behind.
         var toSubmit = _sqLocalTail - Volatile.Read(ref *_sqHead);
-        if (toSubmit == 0 && !wait)
+        if (toSubmit == 0 && !getEvents)
             return;
         var added = false;
         try
         {
             _fd.DangerousAddRef(ref added);
             var r = Interop.Syscall(Interop.SYS_io_uring_enter, _fd.Fd, (nint)toSubmit, wait ? 1 : 0,
-                (nint)(wait ? IORING_ENTER_GETEVENTS : 0), 0, 0);
+                (nint)(getEvents ? IORING_ENTER_GETEVENTS : 0), 0, 0);
             if (r < 0)
             {
                 var errno = Marshal.GetLastPInvokeError();
@@ -242,6 +271,9 @@ public sealed unsafe class IoUring : IDisposable
                 _fd.DangerousRelease();
         }
     }
+
+    /// <summary>Whether a completion is waiting (a look, for polling).</summary>
+    public bool HasCompletion => *_cqHead != Volatile.Read(ref *_cqTail);
 
     /// <summary>Takes the next completion, if any.</summary>
     public bool TryTakeCompletion(out Cqe cqe)
@@ -284,6 +316,7 @@ public sealed unsafe class IoUring : IDisposable
             return;
         _disposed = true;
         Unmap();
+        NativeMemory.Free(_timeout);
         _fd.Dispose();
     }
 

@@ -20,6 +20,8 @@ public interface IDeviceQueue
     bool PublishUsed();
     /// <summary>Asks the driver to stop notifying (a worker is about to drain).</summary>
     void DisableNotifications();
+    /// <summary>Whether a chain is available that the device has not taken (a look without side effects, for polling).</summary>
+    bool HasAvailable { get; }
     /// <summary>Asks for notifications again; true if more chains arrived meanwhile (drain again).</summary>
     bool EnableNotifications();
     /// <summary>The next available index the device will read (its position in the ring).</summary>

@@ -265,9 +265,16 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
 
     public void DisableNotifications()
     {
-        if (!EventIdx)
+        if (EventIdx)
+            // 2.7.10: the driver notifies when idx passes avail_event; one behind our position is
+            // passed only after a full wrap of the index, which a queue of at most 32768 never sees.
+            Volatile.Write(ref AvailEvent, (ushort)(_lastAvail - 1));
+        else
             Volatile.Write(ref UsedFlags, (ushort)(Volatile.Read(ref UsedFlags) | SplitRing.UsedFNoNotify));
     }
+
+    /// <summary>Whether the driver has made a chain available that the device has not taken (a look, for polling).</summary>
+    public bool HasAvailable => AvailIdx != _lastAvail;
 
     public bool EnableNotifications()
     {

@@ -29,9 +29,10 @@ public static class BenchCommand
         var zeroCopy = new Option<bool>("--zero-copy") { Description = "Data buffers in shared memory, no copies (--zero-copy false: copy through the driver's bounce buffers)", DefaultValueFactory = _ => true };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON on stdout" };
         var seed = new Option<int>("--seed") { Description = "Seed for random offsets", DefaultValueFactory = _ => 1 };
+        var reconnect = FrontendSession.ReconnectOption();
         var cmd = new Command("bench", "Measure IOPS, bandwidth and latency against a vhost-user-blk back-end")
         {
-            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed,
+            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect,
         };
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", parse.InvocationConfiguration.Error, async () =>
         {
@@ -47,7 +48,8 @@ public static class BenchCommand
                 parse.GetValue(mix),
                 parse.GetValue(zeroCopy),
                 parse.GetValue(json),
-                parse.GetValue(seed));
+                parse.GetValue(seed),
+                FrontendSession.ReconnectTimeout(parse.GetValue(reconnect)));
             return await new BenchRun(settings, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error).RunAsync(ct);
         }));
         return cmd;
@@ -55,7 +57,7 @@ public static class BenchCommand
 }
 
 internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, int IoDepth, int Queues, double Runtime, double Ramp,
-    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed)
+    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default)
 {
     public bool Random => Rw.StartsWith("rand", StringComparison.Ordinal);
 
@@ -104,7 +106,8 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var queueSize = (int)Math.Min(256, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(16, s.IoDepth)));
         var maxTransfer = s.ZeroCopy ? 4096 : (int)Math.Max(4096, s.BlockSize);
         var direct = s.ZeroCopy ? (ulong)totalDepth * ((s.BlockSize + 4095) & ~4095UL) : 0;
-        using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20));
+        using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20),
+            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"));
         var driver = session.Driver;
         var region = Math.Min(s.Size ?? driver.Capacity, driver.Capacity);
         if (region < s.BlockSize)
@@ -204,7 +207,11 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
             writeBytes += w.WriteBytes;
             errors += w.Errors;
         }
-        var result = new BenchResult(s, driver.QueueCount, elapsed, reads, writes, readOps, writeOps, readBytes, writeBytes, errors, cpuUser, cpuSys);
+        var result = new BenchResult(s, driver.QueueCount, elapsed, reads, writes, readOps, writeOps, readBytes, writeBytes, errors, cpuUser, cpuSys)
+        {
+            Reconnects = session.Transport.Reconnects,
+            Resubmitted = session.Transport.Resubmitted,
+        };
         if (s.Json)
             result.WriteJson(output);
         else
@@ -350,6 +357,10 @@ internal sealed class ProgressLine(TextWriter error, bool json)
 internal sealed record BenchResult(BenchSettings Settings, int Queues, double Seconds, LatencyHistogram Reads, LatencyHistogram Writes,
     long ReadOps, long WriteOps, long ReadBytes, long WriteBytes, long Errors, double CpuUser, double CpuSystem)
 {
+    /// <summary>Times the back-end went away and was reached again, and requests made available again then.</summary>
+    public int Reconnects { get; init; }
+    public long Resubmitted { get; init; }
+
     public void WriteTable(TextWriter w)
     {
         var s = Settings;
@@ -364,6 +375,8 @@ internal sealed record BenchResult(BenchSettings Settings, int Queues, double Se
             w.WriteLine(string.Create(ci, $"total {ReadOps + WriteOps,9} {(ReadOps + WriteOps) / Seconds,11:0} {(ReadBytes + WriteBytes) / Seconds / 1e6,9:0.0}"));
         var cpu = CpuUser + CpuSystem;
         w.WriteLine(string.Create(ci, $"cpu   {cpu:0.00} s ({CpuUser:0.00} user, {CpuSystem:0.00} system) = {cpu / Seconds * 100:0}% of one core, {(ReadOps + WriteOps > 0 ? cpu * 1e6 / (ReadOps + WriteOps) : 0):0.0} us per request"));
+        if (Reconnects > 0)
+            w.WriteLine($"reconnects {Reconnects} ({Resubmitted} outstanding requests made available again)");
         if (Errors > 0)
             w.WriteLine($"errors {Errors}");
     }
@@ -400,6 +413,8 @@ internal sealed record BenchResult(BenchSettings Settings, int Queues, double Se
             j.WriteNumber("us_per_request", ReadOps + WriteOps > 0 ? Math.Round((CpuUser + CpuSystem) * 1e6 / (ReadOps + WriteOps), 2) : 0);
             j.WriteEndObject();
             j.WriteNumber("errors", Errors);
+            j.WriteNumber("reconnects", Reconnects);
+            j.WriteNumber("resubmitted", Resubmitted);
             j.WriteEndObject();
         }
         output.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));

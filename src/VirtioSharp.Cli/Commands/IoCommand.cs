@@ -14,6 +14,14 @@ public static class IoCommand
 {
     private const int Chunk = 1 << 20;
 
+    /// <summary>Connects as every sub-command does: with --reconnect, and its messages on stderr.</summary>
+    private static FrontendSession Open(System.CommandLine.ParseResult parse, Option<string> socket, string command)
+    {
+        var error = parse.InvocationConfiguration.Error;
+        return FrontendSession.Open(parse.GetValue(socket)!, reconnect: FrontendSession.ReconnectTimeout(parse.GetValue<double>("--reconnect")),
+            onReconnect: line => error.WriteLine($"vblk io {command}: {line}"));
+    }
+
     public static Command Create()
     {
         var socket = new Option<string>("--socket")
@@ -24,6 +32,7 @@ public static class IoCommand
         };
         var io = new Command("io", "Run block requests against a vhost-user-blk back-end through our virtio-blk driver");
         io.Add(socket);
+        io.Add(FrontendSession.ReconnectOption(recursive: true));
         io.Add(Info(socket));
         io.Add(Read(socket));
         io.Add(Write(socket));
@@ -58,7 +67,7 @@ public static class IoCommand
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = Open(parse, socket, "info");
             var d = s.Driver;
             var t = s.Transport;
             var c = d.Config;
@@ -108,7 +117,7 @@ public static class IoCommand
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var outPath = parse.GetValue(output);
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = Open(parse, socket, "read");
             s.CheckRange(off, len, "read");
             await using var file = outPath is null ? null : new FileStream(outPath, FileMode.Create, FileAccess.Write);
             var dump = outPath is null ? new Hexdump(stdout) : null;
@@ -146,7 +155,7 @@ public static class IoCommand
                 throw new CliException($"input file '{inPath}' does not exist");
             await using var file = new FileStream(inPath, FileMode.Open, FileAccess.Read);
             var len = (ulong)file.Length;
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = Open(parse, socket, "write");
             if (s.Driver.ReadOnly)
                 throw new CliException("the device is read-only (VIRTIO_BLK_F_RO)");
             s.CheckRange(off, len, "write");
@@ -173,7 +182,7 @@ public static class IoCommand
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = Open(parse, socket, "flush");
             if (!VirtioFeatures.Has(s.Driver.Features, VirtioFeatures.BlkFlush))
                 throw new CliException("the device does not offer VIRTIO_BLK_F_FLUSH");
             await s.Driver.FlushAsync(ct);
@@ -194,7 +203,7 @@ public static class IoCommand
             var stderr = parse.InvocationConfiguration.Error;
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = Open(parse, socket, name);
             s.CheckRange(off, len, name);
             await run(s, off, len, ct);
             stderr.WriteLine($"{name}: {len} bytes at offset {off} done");
@@ -218,7 +227,7 @@ public static class IoCommand
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var seedValue = parse.GetValue(seed);
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = Open(parse, socket, "verify");
             if (s.Driver.ReadOnly)
                 throw new CliException("the device is read-only (VIRTIO_BLK_F_RO); verify needs to write");
             s.CheckRange(off, len, "verify");

@@ -21,11 +21,19 @@ internal sealed class FrontendSession : IDisposable
     /// Connects to <paramref name="socket"/> and starts the driver with <paramref name="queues"/> queues of
     /// <paramref name="queueSize"/>; <paramref name="extraMemory"/> bytes of shared memory are left for direct buffers.
     /// </summary>
+    /// <param name="reconnect">How long to wait for a back-end that went away to come back (0: fail at once).</param>
+    /// <param name="onReconnect">Told each step of a reconnect, one line at a time.</param>
     public static FrontendSession Open(string socket, int queues = 1, int queueSize = 128, int maxTransfer = 64 * 1024,
-        ulong extraMemory = 0, ILogSink? log = null)
+        ulong extraMemory = 0, ILogSink? log = null, TimeSpan reconnect = default, Action<string>? onReconnect = null)
     {
         var memory = MemoryFor(queues, queueSize, maxTransfer) + extraMemory;
-        var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions { MemorySize = memory, Log = log });
+        var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions
+        {
+            MemorySize = memory,
+            Log = log,
+            ReconnectTimeout = reconnect,
+            OnReconnect = onReconnect,
+        });
         try
         {
             var driver = BlkDriver.Start(transport, new BlkDriverOptions
@@ -43,6 +51,18 @@ internal sealed class FrontendSession : IDisposable
             throw;
         }
     }
+
+    /// <summary>The --reconnect option of bench and io: seconds to wait for a back-end that went away.</summary>
+    public static System.CommandLine.Option<double> ReconnectOption(bool recursive = false) => new("--reconnect")
+    {
+        Description = "When the back-end goes away, seconds to wait for it to come back on the socket; outstanding requests are then made available again (0: fail at once)",
+        DefaultValueFactory = _ => 30,
+        Recursive = recursive,
+    };
+
+    /// <summary>Checks a --reconnect value and turns it into a time span.</summary>
+    public static TimeSpan ReconnectTimeout(double seconds) =>
+        seconds is >= 0 and <= 24 * 3600 ? TimeSpan.FromSeconds(seconds) : throw new CliException($"--reconnect {seconds} must be 0..86400 seconds", true);
 
     /// <summary>Shared memory the driver needs: rings plus, per descriptor, a request slot and its bounce buffer.</summary>
     public static ulong MemoryFor(int queues, int queueSize, int maxTransfer)

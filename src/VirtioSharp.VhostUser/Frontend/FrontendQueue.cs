@@ -16,12 +16,16 @@ internal sealed unsafe class FrontendQueue : IDisposable
     private Thread? _thread;
     private volatile bool _stopping;
 
-    public FrontendQueue(int index, int size, nint availRing, nint usedRing, Func<IInterruptHandler?> handler)
+    /// <param name="descriptorTable">Ring addresses as this process sees them (vhost-user's user addresses).</param>
+    public FrontendQueue(int index, int size, ulong descriptorTable, ulong availRing, ulong usedRing, Func<IInterruptHandler?> handler)
     {
         Index = index;
         Size = size;
-        _availIdx = (ushort*)(availRing + 2); // 2.7.6: flags, then idx
-        _usedIdx = (ushort*)(usedRing + 2);   // 2.7.8: flags, then idx
+        DescriptorUser = descriptorTable;
+        AvailUser = availRing;
+        UsedUser = usedRing;
+        _availIdx = (ushort*)((nint)availRing + 2); // 2.7.6: flags, then idx
+        _usedIdx = (ushort*)((nint)usedRing + 2);   // 2.7.8: flags, then idx
         _handler = handler;
         Kick = EventFd.Create();
         Call = EventFd.Create();
@@ -29,6 +33,10 @@ internal sealed unsafe class FrontendQueue : IDisposable
 
     public int Index { get; }
     public int Size { get; }
+    /// <summary>Where the ring lies, for SET_VRING_ADDR (sent again to a back-end reached anew).</summary>
+    public ulong DescriptorUser { get; }
+    public ulong AvailUser { get; }
+    public ulong UsedUser { get; }
     public EventFd Kick { get; }
     public EventFd Call { get; }
     public bool Enabled { get; set; }

@@ -27,6 +27,17 @@ public sealed record VhostUserFrontendOptions
     /// <summary>How long stopping waits for in-flight requests to come back before giving up on them.</summary>
     public TimeSpan DrainTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
+    /// <summary>
+    /// When the back-end goes away (hangs up), how long to keep trying to reach a new one on the
+    /// same socket before the device counts as lost. A driver that can restart its rings
+    /// (<see cref="Driver.IDeviceRestartHandler"/>) then gets its outstanding requests made
+    /// available again. <see cref="TimeSpan.Zero"/> (the default) gives up at once.
+    /// </summary>
+    public TimeSpan ReconnectTimeout { get; init; } = TimeSpan.Zero;
+
+    /// <summary>Told, in one line each, when the back-end went away, while reconnecting, and when it is back.</summary>
+    public Action<string>? OnReconnect { get; init; }
+
     /// <summary>Queue size limit reported to the driver (vhost-user cannot ask; libvhost-user accepts up to 1024).</summary>
     public int MaxQueueSize { get; init; } = 1024;
 

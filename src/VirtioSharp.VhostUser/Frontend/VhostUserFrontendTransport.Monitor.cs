@@ -39,7 +39,10 @@ public sealed unsafe partial class VhostUserFrontendTransport
                 return;
             if (n > 0 && fds[0].Ready)
             {
-                Lose("vhost-user back-end closed the connection");
+                const string closed = "vhost-user back-end closed the connection";
+                if (TryReconnect(closed))
+                    continue;
+                Lose(_reconnectFailure ?? closed);
                 return;
             }
             if (progressMs <= 0)
@@ -68,6 +71,8 @@ public sealed unsafe partial class VhostUserFrontendTransport
     /// <summary>Records that the back-end is gone, tells the driver once, and returns an exception to throw.</summary>
     private VhostUserException Lose(string reason)
     {
+        if (_reconnecting)
+            return new VhostUserException(reason); // the reconnect loop decides whether this is the end
         var first = Interlocked.CompareExchange(ref _lost, reason, null) is null;
         if (first && !_disposed)
         {

@@ -44,6 +44,25 @@ public sealed unsafe partial class VhostUserFrontendTransport
         Send(VhostUserRequest.SetMemTable, payload, ack: true, fds: [_memfd]);
     }
 
+    /// <summary>
+    /// Hands one ring to the back-end: size, base 0, addresses, then the call eventfd (so the ring
+    /// never runs without a way to signal us) and the kick, which starts it (vhost-user.rst, "Ring states").
+    /// </summary>
+    private void SendRing(FrontendQueue q)
+    {
+        Span<byte> payload = stackalloc byte[VringAddress.Length];
+        new VringState((uint)q.Index, (uint)q.Size).Write(payload);
+        Send(VhostUserRequest.SetVringNum, payload[..VringState.Length], ack: true);
+        new VringState((uint)q.Index, 0).Write(payload);
+        Send(VhostUserRequest.SetVringBase, payload[..VringState.Length], ack: true);
+        new VringAddress((uint)q.Index, 0, q.DescriptorUser, q.UsedUser, q.AvailUser, 0).Write(payload);
+        Send(VhostUserRequest.SetVringAddr, payload, ack: true);
+        Span<byte> u64 = stackalloc byte[8];
+        U64Payload.Write(u64, (ulong)q.Index);
+        Send(VhostUserRequest.SetVringCall, u64, ack: true, fds: [q.Call.Handle]);
+        Send(VhostUserRequest.SetVringKick, u64, ack: true, fds: [q.Kick.Handle]);
+    }
+
     /// <summary>DRIVER_OK: with protocol features the rings start disabled, so enable each one set up.</summary>
     private void EnableRings()
     {

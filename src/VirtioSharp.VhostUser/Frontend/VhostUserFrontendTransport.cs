@@ -25,7 +25,7 @@ public sealed unsafe partial class VhostUserFrontendTransport : IDriverTransport
 {
     private const int PageSize = 4096;
 
-    private readonly VhostUserChannel _channel;
+    private VhostUserChannel _channel; // replaced on reconnect, by the monitor thread under _control
     private readonly VhostUserFrontendOptions _options;
     private readonly SafeFdHandle _memfd;
     private readonly Mapping _mapping;
@@ -39,6 +39,8 @@ public sealed unsafe partial class VhostUserFrontendTransport : IDriverTransport
     private volatile string? _lost;
     private volatile bool _disposed;
     private bool _peerClosed; // the back-end hung up (rather than timing out or answering wrongly)
+    private volatile bool _closing;      // Dispose has begun: a reconnect in progress gives up
+    private volatile bool _reconnecting; // failures are reported to the reconnect loop, not recorded as the end
 
     private VhostUserFrontendTransport(string path, VhostUserChannel channel, VhostUserFrontendOptions options, SafeFdHandle memfd, Mapping mapping, ulong size)
     {
@@ -205,28 +207,17 @@ public sealed unsafe partial class VhostUserFrontendTransport : IDriverTransport
         var desc = ToUser(descriptorTable, Queues.SplitQueueLayout.DescriptorTableSize(size));
         var avail = ToUser(driverArea, Queues.SplitQueueLayout.AvailRingSize(size));
         var used = ToUser(deviceArea, Queues.SplitQueueLayout.UsedRingSize(size));
-        var q = new FrontendQueue(queue, size, (nint)avail, (nint)used, () => _handler);
+        var q = new FrontendQueue(queue, size, desc, avail, used, () => _handler);
         try
         {
-            Span<byte> payload = stackalloc byte[VringAddress.Length];
-            new VringState((uint)queue, (uint)size).Write(payload);
             try
             {
-                Send(VhostUserRequest.SetVringNum, payload[..VringState.Length], ack: true);
+                SendRing(q);
             }
-            catch (VhostUserException e) when (_lost is null)
+            catch (VhostUserException e) when (_lost is null && e.Message.Contains(Name(VhostUserRequest.SetVringNum), StringComparison.Ordinal))
             {
                 throw new VhostUserException($"{e.Message}: queue {queue} of size {size} is more than the back-end takes; ask for a smaller queue");
             }
-            new VringState((uint)queue, 0).Write(payload);
-            Send(VhostUserRequest.SetVringBase, payload[..VringState.Length], ack: true);
-            new VringAddress((uint)queue, 0, desc, used, avail, 0).Write(payload);
-            Send(VhostUserRequest.SetVringAddr, payload, ack: true);
-            // The call eventfd first, so the ring never runs without a way to signal us.
-            Span<byte> u64 = stackalloc byte[8];
-            U64Payload.Write(u64, (ulong)queue);
-            Send(VhostUserRequest.SetVringCall, u64, ack: true, fds: [q.Call.Handle]);
-            Send(VhostUserRequest.SetVringKick, u64, ack: true, fds: [q.Kick.Handle]);
         }
         catch
         {
@@ -283,6 +274,7 @@ public sealed unsafe partial class VhostUserFrontendTransport : IDriverTransport
     {
         if (_disposed)
             return;
+        _closing = true;
         // Stop the rings politely while the connection still works, then tear everything down.
         if (_lost is null)
         {

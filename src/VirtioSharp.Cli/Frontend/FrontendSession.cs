@@ -22,10 +22,10 @@ internal sealed class FrontendSession : IDisposable
     /// <paramref name="queueSize"/>; <paramref name="extraMemory"/> bytes of shared memory are left for direct buffers.
     /// </summary>
     public static FrontendSession Open(string socket, int queues = 1, int queueSize = 128, int maxTransfer = 64 * 1024,
-        ulong extraMemory = 0, ILogSink? log = null)
+        ulong extraMemory = 0, ILogSink? log = null, int pollMicroseconds = 0)
     {
         var memory = MemoryFor(queues, queueSize, maxTransfer) + extraMemory;
-        var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions { MemorySize = memory, Log = log });
+        var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions { MemorySize = memory, Log = log, PollMicroseconds = pollMicroseconds });
         try
         {
             var driver = BlkDriver.Start(transport, new BlkDriverOptions

@@ -16,8 +16,9 @@ internal sealed unsafe class FrontendQueue : IDisposable
     private Thread? _thread;
     private volatile bool _stopping;
 
-    public FrontendQueue(int index, int size, nint availRing, nint usedRing, Func<IInterruptHandler?> handler)
+    public FrontendQueue(int index, int size, nint availRing, nint usedRing, Func<IInterruptHandler?> handler, int pollMicroseconds = 0)
     {
+        Poller = new AdaptivePoller(pollMicroseconds);
         Index = index;
         Size = size;
         _availIdx = (ushort*)(availRing + 2); // 2.7.6: flags, then idx
@@ -27,6 +28,8 @@ internal sealed unsafe class FrontendQueue : IDisposable
         Call = EventFd.Create();
     }
 
+    /// <summary>How long the call thread watches the used ring after handling completions before it sleeps on the call eventfd.</summary>
+    public AdaptivePoller Poller { get; }
     public int Index { get; }
     public int Size { get; }
     public EventFd Kick { get; }
@@ -50,15 +53,42 @@ internal sealed unsafe class FrontendQueue : IDisposable
 
     private void Run()
     {
+        var seen = UsedIndex;
         while (true)
         {
+            if (Poller.Enabled && WatchUsed(seen))
+            {
+                // The back-end used more buffers while we looked: no sleep, no eventfd read.
+                seen = UsedIndex;
+                _handler()?.OnUsedBuffers(Index);
+                continue;
+            }
             // Poll, then read: the descriptor is shared with the back-end, which may make it non-blocking.
+            Poller.Sleeping();
             Call.Wait(-1); // until the back-end (or Stop) writes the eventfd
+            Poller.Woke();
             Call.TryRead(out _);
             if (_stopping)
                 return;
+            seen = UsedIndex;
             _handler()?.OnUsedBuffers(Index);
         }
+    }
+
+    /// <summary>Watches the used index for up to the poller's window; true when it moved past <paramref name="seen"/>.</summary>
+    private bool WatchUsed(ushort seen)
+    {
+        var until = Poller.Begin();
+        while (!_stopping && System.Diagnostics.Stopwatch.GetTimestamp() < until)
+        {
+            if (UsedIndex != seen)
+            {
+                Poller.Hit();
+                return true;
+            }
+            Thread.SpinWait(4);
+        }
+        return false;
     }
 
     /// <summary>Stops the call thread: wakes it through its own eventfd and waits for it.</summary>

@@ -234,7 +234,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         var desc = ToUser(descriptorTable, Queues.SplitQueueLayout.DescriptorTableSize(size));
         var avail = ToUser(driverArea, Queues.SplitQueueLayout.AvailRingSize(size));
         var used = ToUser(deviceArea, Queues.SplitQueueLayout.UsedRingSize(size));
-        var q = new FrontendQueue(queue, size, (nint)avail, (nint)used, () => _handler);
+        var q = new FrontendQueue(queue, size, (nint)avail, (nint)used, () => _handler, _options.PollMicroseconds);
         try
         {
             Span<byte> payload = stackalloc byte[VringAddress.Length];

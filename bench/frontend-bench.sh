@@ -2,9 +2,11 @@
 # Side by side: `vblk bench` (our vhost-user front-end and virtio-blk driver) against two
 # vhost-user-blk back-ends, qemu-storage-daemon and `vblk serve`, each exporting a null device
 # and a raw image held in the page cache. Runs alternate between the back-ends so drift in the
-# machine's load hits both alike. Prints every run, then a summary with vblk/qsd ratios.
+# machine's load hits both alike. Prints every run, then a summary with vblk/qsd ratios:
+# IOPS, p99 latency and the back-end's CPU seconds per million requests (from /proc/PID/stat),
+# each the median over the rounds.
 #
-#   bench/frontend-bench.sh                 # 5 s per run, 2 rounds
+#   bench/frontend-bench.sh                 # 5 s per run, 3 rounds
 #   RUNTIME=10 ROUNDS=3 bench/frontend-bench.sh
 #
 # Needs qemu-storage-daemon (Debian: qemu-system-common) and the .NET SDK.
@@ -17,17 +19,21 @@ Usage: bench/frontend-bench.sh [-h|--help]
 Runs `vblk bench` against qemu-storage-daemon and against `vblk serve`, each exporting a null
 device and a page-cached raw image: 4 KiB random read at depth 1 and 32, 4 KiB random write at
 depth 32, 128 KiB sequential read at depth 8. Runs alternate between the back-ends; every run
-is printed, then means and vblk/qsd ratios.
+is printed, then medians over the rounds and vblk/qsd ratios, with each back-end's CPU time
+(user + system, /proc/PID/stat) per million requests. The CPU is counted over the whole bench
+run, ramp included, and divided by the requests measured scaled by (RUNTIME+RAMP)/RUNTIME.
 
 Settings come from the environment:
   RUNTIME=S      seconds measured per run (default 5)
   RAMP=S         warm-up seconds per run (default 1)
-  ROUNDS=N       rounds (default 2)
+  ROUNDS=N       rounds (default 3)
   IMAGE_SIZE=SZ  raw image size (default 1G)
   DEVICES=LIST   devices, from: null file cold (default: all three as root, else null file)
                  cold = the raw image with the page cache dropped before every run
                  (echo 1 > /proc/sys/vm/drop_caches), so reads go to the disk until
                  they warm it again
+  SERVE_ARGS=..  extra arguments for both `vblk serve` back-ends (e.g. "--poll-us 50")
+  BENCH_ARGS=..  extra arguments for every `vblk bench` run (e.g. "--poll-us 50")
 USAGE
 }
 case "${1:-}" in
@@ -38,7 +44,9 @@ esac
 
 RUNTIME=${RUNTIME:-5}
 RAMP=${RAMP:-1}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
+SERVE_ARGS=${SERVE_ARGS:-}
+BENCH_ARGS=${BENCH_ARGS:-}
 IMAGE_SIZE=${IMAGE_SIZE:-1G}
 if [[ -w /proc/sys/vm/drop_caches ]]; then DEVICES=${DEVICES:-"null file cold"}; else DEVICES=${DEVICES:-"null file"}; fi
 for dev in $DEVICES; do
@@ -66,6 +74,11 @@ fi
 
 work=$(mktemp -d /tmp/frontend-bench.XXXXXX)
 pids=()
+declare -A bepid # back-end socket name -> its process
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { # pid: user + system clock ticks so far (fields 14 and 15 after the command name)
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
 cleanup() {
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
@@ -103,14 +116,17 @@ start_qsd() { # name blockdev-args...
     "$qsd" "$@" --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/$name.sock,writable=on" \
         >"$work/$name.log" 2>&1 &
     pids+=($!)
+    bepid[$name]=$!
     wait_socket "$work/$name.sock"
 }
 
 start_vblk() { # name serve-args...
     local name=$1
     shift
-    "${vblk[@]}" serve "$@" --socket "$work/$name.sock" >"$work/$name.log" 2>&1 &
+    # shellcheck disable=SC2086 # SERVE_ARGS is split on purpose
+    "${vblk[@]}" serve "$@" $SERVE_ARGS --socket "$work/$name.sock" >"$work/$name.log" 2>&1 &
     pids+=($!)
+    bepid[$name]=$!
     wait_socket "$work/$name.sock"
 }
 
@@ -141,8 +157,9 @@ echo "# frontend-bench $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "# $(uname -sr), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "# $("$qsd" --version | head -1), .NET $(dotnet --version)"
 echo "# runtime ${RUNTIME}s (+${RAMP}s ramp) per run, ${ROUNDS} rounds, image $IMAGE_SIZE; devices: $DEVICES"
+echo "# vblk serve extra arguments: '${SERVE_ARGS}'; vblk bench extra arguments: '${BENCH_ARGS}'"
 echo
-printf '%-16s %-5s %-10s %5s %10s %9s %9s %9s %8s\n' workload dev backend round IOPS MB/s p50us p99us cpu-us
+printf '%-16s %-5s %-10s %5s %10s %9s %9s %9s %8s %9s\n' workload dev backend round IOPS MB/s p50us p99us fe-cpu-us be-cpu-s/M
 for w in "${workloads[@]}"; do
     read -r rw bs depth <<<"$w"
     for dev in $DEVICES; do
@@ -160,32 +177,41 @@ for w in "${workloads[@]}"; do
                     sync
                     echo 1 >/proc/sys/vm/drop_caches
                 fi
+                pid=${bepid[$(basename "$sock" .sock)]}
+                ticks0=$(cpu_ticks "$pid")
+                # shellcheck disable=SC2086 # BENCH_ARGS is split on purpose
                 "${vblk[@]}" bench --socket "$sock" --rw "$rw" --bs "$bs" --iodepth "$depth" \
-                    --runtime "$RUNTIME" --ramp "$RAMP" --json >"$out" 2>/dev/null
+                    --runtime "$RUNTIME" --ramp "$RAMP" $BENCH_ARGS --json >"$out" 2>/dev/null
+                ticks1=$(cpu_ticks "$pid")
                 iops=$(json_field "$out" total iops)
                 mbs=$(json_field "$out" total mb_s)
                 section=$([[ $rw == *write* ]] && echo write || echo read)
                 p50=$(json_field "$out" "$section" p50)
                 p99=$(json_field "$out" "$section" p99)
                 cpu=$(json_field "$out" cpu us_per_request)
+                ops=$(json_field "$out" total ops)
+                becpu=$(awk -v t=$((ticks1 - ticks0)) -v hz="$clk_tck" -v ops="$ops" -v run="$RUNTIME" -v ramp="$RAMP" \
+                    'BEGIN { n = ops * (run + ramp) / run; printf "%.2f", (n > 0 ? t / hz / n * 1e6 : 0) }')
                 label="$rw-$bs-d$depth"
-                printf '%-16s %-5s %-10s %5s %10.0f %9.1f %9.1f %9.1f %8.2f\n' "$label" "$dev" "$be" "$round" "$iops" "$mbs" "$p50" "$p99" "$cpu"
-                echo "$label $dev $be $iops $mbs $p50 $p99 $cpu" >>"$results"
+                printf '%-16s %-5s %-10s %5s %10.0f %9.1f %9.1f %9.1f %8.2f %9.2f\n' "$label" "$dev" "$be" "$round" "$iops" "$mbs" "$p50" "$p99" "$cpu" "$becpu"
+                echo "$label $dev $be $iops $mbs $p50 $p99 $cpu $becpu" >>"$results"
             done
         done
     done
 done
 
 echo
-echo "# mean over rounds; ratio = vblk serve / qemu-storage-daemon (IOPS: higher is better for vblk; p99: lower is better)"
-printf '%-16s %-5s %11s %11s %7s %9s %9s %7s\n' workload dev qsd-IOPS vblk-IOPS ratio qsd-p99 vblk-p99 ratio
-awk '
-    { key = $1 " " $2; n[key "|" $3]++; iops[key "|" $3] += $4; p99[key "|" $3] += $7; if (!(key in seen)) { seen[key] = 1; order[++k] = key } }
-    END {
-        for (i = 1; i <= k; i++) {
-            key = order[i]; q = key "|qsd"; v = key "|vblk"
-            qi = iops[q] / n[q]; vi = iops[v] / n[v]; qp = p99[q] / n[q]; vp = p99[v] / n[v]
-            split(key, parts, " ")
-            printf "%-16s %-5s %11.0f %11.0f %7.2f %9.1f %9.1f %7.2f\n", parts[1], parts[2], qi, vi, (qi > 0 ? vi / qi : 0), qp, vp, (qp > 0 ? vp / qp : 0)
-        }
-    }' "$results"
+echo "# median over rounds; ratio = vblk serve / qemu-storage-daemon (IOPS: higher is better for vblk; p99 and back-end CPU per request: lower is better)"
+printf '%-16s %-5s %11s %11s %7s %9s %9s %7s %9s %9s %7s\n' workload dev qsd-IOPS vblk-IOPS ratio qsd-p99 vblk-p99 ratio qsd-cpu/M vblk-cpu/M ratio
+median() { # values...: the median
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+while read -r label dev; do
+    row=("$label" "$dev")
+    for field in 4 7 9; do
+        q=$(median $(awk -v l="$label" -v d="$dev" -v f="$field" '$1 == l && $2 == d && $3 == "qsd" { print $f }' "$results"))
+        v=$(median $(awk -v l="$label" -v d="$dev" -v f="$field" '$1 == l && $2 == d && $3 == "vblk" { print $f }' "$results"))
+        row+=("$q" "$v" "$(awk -v q="$q" -v v="$v" 'BEGIN { printf "%.2f", (q > 0 ? v / q : 0) }')")
+    done
+    printf '%-16s %-5s %11.0f %11.0f %7s %9.1f %9.1f %7s %9.2f %9.2f %7s\n' "${row[@]}"
+done < <(awk '!seen[$1 " " $2]++ { print $1, $2 }' "$results")

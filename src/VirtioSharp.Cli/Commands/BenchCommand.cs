@@ -29,10 +29,11 @@ public static class BenchCommand
         var zeroCopy = new Option<bool>("--zero-copy") { Description = "Data buffers in shared memory, no copies (--zero-copy false: copy through the driver's bounce buffers)", DefaultValueFactory = _ => true };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON on stdout" };
         var seed = new Option<int>("--seed") { Description = "Seed for random offsets", DefaultValueFactory = _ => 1 };
+        var pollUs = new Option<int>("--poll-us") { Description = "Microseconds each queue's completion thread keeps watching the used ring before it sleeps on the call eventfd (adapted; 0: sleep at once)" };
         var reconnect = FrontendSession.ReconnectOption();
         var cmd = new Command("bench", "Measure IOPS, bandwidth and latency against a vhost-user-blk back-end")
         {
-            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect,
+            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect, pollUs,
         };
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", parse.InvocationConfiguration.Error, async () =>
         {
@@ -49,7 +50,8 @@ public static class BenchCommand
                 parse.GetValue(zeroCopy),
                 parse.GetValue(json),
                 parse.GetValue(seed),
-                FrontendSession.ReconnectTimeout(parse.GetValue(reconnect)));
+                FrontendSession.ReconnectTimeout(parse.GetValue(reconnect)),
+                parse.GetValue(pollUs));
             return await new BenchRun(settings, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error).RunAsync(ct);
         }));
         return cmd;
@@ -57,7 +59,7 @@ public static class BenchCommand
 }
 
 internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, int IoDepth, int Queues, double Runtime, double Ramp,
-    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default)
+    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default, int PollUs = 0)
 {
     public bool Random => Rw.StartsWith("rand", StringComparison.Ordinal);
 
@@ -73,6 +75,8 @@ internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, 
             throw new CliException($"--runtime {Runtime} must be a positive number of seconds", true);
         if (!(Ramp >= 0))
             throw new CliException($"--ramp {Ramp} must be zero or more seconds", true);
+        if (PollUs is < 0 or > 1_000_000)
+            throw new CliException($"--poll-us {PollUs} must be 0..1000000 microseconds", true);
         if (ReadMix is < 0 or > 100)
             throw new CliException($"--rwmixread {ReadMix} must be 0..100", true);
     }
@@ -107,7 +111,7 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var maxTransfer = s.ZeroCopy ? 4096 : (int)Math.Max(4096, s.BlockSize);
         var direct = s.ZeroCopy ? (ulong)totalDepth * ((s.BlockSize + 4095) & ~4095UL) : 0;
         using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20),
-            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"));
+            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"), pollMicroseconds: s.PollUs);
         var driver = session.Driver;
         var region = Math.Min(s.Size ?? driver.Capacity, driver.Capacity);
         if (region < s.BlockSize)

@@ -17,8 +17,9 @@ internal sealed unsafe class FrontendQueue : IDisposable
     private volatile bool _stopping;
 
     /// <param name="descriptorTable">Ring addresses as this process sees them (vhost-user's user addresses).</param>
-    public FrontendQueue(int index, int size, ulong descriptorTable, ulong availRing, ulong usedRing, Func<IInterruptHandler?> handler)
+    public FrontendQueue(int index, int size, ulong descriptorTable, ulong availRing, ulong usedRing, Func<IInterruptHandler?> handler, int pollMicroseconds = 0)
     {
+        Poller = new AdaptivePoller(pollMicroseconds);
         Index = index;
         Size = size;
         DescriptorUser = descriptorTable;
@@ -41,6 +42,9 @@ internal sealed unsafe class FrontendQueue : IDisposable
     public EventFd Call { get; }
     public bool Enabled { get; set; }
 
+    /// <summary>How long the call thread watches the used ring after handling completions before it sleeps on the call eventfd.</summary>
+    public AdaptivePoller Poller { get; }
+
     /// <summary>Requests made available and not yet used, as the rings show them.</summary>
     public int InFlight => (ushort)(Volatile.Read(ref *_availIdx) - Volatile.Read(ref *_usedIdx));
     public ushort UsedIndex => Volatile.Read(ref *_usedIdx);
@@ -58,15 +62,42 @@ internal sealed unsafe class FrontendQueue : IDisposable
 
     private void Run()
     {
+        var seen = UsedIndex;
         while (true)
         {
+            if (Poller.Enabled && WatchUsed(seen))
+            {
+                // The back-end used more buffers while we looked: no sleep, no eventfd read.
+                seen = UsedIndex;
+                _handler()?.OnUsedBuffers(Index);
+                continue;
+            }
             // Poll, then read: the descriptor is shared with the back-end, which may make it non-blocking.
+            Poller.Sleeping();
             Call.Wait(-1); // until the back-end (or Stop) writes the eventfd
+            Poller.Woke();
             Call.TryRead(out _);
             if (_stopping)
                 return;
+            seen = UsedIndex;
             _handler()?.OnUsedBuffers(Index);
         }
+    }
+
+    /// <summary>Watches the used index for up to the poller's window; true when it moved past <paramref name="seen"/>.</summary>
+    private bool WatchUsed(ushort seen)
+    {
+        var until = Poller.Begin();
+        while (!_stopping && System.Diagnostics.Stopwatch.GetTimestamp() < until)
+        {
+            if (UsedIndex != seen)
+            {
+                Poller.Hit();
+                return true;
+            }
+            Thread.SpinWait(4);
+        }
+        return false;
     }
 
     /// <summary>Stops the call thread: wakes it through its own eventfd and waits for it.</summary>

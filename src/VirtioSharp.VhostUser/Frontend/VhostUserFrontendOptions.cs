@@ -45,5 +45,8 @@ public sealed record VhostUserFrontendOptions
     public ulong ProtocolFeatures { get; init; } =
         VhostUserFeatures.Bit(VhostUserFeatures.Mq) | VhostUserFeatures.Bit(VhostUserFeatures.ReplyAck) | VhostUserFeatures.Bit(VhostUserFeatures.Config);
 
+    /// <summary>Microseconds each queue's call thread keeps watching the used ring after completions before it sleeps (adapted down when nothing comes); 0: sleep at once.</summary>
+    public int PollMicroseconds { get; init; }
+
     public ILogSink? Log { get; init; }
 }

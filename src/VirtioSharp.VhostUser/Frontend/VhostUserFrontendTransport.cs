@@ -207,7 +207,7 @@ public sealed unsafe partial class VhostUserFrontendTransport : IDriverTransport
         var desc = ToUser(descriptorTable, Queues.SplitQueueLayout.DescriptorTableSize(size));
         var avail = ToUser(driverArea, Queues.SplitQueueLayout.AvailRingSize(size));
         var used = ToUser(deviceArea, Queues.SplitQueueLayout.UsedRingSize(size));
-        var q = new FrontendQueue(queue, size, desc, avail, used, () => _handler);
+        var q = new FrontendQueue(queue, size, desc, avail, used, () => _handler, _options.PollMicroseconds);
         try
         {
             try

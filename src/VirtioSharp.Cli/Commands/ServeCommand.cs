@@ -56,14 +56,17 @@ public static class ServeCommand
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
+        var record = new Option<string?>("--record") { Description = "Record the rings of each connection to FILE (later connections: FILE-2, FILE-3 ...); render with vblk view FILE --html OUT" };
+        var recordLimit = new Option<int>("--record-limit") { Description = "Requests recorded per connection (1..100000); recording I/O is synchronous", DefaultValueFactory = _ => 200 };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose };
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose, record, recordLimit };
         command.SetAction(result =>
         {
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket)!, result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
-                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!));
+                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
+                result.GetValue(record), result.GetValue(recordLimit));
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
@@ -71,7 +74,8 @@ public static class ServeCommand
 
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
-        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto);
+        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto,
+        string? Record = null, int RecordLimit = 200);
 
     private static AioMode ParseAio(string value) => value switch
     {
@@ -85,8 +89,10 @@ public static class ServeCommand
     {
         var log = new ConsoleLogSink(s.Verbose ? LogLevel.Debug : LogLevel.Info);
         IBlockBackend? backend = null;
+        ServeRecorder? recorder = null;
         try
         {
+            recorder = OpenRecorder(s, log);
             backend = OpenBackend(s);
             var options = new BlkDeviceOptions
             {
@@ -96,8 +102,11 @@ public static class ServeCommand
                 ReadOnly = s.ReadOnly,
                 Strict = s.Strict,
                 Log = log,
+                Trace = recorder,
             };
             var device = new BlkDevice(backend, options);
+            if (recorder is not null)
+                device.Breaches.Observer = recorder.Breach;
             var aioNote = DescribeAio(s, backend);
             using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio };
             server.Start();
@@ -115,8 +124,22 @@ public static class ServeCommand
         }
         finally
         {
+            recorder?.Dispose();
             backend?.Dispose();
         }
+    }
+
+    /// <summary>--record: checked before anything starts, so a bad path is one line.</summary>
+    private static ServeRecorder? OpenRecorder(ServeSettings s, ILogSink log)
+    {
+        if (s.RecordLimit is < 1 or > 100_000)
+            throw new UsageException($"--record-limit must be from 1 to 100000, not {s.RecordLimit}");
+        if (s.Record is null)
+            return null;
+        var dir = Path.GetDirectoryName(Path.GetFullPath(s.Record));
+        if (dir is not null && !Directory.Exists(dir))
+            throw new UsageException($"--record: folder '{dir}' does not exist");
+        return new ServeRecorder(s.Record, s.RecordLimit, log);
     }
 
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>

@@ -590,7 +590,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 {
                     var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
                     if (trace is { Active: true })
-                        trace.Event(RingEvents.Backend(req.Queue, "read", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
+                        trace.Event(RingEvents.Backend(req.Queue, req.Head, "read", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
                     if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     req.Written = (uint)req.DataLength;
@@ -600,7 +600,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 {
                     var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
                     if (trace is { Active: true })
-                        trace.Event(RingEvents.Backend(req.Queue, "write", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
+                        trace.Event(RingEvents.Backend(req.Queue, req.Head, "write", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
                     if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
@@ -610,7 +610,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 }
             case BlkRequestType.Flush:
                 if (trace is { Active: true })
-                    trace.Event(RingEvents.Backend(req.Queue, "flush", 0, 0, $"backend flush (fdatasync) of the {_backend.Description}"));
+                    trace.Event(RingEvents.Backend(req.Queue, req.Head, "flush", 0, 0, $"backend flush (fdatasync) of the {_backend.Description}"));
                 return _backend.Flush() ? BlkStatus.Ok : BlkStatus.IoErr;
             case BlkRequestType.GetId:
                 {
@@ -642,7 +642,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             var offset = seg.Sector << BlkLayout.SectorShift;
             var length = (ulong)seg.NumSectors << BlkLayout.SectorShift;
             if (Trace is { Active: true } trace)
-                trace.Event(RingEvents.Backend(req.Queue, discard ? "discard" : "write-zeroes", offset, length, $"backend {(discard ? "discard (punch hole)" : "write-zeroes")}: {length} bytes at offset {offset}"));
+                trace.Event(RingEvents.Backend(req.Queue, req.Head, discard ? "discard" : "write-zeroes", offset, length, $"backend {(discard ? "discard (punch hole)" : "write-zeroes")}: {length} bytes at offset {offset}"));
             var ok = discard ? _backend.Discard(offset, length) : _backend.WriteZeroes(offset, length, (seg.Flags & BlkLayout.SegmentFlagUnmap) != 0);
             if (!ok)
                 return BlkStatus.IoErr; // 5.2.6.1: after IOERR the driver assumes nothing about the segments

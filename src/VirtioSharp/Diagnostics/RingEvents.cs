@@ -161,9 +161,9 @@ public static class RingEvents
         Text = write ? $"MMIO write: {name} (0x{busAddress:x}) = 0x{value:x}" : $"MMIO read: {name} (0x{busAddress:x}) -> 0x{value:x}",
     };
 
-    public static RingEvent Backend(int queue, string operation, ulong offset, ulong length, string what) => new()
+    public static RingEvent Backend(int queue, int head, string operation, ulong offset, ulong length, string what) => new()
     {
-        Kind = RingEventKind.BackendIo, Queue = queue, Name = operation, Value = offset, OldValue = length,
+        Kind = RingEventKind.BackendIo, Queue = queue, Head = head, Name = operation, Value = offset, OldValue = length,
         Section = "5.2.6",
         Words = "The device carries out the request on its storage; data moves straight between the backend and the guest's buffers.",
         Text = what,

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using VirtioSharp.Block;
+using VirtioSharp.Cli.Explorer;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Machine;
 using VirtioSharp.Queues;
@@ -22,6 +23,9 @@ public static class DemoCommand
         var overwrite = new Option<bool>("--overwrite") { Description = "Allow the demo to overwrite the contents of an existing --disk image." };
         var indirect = new Option<bool>("--indirect") { Description = "Let the driver use indirect descriptor tables (VIRTIO_F_INDIRECT_DESC): one ring descriptor per request." };
         var blockSize = new Option<string>("--block-size") { Description = "Bytes per request of the workload (multiple of 512).", DefaultValueFactory = _ => "64K" };
+        var html = new Option<string?>("--html") { Description = "Write the run as a self-contained HTML page (the virtqueue explorer): the first request, or with --trace all the first --record-limit requests." };
+        var record = new Option<string?>("--record") { Description = "Write the same recording as a file for vblk view (JSON lines)." };
+        var recordLimit = new Option<int>("--record-limit") { Description = "Requests recorded with --trace all (1..100000).", DefaultValueFactory = _ => 200 };
 
         var command = new Command("demo", """
             Runs the seed system in one process: a virtio-blk device on the virtio-mmio bus of a simulated
@@ -29,7 +33,7 @@ public static class DemoCommand
             The first request is narrated in the spec's words; then a workload writes patterns, reads them
             back and verifies every byte, flushes, discards, zeroes and reads the device id.
             """);
-        foreach (var o in new Option[] { disk, size, queueSize, depth, trace, strict, overwrite, blockSize, indirect })
+        foreach (var o in new Option[] { disk, size, queueSize, depth, trace, strict, overwrite, blockSize, indirect, html, record, recordLimit })
             command.Options.Add(o);
         command.SetAction(async (parse, cancel) =>
         {
@@ -42,13 +46,22 @@ public static class DemoCommand
                 StrictOption.Parse(parse, strict),
                 parse.GetValue(overwrite),
                 Sizes.Parse(parse.GetValue(blockSize)!, "--block-size"),
-                parse.GetValue(indirect));
+                parse.GetValue(indirect),
+                parse.GetValue(html),
+                parse.GetValue(record),
+                parse.GetValue(recordLimit));
             return await RunAsync(settings, cancel);
         });
         return command;
     }
 
-    private sealed record DemoSettings(string? Disk, ulong Size, int QueueSize, int Depth, string Trace, StrictMode Strict, bool Overwrite, ulong BlockSize, bool Indirect);
+    private sealed record DemoSettings(string? Disk, ulong Size, int QueueSize, int Depth, string Trace, StrictMode Strict, bool Overwrite, ulong BlockSize, bool Indirect,
+        string? Html = null, string? Record = null, int RecordLimit = 200)
+    {
+        public bool Recording => Html is not null || Record is not null;
+        /// <summary>Requests recorded: the narrated one, or with --trace all the first --record-limit.</summary>
+        public int RequestsRecorded => Trace == "all" ? RecordLimit : 1;
+    }
 
     private static void Check(DemoSettings s)
     {
@@ -61,6 +74,14 @@ public static class DemoCommand
             throw new CliException($"--block-size must be a multiple of 512 up to 4M, not {s.BlockSize}", true);
         if (s.Size < 1 << 20 || s.Size % BlkLayout.SectorSize != 0)
             throw new CliException($"--size must be at least 1M and a multiple of 512, not {s.Size}", true);
+        if (s.RecordLimit is < 1 or > 100_000)
+            throw new CliException($"--record-limit must be from 1 to 100000, not {s.RecordLimit}", true);
+        foreach (var (file, name) in new[] { (s.Html, "--html"), (s.Record, "--record") })
+        {
+            var dir = file is null ? null : Path.GetDirectoryName(Path.GetFullPath(file));
+            if (dir is not null && !Directory.Exists(dir))
+                throw new CliException($"{name}: folder '{dir}' does not exist", true);
+        }
     }
 
     private static async Task<int> RunAsync(DemoSettings s, CancellationToken cancel)
@@ -99,9 +120,16 @@ public static class DemoCommand
     private static async Task<int> RunMachineAsync(DemoSettings s, string path, CancellationToken cancel)
     {
         var log = new ConsoleLogSink(LogLevel.Warning);
-        var trace = new ConsoleTrace(s.Trace != "none");
+        // The console narrates from the first request on; a recording also keeps the start-up (registers, queue setup).
+        var console = new ConsoleTrace(false);
+        var info = new RecordingInfo("vblk demo", "virtio-mmio", DateTime.UtcNow, s.RequestsRecorded, VirtioMachine.MmioBase);
+        using var file = s.Record is null ? null : new RecordingWriter(File.Create(s.Record), info);
+        var recorder = s.Recording ? new RingRecorder(new RingRecorderOptions { MaxRequests = s.RequestsRecorded, Inner = console, Writer = file, Keep = s.Html is not null }) : null;
+        ITraceSink? trace = recorder is not null ? recorder : s.Trace != "none" ? console : null;
         using var backend = FileBackend.Open(path);
         var device = new BlkDevice(backend, new BlkDeviceOptions { QueueSize = s.QueueSize, Log = log, Trace = trace, Strict = s.Strict, Serial = "vblk-demo" });
+        if (recorder is not null)
+            device.Breaches.Observer = recorder.Breach;
         var transfer = (int)Math.Max(s.BlockSize, 4096);
         using var machine = new VirtioMachine(device, VirtioMachine.RamFor(1, s.QueueSize, transfer), trace);
 
@@ -122,12 +150,13 @@ public static class DemoCommand
         Console.WriteLine();
 
         // The seeds' first request: read one block from the disk.
-        if (trace.Active)
+        console.Active = s.Trace != "none";
+        if (console.Active)
             Console.WriteLine("First request, step by step (read sector 0, 512 bytes):");
         var first = new byte[BlkLayout.SectorSize];
         await driver.ReadAsync(0, first, cancel);
         if (s.Trace == "first")
-            trace.Active = false;
+            console.Active = false;
         Console.WriteLine();
 
         var workload = new DemoWorkload(driver, s.Depth, (int)s.BlockSize, seed: 0x5eed);
@@ -136,9 +165,24 @@ public static class DemoCommand
         clock.Stop();
 
         PrintSummary(device, result, clock.Elapsed, machine);
+        if (recorder is not null)
+            WriteRecording(s, recorder, info);
         if (device.Breaches.Total > 0 || s.Strict != StrictMode.Off)
             Console.WriteLine(device.Breaches.Summary());
         return result.Mismatches == 0 && result.Failures == 0 ? 0 : CliRunner.Failure;
+    }
+
+    private static void WriteRecording(DemoSettings s, RingRecorder recorder, RecordingInfo info)
+    {
+        recorder.Finish("the demo ended");
+        if (s.Html is not null)
+        {
+            var events = recorder.Events;
+            ExplorerPage.Write(s.Html, ExplorerPage.Render(info, events, recorder.StopReason ?? "the demo ended", recorder.Dropped));
+            Console.WriteLine($"  explorer     {s.Html} ({events.Count} steps, {Math.Min(recorder.Requests, s.RequestsRecorded)} requests; open it in a browser)");
+        }
+        if (s.Record is not null)
+            Console.WriteLine($"  recording    {s.Record} (render it with: vblk view {s.Record} --html OUT)");
     }
 
     private static void PrintSummary(BlkDevice device, DemoWorkload.Result r, TimeSpan elapsed, VirtioMachine machine)

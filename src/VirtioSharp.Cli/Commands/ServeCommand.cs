@@ -105,8 +105,11 @@ public static class ServeCommand
         };
         var metrics = new Option<string?>("--metrics") { Description = "Serve Prometheus metrics over HTTP at HOST:PORT/metrics (e.g. 127.0.0.1:9100); SIGUSR1 logs the same numbers" };
 
+        var record = new Option<string?>("--record") { Description = "Record the rings of each connection to FILE (later connections: FILE-2, FILE-3 ...); render with vblk view FILE --html OUT" };
+        var recordLimit = new Option<int>("--record-limit") { Description = "Requests recorded per connection (1..100000); recording I/O is synchronous", DefaultValueFactory = _ => 200 };
+
         var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio,
-            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics };
+            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit };
         foreach (var option in limits.All)
             command.Options.Add(option);
         command.SetAction(result =>
@@ -126,7 +129,8 @@ public static class ServeCommand
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
                 result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
                 result.GetValue(nbdConnections), result.GetValue(nbdTimeout),
-                parsedLimits, result.GetValue(pollUs), result.GetValue(metrics))
+                parsedLimits, result.GetValue(pollUs), result.GetValue(metrics),
+                result.GetValue(record), result.GetValue(recordLimit))
             {
                 Ceph = new RbdOptions
                 {
@@ -147,7 +151,8 @@ public static class ServeCommand
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
         string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto,
-        int NbdConnections = 1, double NbdTimeout = 30, BlkLimits? Limits = null, int PollUs = DefaultPollUs, string? Metrics = null)
+        int NbdConnections = 1, double NbdTimeout = 30, BlkLimits? Limits = null, int PollUs = DefaultPollUs, string? Metrics = null,
+        string? Record = null, int RecordLimit = 200)
     {
         /// <summary>How to reach Ceph for an rbd: IMAGE (ReadOnly comes from the settings' own flag).</summary>
         public RbdOptions Ceph { get; init; } = new();
@@ -167,6 +172,7 @@ public static class ServeCommand
         IBlockBackend? backend = null;
         VirtioSharp.Native.UnixFdSocket? activated = null;
         ServiceNotifier? notifier = null;
+        ServeRecorder? recorder = null;
         try
         {
             if (s.PollUs is < 0 or > 1_000_000)
@@ -175,6 +181,7 @@ public static class ServeCommand
             activated = SocketActivation.TryTake(out var activatedPath, out var activatedName);
             var socketPath = SocketPathFor(s, activated, activatedPath, activatedName);
             notifier = ServiceNotifier.FromEnvironment();
+            recorder = OpenRecorder(s, log);
             backend = OpenBackend(s, log);
             var options = new BlkDeviceOptions
             {
@@ -185,8 +192,11 @@ public static class ServeCommand
                 Strict = s.Strict,
                 Limits = s.Limits,
                 Log = log,
+                Trace = recorder,
             };
             var device = new BlkDevice(backend, options);
+            if (recorder is not null)
+                device.Breaches.Observer = recorder.Breach;
             var aioNote = DescribeAio(s, backend);
             using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio, PollMicroseconds = s.PollUs };
             using var metrics = new ServeMetrics(device, server);
@@ -222,6 +232,7 @@ public static class ServeCommand
         }
         finally
         {
+            recorder?.Dispose();
             backend?.Dispose();
             activated?.Dispose();
             notifier?.Dispose();
@@ -267,6 +278,19 @@ public static class ServeCommand
         if (s.Metrics is not null)
             parts.Add($"metrics at http://{s.Metrics}/metrics");
         return string.Join("; ", parts);
+    }
+
+    /// <summary>--record: checked before anything starts, so a bad path is one line.</summary>
+    private static ServeRecorder? OpenRecorder(ServeSettings s, ILogSink log)
+    {
+        if (s.RecordLimit is < 1 or > 100_000)
+            throw new UsageException($"--record-limit must be from 1 to 100000, not {s.RecordLimit}");
+        if (s.Record is null)
+            return null;
+        var dir = Path.GetDirectoryName(Path.GetFullPath(s.Record));
+        if (dir is not null && !Directory.Exists(dir))
+            throw new UsageException($"--record: folder '{dir}' does not exist");
+        return new ServeRecorder(s.Record, s.RecordLimit, log);
     }
 
     /// <summary>Checks --aio against the backend and the kernel; the words the start-up line ends with.</summary>

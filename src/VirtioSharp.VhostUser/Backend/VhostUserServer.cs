@@ -191,6 +191,8 @@ public class VhostUserServer : IDisposable
     {
         var session = (VhostUserSession)state!;
         _log.Info($"front-end connected ({Device.NumQueues} queue{(Device.NumQueues == 1 ? "" : "s")} offered)");
+        var number = Connections;
+        Device.Trace?.Event(RingEvents.Connection(number, open: true)); // a recording starts a file per front-end
         try
         {
             session.Run(_stop);
@@ -204,6 +206,7 @@ public class VhostUserServer : IDisposable
             try
             {
                 session.Dispose();
+                Device.Trace?.Event(RingEvents.Connection(number, open: false));
                 OnSessionEnded();
             }
             catch (Exception e)

@@ -617,6 +617,9 @@ internal sealed class VhostUserSession : IDisposable
             else
             {
                 queue.SignalNextBatch(); // as Linux's vhost does for the first used batch after a ring starts
+                if (_device.Trace is { } trace)
+                    queue.Record(trace, GuestAddress(memory, a.Descriptor), GuestAddress(memory, a.Available), GuestAddress(memory, a.Used),
+                        VirtioFeatures.Has(_features, VirtioFeatures.RingIndirectDesc));
                 if (usedIdx != v.Base)
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
                 v.Start(queue);
@@ -627,6 +630,9 @@ internal sealed class VhostUserSession : IDisposable
         }
         return false;
     }
+
+    /// <summary>A ring's guest-physical address, for recordings (the front-end gives its own virtual ones).</summary>
+    private static ulong GuestAddress(Memory.GuestMemory memory, ulong user) => memory.TryUserToGuest(user, 1, out var gpa) ? gpa : user;
 
     private static unsafe ushort ReadUsedIndex(Memory.GuestMemory memory, ulong usedUserAddress)
     {

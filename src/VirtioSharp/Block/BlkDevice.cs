@@ -222,9 +222,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     /// </summary>
     private uint HandleChain(int queue, in DescriptorChain chain, IoVec[] iov, IQueueIo? io)
     {
-        var trace = Trace;
-        if (trace is { Active: true })
-            TraceChain(trace, queue, chain);
+        var trace = Trace; // the queue reports the chain, the used element and the status byte
 
         var started = Stopwatch.GetTimestamp();
         if (!Parse(queue, chain, iov, out var req))
@@ -247,22 +245,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         *req.Status = (byte)status;
         var written = status == BlkStatus.Ok ? req.Written + 1 : 1u;
         Stats.Count(queue, req.Header.Type, status, req.DataLength, started);
-        if (trace is { Active: true })
-        {
-            trace.Step("device", $"status byte at 0x{req.StatusAddress:x} = {(byte)status} (VIRTIO_BLK_S_{StatusName(status)})");
-            trace.Step("device", $"used ring: element {{ id = {chain.Head}, len = {written} }} and used idx advanced");
-        }
         return written;
-    }
-
-    private static string StatusName(BlkStatus s) => s switch { BlkStatus.Ok => "OK", BlkStatus.IoErr => "IOERR", _ => "UNSUPP" };
-
-    private static void TraceChain(ITraceSink trace, int queue, in DescriptorChain chain)
-    {
-        trace.Step("device", $"took head {chain.Head} from the available ring of queue {queue}; walking the chain:");
-        var i = 0;
-        foreach (ref readonly var b in chain.Buffers)
-            trace.Step("device", $"  buffer {i++}: addr 0x{b.Address:x} len {b.Length} {(b.Writable ? "device-writable" : "device-readable")}");
     }
 
     /// <summary>A request located in guest memory: header fields, where the data is, where the status goes.</summary>
@@ -684,7 +667,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 {
                     var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
                     if (trace is { Active: true })
-                        trace.Step("device", $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                        trace.Event(RingEvents.Backend(req.Queue, req.Head, "read", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
                     if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     req.Written = (uint)req.DataLength;
@@ -694,7 +677,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 {
                     var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
                     if (trace is { Active: true })
-                        trace.Step("device", $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})");
+                        trace.Event(RingEvents.Backend(req.Queue, req.Head, "write", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
                     if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
@@ -704,7 +687,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 }
             case BlkRequestType.Flush:
                 if (trace is { Active: true })
-                    trace.Step("device", $"backend flush (fdatasync) of the {_backend.Description}");
+                    trace.Event(RingEvents.Backend(req.Queue, req.Head, "flush", 0, 0, $"backend flush (fdatasync) of the {_backend.Description}"));
                 return _backend.Flush() ? BlkStatus.Ok : BlkStatus.IoErr;
             case BlkRequestType.GetId:
                 {
@@ -736,7 +719,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             var offset = seg.Sector << BlkLayout.SectorShift;
             var length = (ulong)seg.NumSectors << BlkLayout.SectorShift;
             if (Trace is { Active: true } trace)
-                trace.Step("device", $"backend {(discard ? "discard (punch hole)" : "write-zeroes")}: {length} bytes at offset {offset}");
+                trace.Event(RingEvents.Backend(req.Queue, req.Head, discard ? "discard" : "write-zeroes", offset, length, $"backend {(discard ? "discard (punch hole)" : "write-zeroes")}: {length} bytes at offset {offset}"));
             var ok = discard ? _backend.Discard(offset, length) : _backend.WriteZeroes(offset, length, (seg.Flags & BlkLayout.SegmentFlagUnmap) != 0);
             if (!ok)
                 return BlkStatus.IoErr; // 5.2.6.1: after IOERR the driver assumes nothing about the segments

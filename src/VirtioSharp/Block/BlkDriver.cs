@@ -65,6 +65,8 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
             var size = Math.Min(options.QueueSize, max);
             size = 1 << (31 - int.LeadingZeroCount(size)); // round down to a power of two (2.7)
             var ring = SplitDriverQueue.Allocate(q, size, transport.Allocator, eventIdx);
+            if (options.Trace is { } trace)
+                ring.Record(trace, indirect);
             transport.SetupQueue(q, size, ring.DescriptorTable, ring.DriverArea, ring.DeviceArea);
             var depth = indirect ? size : Math.Max(1, size / 3);
             queues[q] = new BlkQueueContext(ring, transport.Memory, transport.Allocator, depth, bounce, indirect);
@@ -263,6 +265,8 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         var trace = Trace;
         slot.Tracing = trace is { Active: true };
         string? failure;
+        if (slot.Tracing)
+            trace!.Event(RingEvents.Request(ctx.Queue.Index, -1, (uint)type, sector, null, "driver"));
         lock (ctx.Lock)
         {
             // OnDeviceLost sets _failure before it untracks under this lock: a request placed
@@ -278,11 +282,7 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
             }
             if (placed)
             {
-                if (slot.Tracing)
-                    TraceChain(trace!, ctx, head, chain[..n], type, sector);
-                notify = ctx.Queue.Publish();
-                if (slot.Tracing)
-                    trace!.Step("driver", $"available ring: ring[{(ushort)(((SplitDriverQueue)ctx.Queue).AvailIndex - 1) % ctx.Queue.Size}] = {head}, then idx = {((SplitDriverQueue)ctx.Queue).AvailIndex} (written after the ring entry, with a release barrier)");
+                notify = ctx.Queue.Publish(); // the queue reports descriptors, ring slot, idx and the decision
             }
             else
                 notify = false;
@@ -295,8 +295,6 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         }
         if (notify)
             _transport.Notify(ctx.Queue.Index);
-        else if (slot.Tracing)
-            trace!.Step("driver", "device asked not to be notified (VIRTQ_USED_F_NO_NOTIFY / avail_event); no QueueNotify");
         return result;
     }
 
@@ -360,36 +358,6 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
             ctx.Queue.Publish(); // the transport notifies once the ring runs again
             return again.Count;
         }
-    }
-
-    private static void TraceChain(ITraceSink trace, BlkQueueContext ctx, ushort head, ReadOnlySpan<DriverBuffer> chain, BlkRequestType type, ulong sector)
-    {
-        var names = chain.Length == 3 ? new[] { "header", "data", "status" } : new[] { "header", "status" };
-        trace.Step("driver", $"request {TypeName(type)} sector {sector}: header {{ type = {(uint)type}, reserved = 0, sector = {sector} }}");
-        if (ctx.Indirect)
-            trace.Step("driver", $"descriptor {head}: VIRTQ_DESC_F_INDIRECT -> table of {chain.Length} descriptors (VIRTIO_F_INDIRECT_DESC)");
-        for (var i = 0; i < chain.Length; i++)
-        {
-            var b = chain[i];
-            var flags = (b.DeviceWritable ? "WRITE" : "") + (i < chain.Length - 1 ? (b.DeviceWritable ? "|NEXT" : "NEXT") : "");
-            if (!ctx.Indirect && ctx.Queue is SplitDriverQueue sq)
-            {
-                // Read back what the device will see in the descriptor table.
-                var index = FindIndex(sq, head, i);
-                var d = sq.ReadDescriptor(index);
-                trace.Step("driver", $"  {names[i],-6} descriptor {index}: addr 0x{d.Address:x} len {d.Length} flags {(d.Flags == 0 ? "0" : flags)} next {(i < chain.Length - 1 ? d.Next.ToString() : "-")}");
-            }
-            else
-                trace.Step("driver", $"  {names[i],-6} table[{i}]: addr 0x{b.Address:x} len {b.Length} flags {(flags.Length == 0 ? "0" : flags)} next {(i < chain.Length - 1 ? $"{i + 1}" : "-")}");
-        }
-    }
-
-    private static ushort FindIndex(SplitDriverQueue q, ushort head, int position)
-    {
-        var index = head;
-        for (var k = 0; k < position; k++)
-            index = q.ReadDescriptor(index).Next;
-        return index;
     }
 
     private static string TypeName(BlkRequestType t) => t switch
@@ -474,10 +442,7 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         }
         var status = (BlkStatus)ctx.Memory.GetSpan(slot.StatusAddress, 1)[0];
         if (slot.Tracing && Trace is { } trace)
-        {
-            trace.Step("driver", $"interrupt handler: used ring element {{ id = {slot.Head}, len = {slot.UsedLength} }}; status byte = {(byte)status}");
-            trace.Step("driver", "interrupt handler: descriptors freed, waiting caller woken");
-        }
+            trace.Event(RingEvents.Status("driver", ctx.Queue.Index, slot.Head, slot.StatusAddress, (byte)status, null));
         slot.Complete(status);
     }
 

@@ -28,6 +28,8 @@ public interface IVirtioDevice
     int ConfigSize { get; }
     BreachReporter Breaches { get; }
     ILogSink? Log { get; }
+    /// <summary>Where ring events go while someone records or narrates; transports hand it to their queues.</summary>
+    ITraceSink? Trace => null;
 
     void ReadConfig(int offset, Span<byte> destination);
     /// <summary>Config writes (5.2.4: writeback only, and we do not offer CONFIG_WCE): accepted and ignored.</summary>

@@ -33,6 +33,8 @@ public sealed class BreachReporter(ILogSink? log, StrictMode mode)
     private int _total;
 
     public StrictMode Mode { get; } = mode;
+    /// <summary>Told of every breach as it is reported (a recording notes it beside the step).</summary>
+    public Action<DriverBreach>? Observer { get; set; }
     public bool Strict => Mode != StrictMode.Off;
     public int Total { get { lock (_lock) return _total; } }
     /// <summary>Set when strict=fail saw a breach; the transport turns it into DEVICE_NEEDS_RESET.</summary>
@@ -51,6 +53,7 @@ public sealed class BreachReporter(ILogSink? log, StrictMode mode)
             if (Mode == StrictMode.Fail)
                 ResetRequested = true;
         }
+        Observer?.Invoke(breach);
         // A hostile driver must not flood the log: each section is logged a bounded number of times.
         var limit = Strict ? 100 : 20;
         if (count <= limit)

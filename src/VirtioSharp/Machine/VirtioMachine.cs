@@ -20,7 +20,8 @@ public sealed class VirtioMachine : IDisposable
         Ram = new GuestRam(RamBase, ramSize);
         Bus = new MmioBus();
         Device = new VirtioMmioDevice(device, Ram.Memory) { Trace = trace };
-        Bus.Map(MmioBase, Device);
+        // Recorded runs see every register access on the bus (4.2.2); others map the device bare.
+        Bus.Map(MmioBase, trace is null ? Device : new RecordedMmioHandler(Device, MmioBase, trace));
         Irq = new InterruptLine("virtio-irq");
         Device.InterruptRaised = Irq.Raise;
         IoThreads = new DeviceThread[device.NumQueues];

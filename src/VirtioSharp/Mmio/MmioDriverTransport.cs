@@ -101,8 +101,6 @@ public sealed class MmioDriverTransport : IDriverTransport
 
     public void Notify(int queue)
     {
-        if (Trace is { Active: true } t)
-            t.Step("driver", $"MMIO write: QueueNotify (0x{_base + R.QueueNotify:x}) = {queue}");
         Write(R.QueueNotify, (uint)queue); // 4.2.3.3
     }
 
@@ -125,9 +123,7 @@ public sealed class MmioDriverTransport : IDriverTransport
         var status = Read(R.InterruptStatus);
         if (status == 0)
             return;
-        Write(R.InterruptAck, status);
-        if (Trace is { Active: true } t)
-            t.Step("driver", $"IRQ: InterruptStatus = {status} ({((status & R.InterruptUsedBuffer) != 0 ? "used buffer" : "")}{((status & R.InterruptConfigChange) != 0 ? " config change" : "")}); InterruptACK = {status}");
+        Write(R.InterruptAck, status); // the bus records both accesses when someone records
         if ((status & R.InterruptConfigChange) != 0)
             _handler?.OnConfigChange();
         if ((status & R.InterruptUsedBuffer) != 0)

@@ -299,6 +299,8 @@ public sealed class VirtioMmioDevice : IMmioHandler
             NeedsReset($"queue {index}: {error}");
             return;
         }
+        if ((Trace ?? _device.Trace) is { } trace)
+            queue.Record(trace, q.Desc, q.Driver, q.Device, indirect);
         lock (q.Gate)
         {
             q.Queue = queue;
@@ -442,7 +444,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
             {
                 case QueueOutcome.Interrupt:
                     if (Trace is { Active: true } t)
-                        t.Step("device", "InterruptStatus |= 1 (used buffer notification), IRQ raised");
+                        t.Event(RingEvents.InterruptRaised(index, MmioRegisters.InterruptUsedBuffer, "IRQ line raised"));
                     RaiseInterrupt(MmioRegisters.InterruptUsedBuffer);
                     break;
                 case QueueOutcome.NeedsReset:

@@ -1,3 +1,4 @@
+using VirtioSharp.Diagnostics;
 using System.Runtime.CompilerServices;
 using VirtioSharp.Memory;
 
@@ -22,6 +23,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     private bool _signalNext; // signal the next used batch whatever used_event says
     private int _inFlightCount;
     private readonly GuestMemory _memory;
+    private SplitQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
 
     private SplitDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint avail, nint used, bool eventIdx, bool indirect, ushort startIndex, ushort usedStartIndex)
     {
@@ -92,6 +94,10 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     /// </summary>
     public void SignalNextBatch() => _signalNext = true;
 
+    /// <summary>Reports what this half does as ring events while <paramref name="sink"/> is active; null stops it.</summary>
+    public void Record(ITraceSink? sink, ulong descAddr, ulong availAddr, ulong usedAddr, bool indirect) =>
+        _recorder = sink is null ? null : new SplitQueueRecorder(sink, _memory, Index, Size, descAddr, availAddr, usedAddr, EventIdx, indirect);
+
     /// <summary>Heads taken and not yet returned, for in-flight tracking.</summary>
     public bool IsInFlight(ushort head) => head < Size && _inFlight[head];
 
@@ -119,11 +125,13 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             return Corrupt(RingError.HeadOutOfRange, head);
         if (_inFlight[head])
             return Corrupt(RingError.HeadInFlight, head);
+        _recorder?.Popped(availIdx, _lastAvail & (Size - 1), head);
         _lastAvail++;
         _inFlight[head] = true;
         _inFlightCount++;
 
         var count = Walk(head, out var error, out var errorDescriptor);
+        _recorder?.Walked();
         chain = new DescriptorChain(head, _scratch.AsSpan(0, count), error, errorDescriptor);
         return PopResult.Chain;
     }
@@ -146,6 +154,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         var table = _desc;
         uint tableSize = Size;
         bool inIndirect = false;
+        ulong tableAddr = 0; // guest address of the indirect table being walked, for recordings
         uint index = head;
         int count = 0;
         int visited = 0;
@@ -164,6 +173,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             var len = Unsafe.ReadUnaligned<uint>(d + 8);
             var flags = Unsafe.ReadUnaligned<ushort>(d + 12);
             var next = Unsafe.ReadUnaligned<ushort>(d + 14);
+            _recorder?.DescriptorRead(index, addr, len, flags, next, tableAddr);
 
             if ((flags & SplitRing.DescFIndirect) != 0)
             {
@@ -182,6 +192,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
                 table = (byte*)t;
                 tableSize = entries;
                 inIndirect = true;
+                tableAddr = addr;
                 index = 0;
                 continue;
             }
@@ -242,6 +253,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         _usedShadow++;
         // 2.7.8.2: the element must be visible before idx moves (release store).
         Volatile.Write(ref UsedIdx, _usedShadow);
+        _recorder?.Used(head, written, (ushort)(_usedShadow - 1), _usedShadow);
     }
 
     public bool PublishUsed()
@@ -256,11 +268,24 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         if (_signalNext)
         {
             _signalNext = false;
+            _recorder?.InterruptDecision(EventIdx, UsedEvent, AvailFlags, oldIdx, newIdx, true);
             return true;
         }
+        if (_recorder is { } r)
+            return Recorded(r, oldIdx, newIdx);
         if (EventIdx)
             return SplitRing.NeedEvent(UsedEvent, newIdx, oldIdx);
         return (AvailFlags & SplitRing.AvailFNoInterrupt) == 0;
+    }
+
+    /// <summary>PublishUsed's decision, read once and reported with the value it rests on.</summary>
+    private bool Recorded(SplitQueueRecorder r, ushort oldIdx, ushort newIdx)
+    {
+        var usedEvent = UsedEvent;
+        var flags = AvailFlags;
+        var needed = EventIdx ? SplitRing.NeedEvent(usedEvent, newIdx, oldIdx) : (flags & SplitRing.AvailFNoInterrupt) == 0;
+        r.InterruptDecision(EventIdx, usedEvent, flags, oldIdx, newIdx, needed);
+        return needed;
     }
 
     public void DisableNotifications()
@@ -270,7 +295,11 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             // passed only after a full wrap of the index, which a queue of at most 32768 never sees.
             Volatile.Write(ref AvailEvent, (ushort)(_lastAvail - 1));
         else
-            Volatile.Write(ref UsedFlags, (ushort)(Volatile.Read(ref UsedFlags) | SplitRing.UsedFNoNotify));
+        {
+            var old = Volatile.Read(ref UsedFlags);
+            Volatile.Write(ref UsedFlags, (ushort)(old | SplitRing.UsedFNoNotify));
+            _recorder?.UsedFlags(old, (ushort)(old | SplitRing.UsedFNoNotify));
+        }
     }
 
     /// <summary>Whether the driver has made a chain available that the device has not taken (a look, for polling).</summary>
@@ -279,9 +308,16 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     public bool EnableNotifications()
     {
         if (EventIdx)
+        {
             Volatile.Write(ref AvailEvent, _lastAvail); // 2.7.10: notify me once idx passes this
+            _recorder?.AvailEvent(_lastAvail);
+        }
         else
-            Volatile.Write(ref UsedFlags, (ushort)(Volatile.Read(ref UsedFlags) & ~SplitRing.UsedFNoNotify));
+        {
+            var old = Volatile.Read(ref UsedFlags);
+            Volatile.Write(ref UsedFlags, (ushort)(old & ~SplitRing.UsedFNoNotify));
+            _recorder?.UsedFlags(old, (ushort)(old & ~SplitRing.UsedFNoNotify));
+        }
         // Full fence: publish the request for notifications, then re-read avail idx,
         // or a buffer made available in between would be missed.
         Interlocked.MemoryBarrier();

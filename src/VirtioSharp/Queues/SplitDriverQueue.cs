@@ -1,3 +1,4 @@
+using VirtioSharp.Diagnostics;
 using System.Runtime.CompilerServices;
 using VirtioSharp.Memory;
 
@@ -20,6 +21,8 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
     private ushort _availShadow;
     private ushort _availPublished;
     private ushort _lastUsed;
+    private readonly GuestMemory _memory;
+    private SplitQueueRecorder? _recorder; // null unless someone records
 
     public SplitDriverQueue(int index, int size, GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr, bool eventIdx)
     {
@@ -31,6 +34,7 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         DescriptorTable = descAddr;
         DriverArea = availAddr;
         DeviceArea = usedAddr;
+        _memory = memory;
         _desc = (byte*)memory.GetPointer(descAddr, SplitQueueLayout.DescriptorTableSize(size));
         _avail = (byte*)memory.GetPointer(availAddr, SplitQueueLayout.AvailRingSize(size));
         _used = (byte*)memory.GetPointer(usedAddr, SplitQueueLayout.UsedRingSize(size));
@@ -58,6 +62,10 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
     public ulong DriverArea { get; }
     public ulong DeviceArea { get; }
     public int FreeDescriptors => _free;
+
+    /// <summary>Reports what this half does as ring events while <paramref name="sink"/> is active; null stops it.</summary>
+    public void Record(ITraceSink? sink, bool indirect) =>
+        _recorder = sink is null ? null : new SplitQueueRecorder(sink, _memory, Index, Size, DescriptorTable, DriverArea, DeviceArea, EventIdx, indirect, announce: false);
     public ushort AvailIndex => _availShadow;
 
     private ref ushort AvailFlags => ref *(ushort*)_avail;
@@ -97,6 +105,7 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
             Unsafe.WriteUnaligned(d + 8, b.Length);
             Unsafe.WriteUnaligned(d + 12, flags);
             Unsafe.WriteUnaligned(d + 14, last ? (ushort)0 : _next[index]);
+            _recorder?.DescriptorWritten(head, i, buffers.Length, index, b.Address, b.Length, flags, last ? (ushort)0 : _next[index]);
             if (!last)
                 index = _next[index];
         }
@@ -106,6 +115,7 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
 
         // 2.7.13.2: put the head into the next available ring slot.
         AvailRingSlot(_availShadow & (Size - 1)) = head;
+        _recorder?.AvailWritten(head, _availShadow);
         _availShadow++;
         return true;
     }
@@ -128,7 +138,9 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         _freeHead = _next[head];
         _free--;
         _chainLength[head] = 1;
+        _recorder?.IndirectWritten(head, table, count);
         AvailRingSlot(_availShadow & (Size - 1)) = head;
+        _recorder?.AvailWritten(head, _availShadow);
         _availShadow++;
         return true;
     }
@@ -159,6 +171,14 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         _availPublished = newIdx;
         // 2.7.13.4: full fence between publishing idx and reading the device's suppression state.
         Interlocked.MemoryBarrier();
+        if (_recorder is { } r)
+        {
+            var availEvent = AvailEvent;
+            var usedFlags = UsedFlags;
+            var notify = EventIdx ? SplitRing.NeedEvent(availEvent, newIdx, oldIdx) : (usedFlags & SplitRing.UsedFNoNotify) == 0;
+            r.Published(oldIdx, newIdx, EventIdx, availEvent, usedFlags, notify);
+            return notify;
+        }
         if (EventIdx)
             return SplitRing.NeedEvent(AvailEvent, newIdx, oldIdx);
         return (UsedFlags & SplitRing.UsedFNoNotify) == 0;
@@ -190,9 +210,11 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         }
         head = (ushort)id;
         FreeChain(head);
+        _recorder?.UsedTaken(head, length, (ushort)(_lastUsed - 1));
         if (EventIdx)
         {
             Volatile.Write(ref UsedEvent, _lastUsed); // 2.7.7: interrupt me when the next one is used
+            _recorder?.UsedEvent(_lastUsed);
             // 2.7.14: full barrier between re-enabling and the next read of used idx, or an
             // element the device adds meanwhile is neither seen here nor interrupted for.
             Interlocked.MemoryBarrier();
@@ -236,15 +258,24 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
     public void DisableInterrupts()
     {
         if (!EventIdx)
+        {
+            _recorder?.AvailFlags(AvailFlags, SplitRing.AvailFNoInterrupt);
             Volatile.Write(ref AvailFlags, SplitRing.AvailFNoInterrupt);
+        }
     }
 
     public bool EnableInterrupts()
     {
         if (EventIdx)
+        {
             Volatile.Write(ref UsedEvent, _lastUsed);
+            _recorder?.UsedEvent(_lastUsed);
+        }
         else
+        {
+            _recorder?.AvailFlags(AvailFlags, 0);
             Volatile.Write(ref AvailFlags, (ushort)0);
+        }
         Interlocked.MemoryBarrier();
         return UsedIdx != _lastUsed;
     }

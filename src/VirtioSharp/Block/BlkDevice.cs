@@ -63,6 +63,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             features |= VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc);
         if (_options.OfferEventIdx)
             features |= VirtioFeatures.Bit(VirtioFeatures.RingEventIdx);
+        if (_options.OfferPacked)
+            features |= VirtioFeatures.Bit(VirtioFeatures.RingPacked);
         DeviceFeatures = features;
 
         Config = new BlkConfig
@@ -173,6 +175,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     /// <summary>Names the ring rule the driver broke, with the indices that show it.</summary>
     private void ReportRingError(IDeviceQueue queue)
     {
+        if (queue.Format == VirtqueueFormat.Packed)
+        {
+            ReportPackedRingError(queue);
+            return;
+        }
         var value = queue.LastRingErrorValue;
         var at = queue.LastAvailIndex; // TryPop does not move past a corrupt entry
         var slot = at & (queue.Size - 1);
@@ -198,6 +205,40 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                 break;
             default:
                 Breaches.Report("2.7", queue.Index, -1, "a sound ring", $"{queue.LastRingError} ({value})");
+                break;
+        }
+    }
+
+    /// <summary>Names the packed ring rule (2.8) the driver broke, with the slot and wrap counter where it showed.</summary>
+    private void ReportPackedRingError(IDeviceQueue queue)
+    {
+        var value = queue.LastRingErrorValue;
+        var at = queue.LastAvailIndex;
+        var where = $"slot {at & 0x7fff}, Driver Ring Wrap Counter {at >> 15}";
+        switch (queue.LastRingError)
+        {
+            case RingError.PackedFlagsInconsistent:
+                Breaches.Report("2.8.1", queue.Index, -1, "AVAIL equal to the Driver Ring Wrap Counter and USED its inverse in an available descriptor",
+                    $"flags 0x{value:x4} ({PackedRing.DescribeFlags((ushort)value)}) at {where}: the descriptor's flags went backwards");
+                break;
+            case RingError.PackedDescriptorNotAvailable:
+                Breaches.Report("2.8.6", queue.Index, -1, "every descriptor of a list made available before its first",
+                    $"descriptor in slot {value} of the list at {where} is not marked available");
+                break;
+            case RingError.PackedChainTooLong:
+                Breaches.Report("2.8.17", queue.Index, -1, $"a descriptor list no longer than the queue size {queue.Size}",
+                    $"VIRTQ_DESC_F_NEXT on every descriptor from {where}; no buffer id can be found");
+                break;
+            case RingError.PackedRingOverrun:
+                Breaches.Report("2.8.16", queue.Index, -1, "no descriptor made available over one the device has not yet used",
+                    $"a list at {where} runs into slots still in flight");
+                break;
+            case RingError.PackedBufferIdInFlight:
+                Breaches.Report("2.8.21.1", queue.Index, value, "a free buffer id for each list made available",
+                    $"buffer id {value}, still in flight, made available again at {where}");
+                break;
+            default:
+                Breaches.Report("2.8", queue.Index, -1, "a sound ring", $"{queue.LastRingError} ({value})");
                 break;
         }
     }
@@ -279,7 +320,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         req.Buffers = buffers;
         if (chain.IsStructurallyBroken)
         {
-            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
+            Breaches.Report(chain.Error.Section(chain.Format), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
             return false;
         }
         if (buffers.Length == 0)
@@ -295,7 +336,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         req.StatusAddress = last.Address + last.Length - 1;
         if (chain.Error != ChainError.None)
         {
-            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
+            Breaches.Report(chain.Error.Section(chain.Format), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
             return false;
         }
 

@@ -1,12 +1,14 @@
 namespace VirtioSharp.Queues;
 
 /// <summary>
-/// The device's half of a virtqueue, independent of ring format (split now, packed later).
+/// The device's half of a virtqueue, independent of ring format (split, packed).
 /// Used by one thread at a time: the queue's worker.
 /// </summary>
 public interface IDeviceQueue
 {
     int Index { get; }
+    /// <summary>Split (2.7) or packed (2.8).</summary>
+    VirtqueueFormat Format => VirtqueueFormat.Split;
     ushort Size { get; }
     bool EventIdx { get; }
     RingError LastRingError { get; }
@@ -22,7 +24,10 @@ public interface IDeviceQueue
     void DisableNotifications();
     /// <summary>Asks for notifications again; true if more chains arrived meanwhile (drain again).</summary>
     bool EnableNotifications();
-    /// <summary>The next available index the device will read (its position in the ring).</summary>
+    /// <summary>
+    /// The next available index the device will read (its position in the ring). Packed rings
+    /// give the slot in bits 0-14 and the Driver Ring Wrap Counter the device expects in bit 15.
+    /// </summary>
     ushort LastAvailIndex { get; }
     /// <summary>Number of chains taken but not yet returned.</summary>
     int InFlight { get; }

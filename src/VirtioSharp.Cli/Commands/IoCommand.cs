@@ -22,17 +22,23 @@ public static class IoCommand
             Required = true,
             Recursive = true,
         };
+        var packed = new Option<bool>("--packed")
+        {
+            Description = "Use packed virtqueues (VIRTIO_F_RING_PACKED); fails if the back-end does not offer them",
+            Recursive = true,
+        };
         var io = new Command("io", "Run block requests against a vhost-user-blk back-end through our virtio-blk driver");
         io.Add(socket);
-        io.Add(Info(socket));
-        io.Add(Read(socket));
-        io.Add(Write(socket));
-        io.Add(Flush(socket));
-        io.Add(Ranged("discard", "Discard (unmap) a byte range (VIRTIO_BLK_T_DISCARD)", socket,
+        io.Add(packed);
+        io.Add(Info(socket, packed));
+        io.Add(Read(socket, packed));
+        io.Add(Write(socket, packed));
+        io.Add(Flush(socket, packed));
+        io.Add(Ranged("discard", "Discard (unmap) a byte range (VIRTIO_BLK_T_DISCARD)", socket, packed,
             (s, offset, length, ct) => s.Driver.DiscardAsync(offset, length, ct)));
-        io.Add(Ranged("write-zeroes", "Zero a byte range without sending data (VIRTIO_BLK_T_WRITE_ZEROES)", socket,
+        io.Add(Ranged("write-zeroes", "Zero a byte range without sending data (VIRTIO_BLK_T_WRITE_ZEROES)", socket, packed,
             (s, offset, length, ct) => s.Driver.WriteZeroesAsync(offset, length, false, ct)));
-        io.Add(Verify(socket));
+        io.Add(Verify(socket, packed));
         return io;
     }
 
@@ -51,14 +57,14 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- info
 
-    private static Command Info(Option<string> socket)
+    private static Command Info(Option<string> socket, Option<bool> packed)
     {
         var cmd = new Command("info", "Show what the back-end offers and what the driver negotiated");
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("io info", parse.InvocationConfiguration.Error, async () =>
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = FrontendSession.Open(parse.GetValue(socket)!, packed: parse.GetValue(packed));
             var d = s.Driver;
             var t = s.Transport;
             var c = d.Config;
@@ -95,7 +101,7 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- read / write
 
-    private static Command Read(Option<string> socket)
+    private static Command Read(Option<string> socket, Option<bool> packed)
     {
         var offset = OffsetOption();
         var length = LengthOption();
@@ -108,7 +114,7 @@ public static class IoCommand
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var outPath = parse.GetValue(output);
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = FrontendSession.Open(parse.GetValue(socket)!, packed: parse.GetValue(packed));
             s.CheckRange(off, len, "read");
             await using var file = outPath is null ? null : new FileStream(outPath, FileMode.Create, FileAccess.Write);
             var dump = outPath is null ? new Hexdump(stdout) : null;
@@ -131,7 +137,7 @@ public static class IoCommand
         return cmd;
     }
 
-    private static Command Write(Option<string> socket)
+    private static Command Write(Option<string> socket, Option<bool> packed)
     {
         var offset = OffsetOption();
         var input = new Option<string>("--in") { Description = "File whose bytes are written (its size must be a multiple of 512)", Required = true };
@@ -146,7 +152,7 @@ public static class IoCommand
                 throw new CliException($"input file '{inPath}' does not exist");
             await using var file = new FileStream(inPath, FileMode.Open, FileAccess.Read);
             var len = (ulong)file.Length;
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = FrontendSession.Open(parse.GetValue(socket)!, packed: parse.GetValue(packed));
             if (s.Driver.ReadOnly)
                 throw new CliException("the device is read-only (VIRTIO_BLK_F_RO)");
             s.CheckRange(off, len, "write");
@@ -166,14 +172,14 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- flush, discard, write-zeroes
 
-    private static Command Flush(Option<string> socket)
+    private static Command Flush(Option<string> socket, Option<bool> packed)
     {
         var cmd = new Command("flush", "Ask the device to make written data durable (VIRTIO_BLK_T_FLUSH)");
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("io flush", parse.InvocationConfiguration.Error, async () =>
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = FrontendSession.Open(parse.GetValue(socket)!, packed: parse.GetValue(packed));
             if (!VirtioFeatures.Has(s.Driver.Features, VirtioFeatures.BlkFlush))
                 throw new CliException("the device does not offer VIRTIO_BLK_F_FLUSH");
             await s.Driver.FlushAsync(ct);
@@ -183,7 +189,7 @@ public static class IoCommand
         return cmd;
     }
 
-    private static Command Ranged(string name, string description, Option<string> socket, Func<FrontendSession, ulong, ulong, CancellationToken, ValueTask> run)
+    private static Command Ranged(string name, string description, Option<string> socket, Option<bool> packed, Func<FrontendSession, ulong, ulong, CancellationToken, ValueTask> run)
     {
         var offset = OffsetOption();
         var length = LengthOption();
@@ -194,7 +200,7 @@ public static class IoCommand
             var stderr = parse.InvocationConfiguration.Error;
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = FrontendSession.Open(parse.GetValue(socket)!, packed: parse.GetValue(packed));
             s.CheckRange(off, len, name);
             await run(s, off, len, ct);
             stderr.WriteLine($"{name}: {len} bytes at offset {off} done");
@@ -205,7 +211,7 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- verify
 
-    private static Command Verify(Option<string> socket)
+    private static Command Verify(Option<string> socket, Option<bool> packed)
     {
         var offset = OffsetOption();
         var length = LengthOption();
@@ -218,7 +224,7 @@ public static class IoCommand
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var seedValue = parse.GetValue(seed);
-            using var s = FrontendSession.Open(parse.GetValue(socket)!);
+            using var s = FrontendSession.Open(parse.GetValue(socket)!, packed: parse.GetValue(packed));
             if (s.Driver.ReadOnly)
                 throw new CliException("the device is read-only (VIRTIO_BLK_F_RO); verify needs to write");
             s.CheckRange(off, len, "verify");

@@ -56,14 +56,16 @@ public static class ServeCommand
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
+        var noPacked = new Option<bool>("--no-packed") { Description = "Do not offer packed virtqueues (VIRTIO_F_RING_PACKED, spec 2.8); front-ends then use split rings" };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose };
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose, noPacked };
         command.SetAction(result =>
         {
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket)!, result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
-                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!));
+                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
+                !result.GetValue(noPacked));
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
@@ -71,7 +73,7 @@ public static class ServeCommand
 
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
-        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto);
+        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto, bool OfferPacked = true);
 
     private static AioMode ParseAio(string value) => value switch
     {
@@ -95,6 +97,7 @@ public static class ServeCommand
                 Serial = s.Serial,
                 ReadOnly = s.ReadOnly,
                 Strict = s.Strict,
+                OfferPacked = s.OfferPacked,
                 Log = log,
             };
             var device = new BlkDevice(backend, options);

@@ -22,7 +22,7 @@ internal sealed class FrontendSession : IDisposable
     /// <paramref name="queueSize"/>; <paramref name="extraMemory"/> bytes of shared memory are left for direct buffers.
     /// </summary>
     public static FrontendSession Open(string socket, int queues = 1, int queueSize = 128, int maxTransfer = 64 * 1024,
-        ulong extraMemory = 0, ILogSink? log = null)
+        ulong extraMemory = 0, ILogSink? log = null, bool packed = false)
     {
         var memory = MemoryFor(queues, queueSize, maxTransfer) + extraMemory;
         var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions { MemorySize = memory, Log = log });
@@ -34,6 +34,7 @@ internal sealed class FrontendSession : IDisposable
                 QueueSize = queueSize,
                 MaxTransfer = maxTransfer,
                 Log = log,
+                Ring = packed ? RingChoice.RequirePacked : RingChoice.Split,
             });
             return new FrontendSession(transport, driver);
         }

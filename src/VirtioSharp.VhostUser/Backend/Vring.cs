@@ -41,13 +41,13 @@ internal sealed class Vring : IDisposable
     public uint Num { get; set; }
     /// <summary>SET_VRING_ADDR; null until set.</summary>
     public VringAddress? Address { get; set; }
-    /// <summary>Next available index to process: SET_VRING_BASE, and where a stopped ring left off.</summary>
-    public ushort Base { get; set; }
+    /// <summary>Next available index to process (packed: both positions, see <see cref="VringFormat"/>): SET_VRING_BASE, and where a stopped ring left off.</summary>
+    public uint Base { get; set; }
     public EventFd? Kick { get; private set; }
     public bool Enabled => _enabled;
 
     // --- running state ---
-    public SplitDeviceQueue? Queue { get; private set; }
+    public IDeviceQueue? Queue { get; private set; }
     public bool Started => _worker != null;
     /// <summary>The worker stopped because the driver broke the ring (vhost-user has no status register to say so).</summary>
     public bool Failed { get; private set; }
@@ -85,7 +85,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>Starts the worker over <paramref name="queue"/> (built over the current memory table).</summary>
-    public void Start(SplitDeviceQueue queue)
+    public void Start(IDeviceQueue queue)
     {
         if (Started)
             throw new InvalidOperationException($"queue {Index} is already started");
@@ -109,7 +109,7 @@ internal sealed class Vring : IDisposable
         _worker.Join();
         _worker = null;
         if (Queue != null)
-            Base = Queue.LastAvailIndex;
+            Base = VringFormat.BaseOf(Queue);
         Queue = null;
     }
 
@@ -182,7 +182,7 @@ internal sealed class Vring : IDisposable
         (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 2; // + the two polls
 
     /// <summary>Waits in poll(2) on the control and kick descriptors; the device does its I/O synchronously.</summary>
-    private void RunPolled(SplitDeviceQueue queue, EventFd kick)
+    private void RunPolled(IDeviceQueue queue, EventFd kick)
     {
         Span<PollFd> fds = stackalloc PollFd[2];
         var drain = true; // buffers may have been made available before the ring started
@@ -215,7 +215,7 @@ internal sealed class Vring : IDisposable
     /// flight, so guest memory is never unmapped under an I/O (vhost-user.rst: GET_VRING_BASE
     /// stops the ring; here its in-flight requests are finished and used first).
     /// </summary>
-    private void RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
+    private void RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = new IoUringQueueIo(ring);
         bool armControl = true, armKick = true, stopped = false;
@@ -265,7 +265,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>After a host-side failure: waits for the I/O still in flight, so no completion lands after memory is unmapped.</summary>
-    private void FinishInFlight(SplitDeviceQueue queue, IoUring ring)
+    private void FinishInFlight(IDeviceQueue queue, IoUring ring)
     {
         try
         {
@@ -288,7 +288,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>One drain of the available ring. On NeedsReset the queue stops: the call and the err descriptor are signalled here.</summary>
-    private QueueOutcome Drain(SplitDeviceQueue queue, IQueueIo? io)
+    private QueueOutcome Drain(IDeviceQueue queue, IQueueIo? io)
     {
         var outcome = _device.ProcessQueue(queue, io);
         switch (outcome)

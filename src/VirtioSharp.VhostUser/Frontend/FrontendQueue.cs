@@ -20,8 +20,9 @@ internal sealed unsafe class FrontendQueue : IDisposable
     {
         Index = index;
         Size = size;
-        _availIdx = (ushort*)(availRing + 2); // 2.7.6: flags, then idx
-        _usedIdx = (ushort*)(usedRing + 2);   // 2.7.8: flags, then idx
+        // 2.7.6 / 2.7.8: flags, then idx; a packed ring (address 0 here) has no such indices.
+        _availIdx = availRing == 0 ? null : (ushort*)(availRing + 2);
+        _usedIdx = usedRing == 0 ? null : (ushort*)(usedRing + 2);
         _handler = handler;
         Kick = EventFd.Create();
         Call = EventFd.Create();
@@ -34,8 +35,8 @@ internal sealed unsafe class FrontendQueue : IDisposable
     public bool Enabled { get; set; }
 
     /// <summary>Requests made available and not yet used, as the rings show them.</summary>
-    public int InFlight => (ushort)(Volatile.Read(ref *_availIdx) - Volatile.Read(ref *_usedIdx));
-    public ushort UsedIndex => Volatile.Read(ref *_usedIdx);
+    public int InFlight => _availIdx == null ? 0 : (ushort)(Volatile.Read(ref *_availIdx) - Volatile.Read(ref *_usedIdx));
+    public ushort UsedIndex => _usedIdx == null ? (ushort)0 : Volatile.Read(ref *_usedIdx);
 
     // Progress check state, touched only by the monitor thread.
     public ushort LastSeenUsed;

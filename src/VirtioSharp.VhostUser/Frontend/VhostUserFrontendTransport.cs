@@ -1,3 +1,4 @@
+using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Driver;
@@ -231,10 +232,13 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
         if (_queues[queue] is not null)
             throw new VirtioDeviceException($"queue {queue} is already set up");
         // Ring addresses go to the back-end as our virtual addresses (no IOMMU negotiated).
-        var desc = ToUser(descriptorTable, Queues.SplitQueueLayout.DescriptorTableSize(size));
-        var avail = ToUser(driverArea, Queues.SplitQueueLayout.AvailRingSize(size));
-        var used = ToUser(deviceArea, Queues.SplitQueueLayout.UsedRingSize(size));
-        var q = new FrontendQueue(queue, size, (nint)avail, (nint)used, () => _handler);
+        var packed = VirtioFeatures.Has(_driverFeatures, VirtioFeatures.RingPacked);
+        var (descBytes, driverBytes, deviceBytes) = Backend.VringFormat.PartSizes(packed, size);
+        var desc = ToUser(descriptorTable, descBytes);
+        var avail = ToUser(driverArea, driverBytes);
+        var used = ToUser(deviceArea, deviceBytes);
+        // A packed ring keeps no indices in memory (2.8): the progress check does not watch it.
+        var q = new FrontendQueue(queue, size, packed ? 0 : (nint)avail, packed ? 0 : (nint)used, () => _handler);
         try
         {
             Span<byte> payload = stackalloc byte[VringAddress.Length];
@@ -247,7 +251,7 @@ public sealed unsafe class VhostUserFrontendTransport : IDriverTransport
             {
                 throw new VhostUserException($"{e.Message}: queue {queue} of size {size} is more than the back-end takes; ask for a smaller queue");
             }
-            new VringState((uint)queue, 0).Write(payload);
+            new VringState((uint)queue, packed ? Backend.VringFormat.PackedInitialBase : 0).Write(payload);
             Send(VhostUserRequest.SetVringBase, payload[..VringState.Length], ack: true);
             new VringAddress((uint)queue, 0, desc, used, avail, 0).Write(payload);
             Send(VhostUserRequest.SetVringAddr, payload, ack: true);

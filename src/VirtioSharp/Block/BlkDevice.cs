@@ -273,7 +273,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         if (trace is { Active: true })
         {
             trace.Step("device", $"status byte at 0x{req.StatusAddress:x} = {(byte)status} (VIRTIO_BLK_S_{StatusName(status)})");
-            trace.Step("device", $"used ring: element {{ id = {chain.Head}, len = {written} }} and used idx advanced");
+            if (chain.Format == VirtqueueFormat.Split)
+                trace.Step("device", $"used ring: element {{ id = {chain.Head}, len = {written} }} and used idx advanced");
         }
         return written;
     }
@@ -282,7 +283,9 @@ public sealed unsafe class BlkDevice : IVirtioDevice
 
     private static void TraceChain(ITraceSink trace, int queue, in DescriptorChain chain)
     {
-        trace.Step("device", $"took head {chain.Head} from the available ring of queue {queue}; walking the chain:");
+        trace.Step("device", chain.Format == VirtqueueFormat.Packed
+            ? $"took the list with buffer id {chain.Head} from the descriptor ring of queue {queue}; its buffers:"
+            : $"took head {chain.Head} from the available ring of queue {queue}; walking the chain:");
         var i = 0;
         foreach (ref readonly var b in chain.Buffers)
             trace.Step("device", $"  buffer {i++}: addr 0x{b.Address:x} len {b.Length} {(b.Writable ? "device-writable" : "device-readable")}");

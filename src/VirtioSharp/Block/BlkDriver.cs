@@ -68,6 +68,7 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
             if (packed)
             {
                 var p = PackedDriverQueue.Allocate(q, size, transport.Allocator, eventIdx); // 2.8.10.1: any size up to 32768
+                p.Trace = options.Trace;
                 transport.SetupQueue(q, size, p.DescriptorTable, p.DriverArea, p.DeviceArea);
                 ring = p;
             }
@@ -322,7 +323,7 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         }
         if (notify)
             _transport.Notify(ctx.Queue.Index);
-        else if (slot.Tracing)
+        else if (slot.Tracing && ctx.Queue.Format == VirtqueueFormat.Split)
             trace!.Step("driver", "device asked not to be notified (VIRTQ_USED_F_NO_NOTIFY / avail_event); no QueueNotify");
         return result;
     }
@@ -333,6 +334,8 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         trace.Step("driver", $"request {TypeName(type)} sector {sector}: header {{ type = {(uint)type}, reserved = 0, sector = {sector} }}");
         if (ctx.Indirect)
             trace.Step("driver", $"descriptor {head}: VIRTQ_DESC_F_INDIRECT -> table of {chain.Length} descriptors (VIRTIO_F_INDIRECT_DESC)");
+        if (!ctx.Indirect && ctx.Queue.Format == VirtqueueFormat.Packed)
+            return; // the packed ring narrates the slots it wrote
         for (var i = 0; i < chain.Length; i++)
         {
             var b = chain[i];
@@ -440,7 +443,9 @@ public sealed class BlkDriver : IInterruptHandler, IDisposable
         var status = (BlkStatus)ctx.Memory.GetSpan(slot.StatusAddress, 1)[0];
         if (slot.Tracing && Trace is { } trace)
         {
-            trace.Step("driver", $"interrupt handler: used ring element {{ id = {slot.Head}, len = {slot.UsedLength} }}; status byte = {(byte)status}");
+            trace.Step("driver", ctx.Queue.Format == VirtqueueFormat.Packed
+                ? $"interrupt handler: used descriptor {{ id = {slot.Head}, len = {slot.UsedLength} }}; status byte = {(byte)status}"
+                : $"interrupt handler: used ring element {{ id = {slot.Head}, len = {slot.UsedLength} }}; status byte = {(byte)status}");
             trace.Step("driver", "interrupt handler: descriptors freed, waiting caller woken");
         }
         slot.Complete(status);

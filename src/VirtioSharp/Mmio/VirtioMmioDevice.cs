@@ -296,7 +296,10 @@ public sealed class VirtioMmioDevice : IMmioHandler
         string? error;
         if (VirtioFeatures.Has(accepted, VirtioFeatures.RingPacked))
         {
-            queue = PackedDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out error);
+            var packed = PackedDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out error);
+            if (packed is not null)
+                packed.Trace = Trace;
+            queue = packed;
             if (queue is null)
             {
                 var misaligned = q.Desc % PackedQueueLayout.DescriptorRingAlignment != 0 || q.Driver % PackedQueueLayout.EventSuppressionAlignment != 0

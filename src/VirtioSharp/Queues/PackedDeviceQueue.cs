@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using VirtioSharp.Diagnostics;
 using VirtioSharp.Memory;
 
 namespace VirtioSharp.Queues;
@@ -113,6 +114,9 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     public RingError LastRingError { get; private set; }
     public int LastRingErrorValue { get; private set; }
 
+    /// <summary>Narrates the ring's steps in the spec's words while <see cref="ITraceSink.Active"/>.</summary>
+    public ITraceSink? Trace { get; set; }
+
     public bool IsInFlight(ushort token) => token < Size && _tokenSlots[token] != 0;
 
     /// <summary>The buffer id (2.8.6) of a chain in flight.</summary>
@@ -191,10 +195,22 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         _tokenSlots[token] = (ushort)slots;
         _slotsInFlight += slots;
         _inFlightCount++;
+        if (Trace is { Active: true } t)
+            TracePop(t, slots, id, wrap);
         _nextAvail = (ushort)slot;
         _availWrap = wrap;
         chain = new DescriptorChain(token, _scratch.AsSpan(0, count), error, errorDescriptor, VirtqueueFormat.Packed);
         return PopResult.Chain;
+    }
+
+    private void TracePop(ITraceSink t, int slots, ushort id, bool wrapAfter)
+    {
+        var flags = ReadFlags(Slot(_nextAvail));
+        var w = _availWrap ? 1 : 0;
+        t.Step("device", $"descriptor ring slot {_nextAvail}: flags {PackedRing.DescribeFlags(flags)}; AVAIL matches the Driver Ring Wrap Counter the device expects ({w}) and USED does not: available (2.8.1), read with acquire before the rest");
+        t.Step("device", $"list of {slots} slot{(slots == 1 ? "" : "s")} from slot {_nextAvail}; buffer id {id} from its last descriptor (2.8.6)");
+        if (wrapAfter != _availWrap)
+            t.Step("device", $"the list ran past the ring's last slot: the device now expects Driver Ring Wrap Counter {(wrapAfter ? 1 : 0)} (2.8.1)");
     }
 
     /// <summary>2.8.7 / 2.8.19: checks a descriptor with VIRTQ_DESC_F_INDIRECT before its table is read.</summary>
@@ -311,10 +327,16 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         // 2.8.6: skip the list's other slots; the counter flips after the ring's last slot.
         var next = _nextUsed + slots;
         if (next >= Size)
-        {
             next -= Size;
-            _usedWrap = !_usedWrap;
+        if (Trace is { Active: true } t)
+        {
+            t.Step("device", $"used descriptor written over slot {_nextUsed}: id {id}, len {written}, then flags {PackedRing.DescribeFlags(flags)} last with release: AVAIL and USED both equal the Device Ring Wrap Counter ({(_usedWrap ? 1 : 0)}), handing the slot back (2.8.1)");
+            t.Step("device", next < _nextUsed
+                ? $"skips the list's other {slots - 1} slot(s) past the ring's end: next used slot {next}, Device Ring Wrap Counter flips to {(_usedWrap ? 0 : 1)}"
+                : $"skips the list's other {slots - 1} slot(s): next used slot {next} (2.8.6)");
         }
+        if (next < _nextUsed || slots == Size)
+            _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;
         _usedSinceEvent += slots;
     }
@@ -329,12 +351,26 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         Interlocked.MemoryBarrier();
         var offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
         var flags = Volatile.Read(ref *(ushort*)(_driverEvent + 2)) & PackedRing.EventFlagsMask;
+        bool interrupt;
         if (flags == PackedRing.EventFlagsDisable)
-            return false;
-        if (flags != PackedRing.EventFlagsDesc || !EventIdx || count >= Size)
-            return true; // ENABLE, or a request for one descriptor the device cannot honour: notify
-        return PackedRing.NeedEvent(offWrap, _nextUsed, _usedWrap, count, Size);
+            interrupt = false;
+        else if (flags != PackedRing.EventFlagsDesc || !EventIdx || count >= Size)
+            interrupt = true; // ENABLE, or a request for one descriptor the device cannot honour: notify
+        else
+            interrupt = PackedRing.NeedEvent(offWrap, _nextUsed, _usedWrap, count, Size);
+        if (Trace is { Active: true } t)
+            t.Step("device", $"full barrier, then the Driver Event Suppression structure: {DescribeEvent(offWrap, flags)} -> {(interrupt ? "send a used buffer notification" : "no interrupt")} (2.8.10)");
+        return interrupt;
     }
+
+    /// <summary>An event suppression structure in the spec's words.</summary>
+    public static string DescribeEvent(ushort offWrap, int flags) => flags switch
+    {
+        PackedRing.EventFlagsEnable => "flags RING_EVENT_FLAGS_ENABLE",
+        PackedRing.EventFlagsDisable => "flags RING_EVENT_FLAGS_DISABLE",
+        PackedRing.EventFlagsDesc => $"flags RING_EVENT_FLAGS_DESC, desc_event_off {offWrap & 0x7fff}, desc_event_wrap {offWrap >> 15}",
+        _ => $"reserved flags {flags}",
+    };
 
     public void DisableNotifications() =>
         Volatile.Write(ref *(ushort*)(_deviceEvent + 2), PackedRing.EventFlagsDisable); // 2.8.10: RING_EVENT_FLAGS_DISABLE

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
+using VirtioSharp.Diagnostics;
 using VirtioSharp.Memory;
 
 namespace VirtioSharp.Queues;
@@ -86,6 +87,9 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     /// <summary>The Driver Event Suppression structure as the driver last wrote it (for tracing).</summary>
     public (ushort OffWrap, ushort Flags) DriverEvent => (Volatile.Read(ref *(ushort*)_driverEvent), Volatile.Read(ref *(ushort*)(_driverEvent + 2)));
 
+    /// <summary>Narrates the ring's steps in the spec's words while <see cref="ITraceSink.Active"/>.</summary>
+    public ITraceSink? Trace { get; set; }
+
     private byte* Slot(int slot) => _desc + slot * PackedRing.DescriptorSize;
 
     /// <summary>Reads back descriptor <paramref name="slot"/> (for tracing).</summary>
@@ -134,6 +138,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         _freeSlots -= buffers.Length;
         _addedSincePublish += buffers.Length;
         head = id;
+        if (Trace is { Active: true } t)
+            TraceAdd(t, first, buffers.Length, id, wrapBefore: (first + buffers.Length >= Size) != _availWrap);
         return true;
     }
 
@@ -147,6 +153,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         if (_freeSlots == 0 || _freeIdCount == 0 || count <= 0 || count > Size)
             return false;
         var id = _freeIds[--_freeIdCount];
+        var first = _nextAvail;
+        var wrapBefore = _availWrap;
         var d = Slot(_nextAvail);
         Unsafe.WriteUnaligned(d, table);
         Unsafe.WriteUnaligned(d + 8, (uint)(count * PackedRing.DescriptorSize));
@@ -158,7 +166,22 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         _freeSlots--;
         _addedSincePublish++;
         head = id;
+        if (Trace is { Active: true } t)
+            TraceAdd(t, first, 1, id, wrapBefore);
         return true;
+    }
+
+    private void TraceAdd(ITraceSink t, int first, int slots, ushort id, bool wrapBefore)
+    {
+        for (var i = 0; i < slots; i++)
+        {
+            var slot = (first + i) % Size;
+            var d = ReadDescriptor(slot);
+            t.Step("driver", $"  descriptor ring slot {slot}: addr 0x{d.Address:x} len {d.Length} id {d.Id} flags {PackedRing.DescribeFlags(d.Flags)}");
+        }
+        t.Step("driver", $"slot {first}'s flags written last, with release, after the rest of the list (2.8.6): AVAIL = Driver Ring Wrap Counter ({(wrapBefore ? 1 : 0)}), USED its inverse; buffer id {id} hands the list to the device");
+        if (wrapBefore != _availWrap)
+            t.Step("driver", $"the list used the ring's last slot: Driver Ring Wrap Counter flips to {(_availWrap ? 1 : 0)}; the next list starts at slot {_nextAvail} (2.8.1)");
     }
 
     /// <summary>2.8.7: an indirect table of struct pvirtq_desc; only WRITE is set, ids are ignored.</summary>
@@ -197,11 +220,16 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         Interlocked.MemoryBarrier();
         var offWrap = Volatile.Read(ref *(ushort*)_deviceEvent);
         var flags = Volatile.Read(ref *(ushort*)(_deviceEvent + 2)) & PackedRing.EventFlagsMask;
+        bool notify;
         if (flags == PackedRing.EventFlagsDisable)
-            return false;
-        if (flags != PackedRing.EventFlagsDesc || !EventIdx || added >= Size)
-            return true;
-        return PackedRing.NeedEvent(offWrap, _nextAvail, _availWrap, added, Size);
+            notify = false;
+        else if (flags != PackedRing.EventFlagsDesc || !EventIdx || added >= Size)
+            notify = true;
+        else
+            notify = PackedRing.NeedEvent(offWrap, _nextAvail, _availWrap, added, Size);
+        if (Trace is { Active: true } t)
+            t.Step("driver", $"full barrier, then the Device Event Suppression structure: {PackedDeviceQueue.DescribeEvent(offWrap, flags)} -> {(notify ? "notify the device" : "no notification")} (2.8.21.2)");
+        return notify;
     }
 
     public bool TryTakeUsed(out ushort head, out uint length, out UsedError error)
@@ -232,10 +260,14 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         // 2.8.6: skip the list's other slots to where the next used descriptor goes.
         var next = _nextUsed + slots;
         if (next >= Size)
-        {
             next -= Size;
-            _usedWrap = !_usedWrap;
+        if (Trace is { Active: true } t)
+        {
+            t.Step("driver", $"descriptor ring slot {_nextUsed}: flags {PackedRing.DescribeFlags(flags)}; AVAIL and USED both equal the Device Ring Wrap Counter the driver expects ({(_usedWrap ? 1 : 0)}): used, read with acquire before id {id} and len {len} (2.8.22)");
+            t.Step("driver", $"buffer id {id} had {slots} slot(s): the next used descriptor will be in slot {next}{(next < _nextUsed || slots == Size ? ", after the ring's end: the expected counter flips" : "")}");
         }
+        if (next < _nextUsed || slots == Size)
+            _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;
         head = id;
         if (EventIdx)

@@ -29,11 +29,12 @@ public static class BenchCommand
         var zeroCopy = new Option<bool>("--zero-copy") { Description = "Data buffers in shared memory, no copies (--zero-copy false: copy through the driver's bounce buffers)", DefaultValueFactory = _ => true };
         var json = new Option<bool>("--json") { Description = "Print the result as JSON on stdout" };
         var seed = new Option<int>("--seed") { Description = "Seed for random offsets", DefaultValueFactory = _ => 1 };
+        var packed = new Option<bool>("--packed") { Description = "Use packed virtqueues (VIRTIO_F_RING_PACKED); fails if the back-end does not offer them" };
         var pollUs = new Option<int>("--poll-us") { Description = "Microseconds each queue's completion thread keeps watching the used ring before it sleeps on the call eventfd (adapted; 0: sleep at once)" };
         var reconnect = FrontendSession.ReconnectOption();
         var cmd = new Command("bench", "Measure IOPS, bandwidth and latency against a vhost-user-blk back-end")
         {
-            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect, pollUs,
+            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect, pollUs, packed,
         };
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", parse.InvocationConfiguration.Error, async () =>
         {
@@ -51,7 +52,8 @@ public static class BenchCommand
                 parse.GetValue(json),
                 parse.GetValue(seed),
                 FrontendSession.ReconnectTimeout(parse.GetValue(reconnect)),
-                parse.GetValue(pollUs));
+                parse.GetValue(pollUs),
+                parse.GetValue(packed));
             return await new BenchRun(settings, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error).RunAsync(ct);
         }));
         return cmd;
@@ -59,7 +61,7 @@ public static class BenchCommand
 }
 
 internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, int IoDepth, int Queues, double Runtime, double Ramp,
-    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default, int PollUs = 0)
+    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default, int PollUs = 0, bool Packed = false)
 {
     public bool Random => Rw.StartsWith("rand", StringComparison.Ordinal);
 
@@ -111,7 +113,7 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var maxTransfer = s.ZeroCopy ? 4096 : (int)Math.Max(4096, s.BlockSize);
         var direct = s.ZeroCopy ? (ulong)totalDepth * ((s.BlockSize + 4095) & ~4095UL) : 0;
         using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20),
-            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"), pollMicroseconds: s.PollUs);
+            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"), pollMicroseconds: s.PollUs, packed: s.Packed);
         var driver = session.Driver;
         var region = Math.Min(s.Size ?? driver.Capacity, driver.Capacity);
         if (region < s.BlockSize)

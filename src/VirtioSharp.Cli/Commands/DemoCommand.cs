@@ -15,13 +15,14 @@ public static class DemoCommand
     {
         var disk = new Option<string?>("--disk") { Description = "Disk image to use. Created with --size if missing; an existing image is overwritten only with --overwrite. Default: a new image in a temporary folder." };
         var size = new Option<string>("--size") { Description = "Size of a disk image the demo creates (e.g. 64M, 1G).", DefaultValueFactory = _ => "64M" };
-        var queueSize = new Option<int>("--queue-size") { Description = "Virtqueue size: a power of two, 4..32768.", DefaultValueFactory = _ => 256 };
+        var queueSize = new Option<int>("--queue-size") { Description = "Virtqueue size: a power of two, 4..32768 (with --packed any size in that range).", DefaultValueFactory = _ => 256 };
         var depth = new Option<int>("--depth") { Description = "Requests kept in flight at once by the workload.", DefaultValueFactory = _ => 32 };
         var trace = new Option<string>("--trace") { Description = "Narrate requests step by step: all, first or none.", DefaultValueFactory = _ => "first" };
         trace.AcceptOnlyFromAmong("all", "first", "none");
         var strict = StrictOption.Create();
         var overwrite = new Option<bool>("--overwrite") { Description = "Allow the demo to overwrite the contents of an existing --disk image." };
         var indirect = new Option<bool>("--indirect") { Description = "Let the driver use indirect descriptor tables (VIRTIO_F_INDIRECT_DESC): one ring descriptor per request." };
+        var packed = new Option<bool>("--packed") { Description = "Use packed virtqueues (VIRTIO_F_RING_PACKED, spec 2.8) instead of split ones; any queue size from 4 to 32768." };
         var blockSize = new Option<string>("--block-size") { Description = "Bytes per request of the workload (multiple of 512).", DefaultValueFactory = _ => "64K" };
         var html = new Option<string?>("--html") { Description = "Write the run as a self-contained HTML page (the virtqueue explorer): the first request, or with --trace all the first --record-limit requests." };
         var record = new Option<string?>("--record") { Description = "Write the same recording as a file for vblk view (JSON lines)." };
@@ -33,7 +34,7 @@ public static class DemoCommand
             The first request is narrated in the spec's words; then a workload writes patterns, reads them
             back and verifies every byte, flushes, discards, zeroes and reads the device id.
             """);
-        foreach (var o in new Option[] { disk, size, queueSize, depth, trace, strict, overwrite, blockSize, indirect, html, record, recordLimit })
+        foreach (var o in new Option[] { disk, size, queueSize, depth, trace, strict, overwrite, blockSize, indirect, html, record, recordLimit, packed })
             command.Options.Add(o);
         command.SetAction(async (parse, cancel) =>
         {
@@ -49,14 +50,15 @@ public static class DemoCommand
                 parse.GetValue(indirect),
                 parse.GetValue(html),
                 parse.GetValue(record),
-                parse.GetValue(recordLimit));
+                parse.GetValue(recordLimit),
+                parse.GetValue(packed));
             return await RunAsync(settings, cancel);
         });
         return command;
     }
 
     private sealed record DemoSettings(string? Disk, ulong Size, int QueueSize, int Depth, string Trace, StrictMode Strict, bool Overwrite, ulong BlockSize, bool Indirect,
-        string? Html = null, string? Record = null, int RecordLimit = 200)
+        string? Html = null, string? Record = null, int RecordLimit = 200, bool Packed = false)
     {
         public bool Recording => Html is not null || Record is not null;
         /// <summary>Requests recorded: the narrated one, or with --trace all the first --record-limit.</summary>
@@ -65,8 +67,8 @@ public static class DemoCommand
 
     private static void Check(DemoSettings s)
     {
-        if (!SplitRing.IsValidSize(s.QueueSize) || s.QueueSize < 4)
-            throw new CliException($"--queue-size must be a power of two from 4 to 32768, not {s.QueueSize}", true);
+        if (s.Packed ? !PackedRing.IsValidSize(s.QueueSize) || s.QueueSize < 4 : !SplitRing.IsValidSize(s.QueueSize) || s.QueueSize < 4)
+            throw new CliException(s.Packed ? $"--queue-size must be from 4 to 32768, not {s.QueueSize}" : $"--queue-size must be a power of two from 4 to 32768, not {s.QueueSize}", true);
         var maxDepth = s.Indirect ? s.QueueSize : s.QueueSize / 3;
         if (s.Depth < 1 || s.Depth > maxDepth)
             throw new CliException($"--depth must be from 1 to {maxDepth} ({(s.Indirect ? "the queue size" : "a third of the queue size: three descriptors per request")}), not {s.Depth}", true);
@@ -127,14 +129,16 @@ public static class DemoCommand
         var recorder = s.Recording ? new RingRecorder(new RingRecorderOptions { MaxRequests = s.RequestsRecorded, Inner = console, Writer = file, Keep = s.Html is not null }) : null;
         ITraceSink? trace = recorder is not null ? recorder : s.Trace != "none" ? console : null;
         using var backend = FileBackend.Open(path);
-        var device = new BlkDevice(backend, new BlkDeviceOptions { QueueSize = s.QueueSize, Log = log, Trace = trace, Strict = s.Strict, Serial = "vblk-demo" });
+        // The device's QueueNumMax is a power of two; a packed ring may be any size below it (2.8.10.1).
+        var deviceQueueSize = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)s.QueueSize);
+        var device = new BlkDevice(backend, new BlkDeviceOptions { QueueSize = deviceQueueSize, Log = log, Trace = trace, Strict = s.Strict, Serial = "vblk-demo" });
         if (recorder is not null)
             device.Breaches.Observer = recorder.Breach;
         var transfer = (int)Math.Max(s.BlockSize, 4096);
-        using var machine = new VirtioMachine(device, VirtioMachine.RamFor(1, s.QueueSize, transfer), trace);
+        using var machine = new VirtioMachine(device, VirtioMachine.RamFor(1, deviceQueueSize, transfer), trace);
 
         Console.WriteLine($"vblk demo: {Sizes.Format(backend.Capacity)} disk image {path}");
-        Console.WriteLine($"machine: guest RAM {Sizes.Format(machine.Ram.Size)} at 0x{machine.Ram.Base:x}, virtio-mmio device (ID 2, version 2) at 0x{VirtioMachine.MmioBase:x}, queue size {s.QueueSize}");
+        Console.WriteLine($"machine: guest RAM {Sizes.Format(machine.Ram.Size)} at 0x{machine.Ram.Base:x}, virtio-mmio device (ID 2, version 2) at 0x{VirtioMachine.MmioBase:x}, queue size {s.QueueSize}{(s.Packed ? ", packed virtqueue (2.8)" : "")}");
         Console.WriteLine();
         using var driver = BlkDriver.Start(machine.CreateDriverTransport(), new BlkDriverOptions
         {
@@ -142,6 +146,7 @@ public static class DemoCommand
             MaxTransfer = transfer,
             Trace = trace,
             Log = log,
+            Ring = s.Packed ? RingChoice.RequirePacked : RingChoice.Split,
             // The seeds' three chained descriptors, unless asked for indirect tables.
             AcceptFeatures = s.Indirect ? BlkDriver.SupportedFeatures : BlkDriver.SupportedFeatures & ~VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc),
         });
@@ -152,7 +157,9 @@ public static class DemoCommand
         // The seeds' first request: read one block from the disk.
         console.Active = s.Trace != "none";
         if (console.Active)
-            Console.WriteLine("First request, step by step (read sector 0, 512 bytes):");
+            Console.WriteLine(s.Packed
+                ? "First request, step by step (read sector 0, 512 bytes), on a packed ring: one zeroed descriptor ring shared both ways, both wrap counters at 1 (2.8.1):"
+                : "First request, step by step (read sector 0, 512 bytes):");
         var first = new byte[BlkLayout.SectorSize];
         await driver.ReadAsync(0, first, cancel);
         if (s.Trace == "first")

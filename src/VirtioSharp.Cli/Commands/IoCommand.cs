@@ -15,11 +15,11 @@ public static class IoCommand
     private const int Chunk = 1 << 20;
 
     /// <summary>Connects as every sub-command does: with --reconnect, and its messages on stderr.</summary>
-    private static FrontendSession Open(System.CommandLine.ParseResult parse, Option<string> socket, string command)
+    private static FrontendSession Open(System.CommandLine.ParseResult parse, Option<string> socket, Option<bool> packed, string command)
     {
         var error = parse.InvocationConfiguration.Error;
         return FrontendSession.Open(parse.GetValue(socket)!, reconnect: FrontendSession.ReconnectTimeout(parse.GetValue<double>("--reconnect")),
-            onReconnect: line => error.WriteLine($"vblk io {command}: {line}"));
+            onReconnect: line => error.WriteLine($"vblk io {command}: {line}"), packed: parse.GetValue(packed));
     }
 
     public static Command Create()
@@ -30,18 +30,24 @@ public static class IoCommand
             Required = true,
             Recursive = true,
         };
+        var packed = new Option<bool>("--packed")
+        {
+            Description = "Use packed virtqueues (VIRTIO_F_RING_PACKED); fails if the back-end does not offer them",
+            Recursive = true,
+        };
         var io = new Command("io", "Run block requests against a vhost-user-blk back-end through our virtio-blk driver");
         io.Add(socket);
         io.Add(FrontendSession.ReconnectOption(recursive: true));
-        io.Add(Info(socket));
-        io.Add(Read(socket));
-        io.Add(Write(socket));
-        io.Add(Flush(socket));
-        io.Add(Ranged("discard", "Discard (unmap) a byte range (VIRTIO_BLK_T_DISCARD)", socket,
+        io.Add(packed);
+        io.Add(Info(socket, packed));
+        io.Add(Read(socket, packed));
+        io.Add(Write(socket, packed));
+        io.Add(Flush(socket, packed));
+        io.Add(Ranged("discard", "Discard (unmap) a byte range (VIRTIO_BLK_T_DISCARD)", socket, packed,
             (s, offset, length, ct) => s.Driver.DiscardAsync(offset, length, ct)));
-        io.Add(Ranged("write-zeroes", "Zero a byte range without sending data (VIRTIO_BLK_T_WRITE_ZEROES)", socket,
+        io.Add(Ranged("write-zeroes", "Zero a byte range without sending data (VIRTIO_BLK_T_WRITE_ZEROES)", socket, packed,
             (s, offset, length, ct) => s.Driver.WriteZeroesAsync(offset, length, false, ct)));
-        io.Add(Verify(socket));
+        io.Add(Verify(socket, packed));
         return io;
     }
 
@@ -60,14 +66,14 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- info
 
-    private static Command Info(Option<string> socket)
+    private static Command Info(Option<string> socket, Option<bool> packed)
     {
         var cmd = new Command("info", "Show what the back-end offers and what the driver negotiated");
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("io info", parse.InvocationConfiguration.Error, async () =>
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            using var s = Open(parse, socket, "info");
+            using var s = Open(parse, socket, packed, "info");
             var d = s.Driver;
             var t = s.Transport;
             var c = d.Config;
@@ -104,7 +110,7 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- read / write
 
-    private static Command Read(Option<string> socket)
+    private static Command Read(Option<string> socket, Option<bool> packed)
     {
         var offset = OffsetOption();
         var length = LengthOption();
@@ -117,7 +123,7 @@ public static class IoCommand
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var outPath = parse.GetValue(output);
-            using var s = Open(parse, socket, "read");
+            using var s = Open(parse, socket, packed, "read");
             s.CheckRange(off, len, "read");
             await using var file = outPath is null ? null : new FileStream(outPath, FileMode.Create, FileAccess.Write);
             var dump = outPath is null ? new Hexdump(stdout) : null;
@@ -140,7 +146,7 @@ public static class IoCommand
         return cmd;
     }
 
-    private static Command Write(Option<string> socket)
+    private static Command Write(Option<string> socket, Option<bool> packed)
     {
         var offset = OffsetOption();
         var input = new Option<string>("--in") { Description = "File whose bytes are written (its size must be a multiple of 512)", Required = true };
@@ -155,7 +161,7 @@ public static class IoCommand
                 throw new CliException($"input file '{inPath}' does not exist");
             await using var file = new FileStream(inPath, FileMode.Open, FileAccess.Read);
             var len = (ulong)file.Length;
-            using var s = Open(parse, socket, "write");
+            using var s = Open(parse, socket, packed, "write");
             if (s.Driver.ReadOnly)
                 throw new CliException("the device is read-only (VIRTIO_BLK_F_RO)");
             s.CheckRange(off, len, "write");
@@ -175,14 +181,14 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- flush, discard, write-zeroes
 
-    private static Command Flush(Option<string> socket)
+    private static Command Flush(Option<string> socket, Option<bool> packed)
     {
         var cmd = new Command("flush", "Ask the device to make written data durable (VIRTIO_BLK_T_FLUSH)");
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("io flush", parse.InvocationConfiguration.Error, async () =>
         {
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
-            using var s = Open(parse, socket, "flush");
+            using var s = Open(parse, socket, packed, "flush");
             if (!VirtioFeatures.Has(s.Driver.Features, VirtioFeatures.BlkFlush))
                 throw new CliException("the device does not offer VIRTIO_BLK_F_FLUSH");
             await s.Driver.FlushAsync(ct);
@@ -192,7 +198,7 @@ public static class IoCommand
         return cmd;
     }
 
-    private static Command Ranged(string name, string description, Option<string> socket, Func<FrontendSession, ulong, ulong, CancellationToken, ValueTask> run)
+    private static Command Ranged(string name, string description, Option<string> socket, Option<bool> packed, Func<FrontendSession, ulong, ulong, CancellationToken, ValueTask> run)
     {
         var offset = OffsetOption();
         var length = LengthOption();
@@ -203,7 +209,7 @@ public static class IoCommand
             var stderr = parse.InvocationConfiguration.Error;
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
-            using var s = Open(parse, socket, name);
+            using var s = Open(parse, socket, packed, name);
             s.CheckRange(off, len, name);
             await run(s, off, len, ct);
             stderr.WriteLine($"{name}: {len} bytes at offset {off} done");
@@ -214,7 +220,7 @@ public static class IoCommand
 
     // ---------------------------------------------------------------- verify
 
-    private static Command Verify(Option<string> socket)
+    private static Command Verify(Option<string> socket, Option<bool> packed)
     {
         var offset = OffsetOption();
         var length = LengthOption();
@@ -227,7 +233,7 @@ public static class IoCommand
             var off = Sizes.Parse(parse.GetValue(offset)!, "--offset");
             var len = Sizes.Parse(parse.GetValue(length)!, "--length");
             var seedValue = parse.GetValue(seed);
-            using var s = Open(parse, socket, "verify");
+            using var s = Open(parse, socket, packed, "verify");
             if (s.Driver.ReadOnly)
                 throw new CliException("the device is read-only (VIRTIO_BLK_F_RO); verify needs to write");
             s.CheckRange(off, len, "verify");

@@ -108,8 +108,10 @@ public static class ServeCommand
         var record = new Option<string?>("--record") { Description = "Record the rings of each connection to FILE (later connections: FILE-2, FILE-3 ...); render with vblk view FILE --html OUT" };
         var recordLimit = new Option<int>("--record-limit") { Description = "Requests recorded per connection (1..100000); recording I/O is synchronous", DefaultValueFactory = _ => 200 };
 
+        var noPacked = new Option<bool>("--no-packed") { Description = "Do not offer packed virtqueues (VIRTIO_F_RING_PACKED, spec 2.8); front-ends then use split rings" };
+
         var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio,
-            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit };
+            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit, noPacked };
         foreach (var option in limits.All)
             command.Options.Add(option);
         command.SetAction(result =>
@@ -139,6 +141,7 @@ public static class ServeCommand
                     IoTimeoutSeconds = result.GetValue(cephIoTimeout),
                     ConnectTimeoutSeconds = result.GetValue(cephConnectTimeout),
                 },
+                OfferPacked = !result.GetValue(noPacked),
             };
             return Run(settings, result.InvocationConfiguration.Error);
         });
@@ -156,6 +159,9 @@ public static class ServeCommand
     {
         /// <summary>How to reach Ceph for an rbd: IMAGE (ReadOnly comes from the settings' own flag).</summary>
         public RbdOptions Ceph { get; init; } = new();
+
+        /// <summary>Offer VIRTIO_F_RING_PACKED (2.8); --no-packed turns it off.</summary>
+        public bool OfferPacked { get; init; } = true;
     }
 
     private static AioMode ParseAio(string value) => value switch
@@ -191,6 +197,7 @@ public static class ServeCommand
                 ReadOnly = s.ReadOnly,
                 Strict = s.Strict,
                 Limits = s.Limits,
+                OfferPacked = s.OfferPacked,
                 Log = log,
                 Trace = recorder,
             };

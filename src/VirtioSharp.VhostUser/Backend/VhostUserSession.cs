@@ -460,8 +460,10 @@ internal sealed class VhostUserSession : IDisposable
             return Verdict.Failed;
         if (v.Started)
             return Fail($"queue {s.Index}: size change while the ring runs");
-        if (s.Num == 0 || s.Num > _device.MaxQueueSize || !SplitRing.IsValidSize((int)s.Num))
-            return Fail($"queue {s.Index}: size {s.Num} is not a power of two in 1..{_device.MaxQueueSize} (the device's queue size)");
+        // 2.7: a split ring's size is a power of two; 2.8.10.1: a packed ring's need not be.
+        var packed = VringFormat.IsPacked(_features);
+        if (s.Num == 0 || s.Num > _device.MaxQueueSize || (!packed && !SplitRing.IsValidSize((int)s.Num)))
+            return Fail($"queue {s.Index}: size {s.Num} is not {(packed ? "" : "a power of two ")}in 1..{_device.MaxQueueSize} (the device's queue size)");
         v.Num = s.Num;
         return Verdict.Done;
     }
@@ -495,12 +497,14 @@ internal sealed class VhostUserSession : IDisposable
             error = "ring addresses arrived before any memory table";
             return false;
         }
-        if (!memory.TryTranslateUser(a.Descriptor, SplitQueueLayout.DescriptorTableSize(size), out _))
-            error = $"descriptor table at user address 0x{a.Descriptor:x} is not inside any memory region";
-        else if (!memory.TryTranslateUser(a.Available, SplitQueueLayout.AvailRingSize(size), out _))
-            error = $"available ring at user address 0x{a.Available:x} is not inside any memory region";
-        else if (!memory.TryTranslateUser(a.Used, SplitQueueLayout.UsedRingSize(size), out _))
-            error = $"used ring at user address 0x{a.Used:x} is not inside any memory region";
+        var packed = VringFormat.IsPacked(_features);
+        var (descBytes, driverBytes, deviceBytes) = VringFormat.PartSizes(packed, size);
+        if (!memory.TryTranslateUser(a.Descriptor, descBytes, out _))
+            error = $"descriptor {(packed ? "ring" : "table")} at user address 0x{a.Descriptor:x} is not inside any memory region";
+        else if (!memory.TryTranslateUser(a.Available, driverBytes, out _))
+            error = $"{(packed ? "driver event suppression" : "available ring")} at user address 0x{a.Available:x} is not inside any memory region";
+        else if (!memory.TryTranslateUser(a.Used, deviceBytes, out _))
+            error = $"{(packed ? "device event suppression" : "used ring")} at user address 0x{a.Used:x} is not inside any memory region";
         return error.Length == 0;
     }
 
@@ -510,9 +514,9 @@ internal sealed class VhostUserSession : IDisposable
             return Verdict.Failed;
         if (v.Started)
             return Fail($"queue {s.Index}: base change while the ring runs");
-        if (s.Num > ushort.MaxValue)
+        if (!VringFormat.BaseFits(VringFormat.IsPacked(_features), s.Num))
             return Fail($"queue {s.Index}: base {s.Num} does not fit a 16-bit split-ring index");
-        v.Base = (ushort)s.Num;
+        v.Base = s.Num;
         return Verdict.Done;
     }
 
@@ -525,7 +529,7 @@ internal sealed class VhostUserSession : IDisposable
         // The ring needs a new kick descriptor to start again.
         v.SetKick(null);
         if (wasStarted)
-            _log.Info($"queue {s.Index}: stopped at available index {v.Base} ({v.Kicks} kicks, {v.Calls} calls so far)");
+            _log.Info($"queue {s.Index}: stopped at {VringFormat.Describe(VringFormat.IsPacked(_features), v.Base)} ({v.Kicks} kicks, {v.Calls} calls so far)");
         Span<byte> reply = stackalloc byte[VringState.Length];
         new VringState(s.Index, v.Base).Write(reply);
         _channel.Send(VhostUserHeader.ForReply(VhostUserRequest.GetVringBase, VringState.Length), reply);
@@ -573,7 +577,7 @@ internal sealed class VhostUserSession : IDisposable
         if (!TryStart(v, out var error))
             return Fail($"queue {index}: kick received but the ring cannot start: {error}");
         if (!wasStarted)
-            _log.Info($"queue {index}: started: size {v.Num}, avail index {v.Base}, {(v.Enabled ? "enabled" : "disabled until VHOST_USER_SET_VRING_ENABLE")}");
+            _log.Info($"queue {index}: started: {(VringFormat.IsPacked(_features) ? "packed" : "split")} ring, size {v.Num}, {VringFormat.Describe(VringFormat.IsPacked(_features), v.Base)}, {(v.Enabled ? "enabled" : "disabled until VHOST_USER_SET_VRING_ENABLE")}");
         return Verdict.Done;
     }
 
@@ -607,20 +611,19 @@ internal sealed class VhostUserSession : IDisposable
         else
         {
             var memory = _memory.Memory;
-            // vhost-user.rst, SET_VRING_BASE: the used index is the one in the ring in memory.
-            var usedIdx = ReadUsedIndex(memory, a.Used);
-            var queue = SplitDeviceQueue.Create(v.Index, (int)v.Num, memory, a.Descriptor, a.Available, a.Used,
+            var packed = VringFormat.IsPacked(_features);
+            var queue = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a,
                 VirtioFeatures.Has(_features, VirtioFeatures.RingEventIdx), VirtioFeatures.Has(_features, VirtioFeatures.RingIndirectDesc),
-                out var queueError, startIndex: v.Base, addressesAreUser: true, usedStartIndex: usedIdx);
+                v.Base, out var usedIdx, out var queueError);
             if (queue is null)
                 error = queueError ?? "the ring cannot be laid out";
             else
             {
                 queue.SignalNextBatch(); // as Linux's vhost does for the first used batch after a ring starts
-                if (_device.Trace is { } trace)
-                    queue.Record(trace, GuestAddress(memory, a.Descriptor), GuestAddress(memory, a.Available), GuestAddress(memory, a.Used),
+                if (_device.Trace is { } trace && queue is SplitDeviceQueue split)
+                    split.Record(trace, GuestAddress(memory, a.Descriptor), GuestAddress(memory, a.Available), GuestAddress(memory, a.Used),
                         VirtioFeatures.Has(_features, VirtioFeatures.RingIndirectDesc));
-                if (usedIdx != v.Base)
+                if (usedIdx != (ushort)v.Base)
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
                 v.Start(queue);
                 _startedSinceFeatures = true;
@@ -633,13 +636,6 @@ internal sealed class VhostUserSession : IDisposable
 
     /// <summary>A ring's guest-physical address, for recordings (the front-end gives its own virtual ones).</summary>
     private static ulong GuestAddress(Memory.GuestMemory memory, ulong user) => memory.TryUserToGuest(user, 1, out var gpa) ? gpa : user;
-
-    private static unsafe ushort ReadUsedIndex(Memory.GuestMemory memory, ulong usedUserAddress)
-    {
-        // CoveredByTable checked the used ring lies in the table.
-        memory.TryTranslateUser(usedUserAddress + 2, 2, out var host);
-        return Volatile.Read(ref *(ushort*)host);
-    }
 
     // --- config space ---
 
@@ -697,7 +693,7 @@ internal sealed class VhostUserSession : IDisposable
             var wasStarted = v.Started;
             v.Stop();
             if (wasStarted)
-                _log.Info($"queue {v.Index}: stopped at available index {v.Base} (connection closed)");
+                _log.Info($"queue {v.Index}: stopped at {VringFormat.Describe(VringFormat.IsPacked(_features), v.Base)} (connection closed)");
             v.Dispose();
         }
         _memory.Dispose();

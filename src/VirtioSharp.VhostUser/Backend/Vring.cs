@@ -42,7 +42,7 @@ internal sealed class Vring : IDisposable
     /// <summary>How long the worker looks at the ring after a drain before it sleeps (its counters: polls and sleeps).</summary>
     public AdaptivePoller Poller { get; }
 
-    private static readonly Action<(IVirtioDevice Device, SplitDeviceQueue Queue), ushort, int> s_complete =
+    private static readonly Action<(IVirtioDevice Device, IDeviceQueue Queue), ushort, int> s_complete =
         static (s, tag, result) => s.Device.CompleteIo(s.Queue, tag, result);
 
     public int Index { get; }
@@ -52,13 +52,13 @@ internal sealed class Vring : IDisposable
     public uint Num { get; set; }
     /// <summary>SET_VRING_ADDR; null until set.</summary>
     public VringAddress? Address { get; set; }
-    /// <summary>Next available index to process: SET_VRING_BASE, and where a stopped ring left off.</summary>
-    public ushort Base { get; set; }
+    /// <summary>Next available index to process (packed: both positions, see <see cref="VringFormat"/>): SET_VRING_BASE, and where a stopped ring left off.</summary>
+    public uint Base { get; set; }
     public EventFd? Kick { get; private set; }
     public bool Enabled => _enabled;
 
     // --- running state ---
-    public SplitDeviceQueue? Queue { get; private set; }
+    public IDeviceQueue? Queue { get; private set; }
     public bool Started => _worker != null;
     /// <summary>The worker stopped because the driver broke the ring (vhost-user has no status register to say so).</summary>
     public bool Failed { get; private set; }
@@ -96,7 +96,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>Starts the worker over <paramref name="queue"/> (built over the current memory table).</summary>
-    public void Start(SplitDeviceQueue queue)
+    public void Start(IDeviceQueue queue)
     {
         if (Started)
             throw new InvalidOperationException($"queue {Index} is already started");
@@ -121,7 +121,7 @@ internal sealed class Vring : IDisposable
         _worker.Join();
         _worker = null;
         if (Queue != null)
-            Base = Queue.LastAvailIndex;
+            Base = VringFormat.BaseOf(Queue);
         Queue = null;
     }
 
@@ -221,7 +221,7 @@ internal sealed class Vring : IDisposable
     /// an asynchronous backend still keeps many requests in flight, completed through the port.
     /// The worker leaves only with nothing in flight.
     /// </summary>
-    private void RunPolled(SplitDeviceQueue queue, EventFd kick)
+    private void RunPolled(IDeviceQueue queue, EventFd kick)
     {
         Span<PollFd> fds = stackalloc PollFd[3];
         var io = _device.SupportsQueueIo ? new CompletionPortQueueIo(_port) : null;
@@ -276,7 +276,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>Finishes what the backend's threads posted, then publishes and notifies once.</summary>
-    private void TakeCompletions(SplitDeviceQueue queue)
+    private void TakeCompletions(IDeviceQueue queue)
     {
         if (_port.Drain((_device, queue), s_complete) > 0 && queue.PublishUsed())
             SignalCall();
@@ -290,7 +290,7 @@ internal sealed class Vring : IDisposable
     /// stops the ring; here its in-flight requests are finished and used first).
     /// </summary>
     /// <returns>True when the worker must carry on in poll(2): its polls kept failing (nothing is in flight then).</returns>
-    private bool RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
+    private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = new IoUringQueueIo(ring, _port);
         bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false, timerArmed = false;
@@ -390,7 +390,7 @@ internal sealed class Vring : IDisposable
     /// (2.7.10) so it does not pay for a kick the worker would not need. True when it found work;
     /// false when the worker should sleep, notifications back on.
     /// </summary>
-    private bool PollRing(SplitDeviceQueue queue, IoUring? ring)
+    private bool PollRing(IDeviceQueue queue, IoUring? ring)
     {
         var until = Poller.Begin();
         if (Stopwatch.GetTimestamp() >= until)
@@ -420,7 +420,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>After a host-side failure: waits for the I/O still in flight, so no completion lands after memory is unmapped.</summary>
-    private void FinishInFlight(SplitDeviceQueue queue, IoUring? ring)
+    private void FinishInFlight(IDeviceQueue queue, IoUring? ring)
     {
         try
         {
@@ -454,7 +454,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>One drain of the available ring. On NeedsReset the queue stops: the call and the err descriptor are signalled here.</summary>
-    private QueueOutcome Drain(SplitDeviceQueue queue, IQueueIo? io)
+    private QueueOutcome Drain(IDeviceQueue queue, IQueueIo? io)
     {
         var outcome = _device.ProcessQueue(queue, io);
         switch (outcome)

@@ -17,16 +17,19 @@ internal sealed unsafe class FrontendQueue : IDisposable
     private volatile bool _stopping;
 
     /// <param name="descriptorTable">Ring addresses as this process sees them (vhost-user's user addresses).</param>
-    public FrontendQueue(int index, int size, ulong descriptorTable, ulong availRing, ulong usedRing, Func<IInterruptHandler?> handler, int pollMicroseconds = 0)
+    public FrontendQueue(int index, int size, ulong descriptorTable, ulong availRing, ulong usedRing, Func<IInterruptHandler?> handler, int pollMicroseconds = 0, bool packed = false)
     {
-        Poller = new AdaptivePoller(pollMicroseconds);
+        Packed = packed;
+        // A packed ring keeps no indices in memory (2.8): neither the progress check nor the poller watches it.
+        Poller = new AdaptivePoller(packed ? 0 : pollMicroseconds);
         Index = index;
         Size = size;
         DescriptorUser = descriptorTable;
         AvailUser = availRing;
         UsedUser = usedRing;
-        _availIdx = (ushort*)((nint)availRing + 2); // 2.7.6: flags, then idx
-        _usedIdx = (ushort*)((nint)usedRing + 2);   // 2.7.8: flags, then idx
+        // 2.7.6 / 2.7.8: flags, then idx.
+        _availIdx = packed ? null : (ushort*)((nint)availRing + 2);
+        _usedIdx = packed ? null : (ushort*)((nint)usedRing + 2);
         _handler = handler;
         Kick = EventFd.Create();
         Call = EventFd.Create();
@@ -46,8 +49,10 @@ internal sealed unsafe class FrontendQueue : IDisposable
     public AdaptivePoller Poller { get; }
 
     /// <summary>Requests made available and not yet used, as the rings show them.</summary>
-    public int InFlight => (ushort)(Volatile.Read(ref *_availIdx) - Volatile.Read(ref *_usedIdx));
-    public ushort UsedIndex => Volatile.Read(ref *_usedIdx);
+    public int InFlight => _availIdx == null ? 0 : (ushort)(Volatile.Read(ref *_availIdx) - Volatile.Read(ref *_usedIdx));
+    public ushort UsedIndex => _usedIdx == null ? (ushort)0 : Volatile.Read(ref *_usedIdx);
+    /// <summary>The ring is in the packed format (2.8).</summary>
+    public bool Packed { get; }
 
     // Progress check state, touched only by the monitor thread.
     public ushort LastSeenUsed;

@@ -53,7 +53,8 @@ public sealed unsafe partial class VhostUserFrontendTransport
         Span<byte> payload = stackalloc byte[VringAddress.Length];
         new VringState((uint)q.Index, (uint)q.Size).Write(payload);
         Send(VhostUserRequest.SetVringNum, payload[..VringState.Length], ack: true);
-        new VringState((uint)q.Index, 0).Write(payload);
+        // A packed ring starts at index 0 with both wrap counters 1 (2.8.1; the avail wrap in bit 15).
+        new VringState((uint)q.Index, q.Packed ? Backend.VringFormat.PackedInitialBase : 0).Write(payload);
         Send(VhostUserRequest.SetVringBase, payload[..VringState.Length], ack: true);
         new VringAddress((uint)q.Index, 0, q.DescriptorUser, q.UsedUser, q.AvailUser, 0).Write(payload);
         Send(VhostUserRequest.SetVringAddr, payload, ack: true);

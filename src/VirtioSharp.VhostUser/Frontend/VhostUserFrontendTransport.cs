@@ -1,3 +1,4 @@
+using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Driver;
@@ -204,10 +205,12 @@ public sealed unsafe partial class VhostUserFrontendTransport : IDriverTransport
         if (_queues[queue] is not null)
             throw new VirtioDeviceException($"queue {queue} is already set up");
         // Ring addresses go to the back-end as our virtual addresses (no IOMMU negotiated).
-        var desc = ToUser(descriptorTable, Queues.SplitQueueLayout.DescriptorTableSize(size));
-        var avail = ToUser(driverArea, Queues.SplitQueueLayout.AvailRingSize(size));
-        var used = ToUser(deviceArea, Queues.SplitQueueLayout.UsedRingSize(size));
-        var q = new FrontendQueue(queue, size, desc, avail, used, () => _handler, _options.PollMicroseconds);
+        var packed = VirtioFeatures.Has(_driverFeatures, VirtioFeatures.RingPacked);
+        var (descBytes, driverBytes, deviceBytes) = Backend.VringFormat.PartSizes(packed, size);
+        var desc = ToUser(descriptorTable, descBytes);
+        var avail = ToUser(driverArea, driverBytes);
+        var used = ToUser(deviceArea, deviceBytes);
+        var q = new FrontendQueue(queue, size, desc, avail, used, () => _handler, _options.PollMicroseconds, packed);
         try
         {
             try

@@ -67,6 +67,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             features |= VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc);
         if (_options.OfferEventIdx)
             features |= VirtioFeatures.Bit(VirtioFeatures.RingEventIdx);
+        if (_options.OfferPacked)
+            features |= VirtioFeatures.Bit(VirtioFeatures.RingPacked);
         DeviceFeatures = features;
 
         Config = new BlkConfig
@@ -187,6 +189,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     /// <summary>Names the ring rule the driver broke, with the indices that show it.</summary>
     private void ReportRingError(IDeviceQueue queue)
     {
+        if (queue.Format == VirtqueueFormat.Packed)
+        {
+            ReportPackedRingError(queue);
+            return;
+        }
         var value = queue.LastRingErrorValue;
         var at = queue.LastAvailIndex; // TryPop does not move past a corrupt entry
         var slot = at & (queue.Size - 1);
@@ -216,13 +223,49 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         }
     }
 
+    /// <summary>Names the packed ring rule (2.8) the driver broke, with the slot and wrap counter where it showed.</summary>
+    private void ReportPackedRingError(IDeviceQueue queue)
+    {
+        var value = queue.LastRingErrorValue;
+        var at = queue.LastAvailIndex;
+        var where = $"slot {at & 0x7fff}, Driver Ring Wrap Counter {at >> 15}";
+        switch (queue.LastRingError)
+        {
+            case RingError.PackedFlagsInconsistent:
+                Breaches.Report("2.8.1", queue.Index, -1, "AVAIL equal to the Driver Ring Wrap Counter and USED its inverse in an available descriptor",
+                    $"flags 0x{value:x4} ({PackedRing.DescribeFlags((ushort)value)}) at {where}: the descriptor's flags went backwards");
+                break;
+            case RingError.PackedDescriptorNotAvailable:
+                Breaches.Report("2.8.6", queue.Index, -1, "every descriptor of a list made available before its first",
+                    $"descriptor in slot {value} of the list at {where} is not marked available");
+                break;
+            case RingError.PackedChainTooLong:
+                Breaches.Report("2.8.17", queue.Index, -1, $"a descriptor list no longer than the queue size {queue.Size}",
+                    $"VIRTQ_DESC_F_NEXT on every descriptor from {where}; no buffer id can be found");
+                break;
+            case RingError.PackedRingOverrun:
+                Breaches.Report("2.8.16", queue.Index, -1, "no descriptor made available over one the device has not yet used",
+                    $"a list at {where} runs into slots still in flight");
+                break;
+            case RingError.PackedBufferIdInFlight:
+                Breaches.Report("2.8.21.1", queue.Index, value, "a free buffer id for each list made available",
+                    $"buffer id {value}, still in flight, made available again at {where}");
+                break;
+            default:
+                Breaches.Report("2.8", queue.Index, -1, "a sound ring", $"{queue.LastRingError} ({value})");
+                break;
+        }
+    }
+
     /// <summary>
     /// Runs one chain and returns the bytes written into its writable buffers (the used length),
     /// or <see cref="Deferred"/> when its I/O was started on <paramref name="io"/>.
     /// </summary>
     private uint HandleChain(int queue, in DescriptorChain chain, IoVec[] iov, IQueueIo? io)
     {
-        var trace = Trace; // the queue reports the chain, the used element and the status byte
+        var trace = Trace; // a split queue reports the chain, the used element and the status byte
+        if (trace is { Active: true } && chain.Format == VirtqueueFormat.Packed)
+            TraceChain(trace, queue, chain); // a packed queue narrates its slots; the device names the buffers
 
         var started = Stopwatch.GetTimestamp();
         if (!Parse(queue, chain, iov, out var req))
@@ -245,7 +288,19 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         *req.Status = (byte)status;
         var written = status == BlkStatus.Ok ? req.Written + 1 : 1u;
         Stats.Count(queue, req.Header.Type, status, req.DataLength, started);
+        if (trace is { Active: true } && chain.Format == VirtqueueFormat.Packed)
+            trace.Step("device", $"status byte at 0x{req.StatusAddress:x} = {(byte)status} (VIRTIO_BLK_S_{StatusName(status)})");
         return written;
+    }
+
+    private static string StatusName(BlkStatus s) => s switch { BlkStatus.Ok => "OK", BlkStatus.IoErr => "IOERR", _ => "UNSUPP" };
+
+    private static void TraceChain(ITraceSink trace, int queue, in DescriptorChain chain)
+    {
+        trace.Step("device", $"took the list with buffer id {chain.Head} from the descriptor ring of queue {queue}; its buffers:");
+        var i = 0;
+        foreach (ref readonly var b in chain.Buffers)
+            trace.Step("device", $"  buffer {i++}: addr 0x{b.Address:x} len {b.Length} {(b.Writable ? "device-writable" : "device-readable")}");
     }
 
     /// <summary>A request located in guest memory: header fields, where the data is, where the status goes.</summary>
@@ -281,7 +336,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         req.Buffers = buffers;
         if (chain.IsStructurallyBroken)
         {
-            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
+            Breaches.Report(chain.Error.Section(chain.Format), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
             return false;
         }
         if (buffers.Length == 0)
@@ -297,7 +352,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         req.StatusAddress = last.Address + last.Length - 1;
         if (chain.Error != ChainError.None)
         {
-            Breaches.Report(chain.Error.Section(), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
+            Breaches.Report(chain.Error.Section(chain.Format), queue, chain.ErrorDescriptor, chain.Error.Expected(), chain.Error.Describe());
             return false;
         }
 

@@ -20,6 +20,8 @@ public sealed record BlkDeviceOptions
     public uint MaxWriteZeroesSegments { get; init; } = 32;
     public bool OfferEventIdx { get; init; } = true;
     public bool OfferIndirect { get; init; } = true;
+    /// <summary>Offer VIRTIO_F_RING_PACKED (2.8): the driver may then choose packed virtqueues.</summary>
+    public bool OfferPacked { get; init; } = true;
     public StrictMode Strict { get; init; } = StrictMode.Off;
     /// <summary>Requests and bytes per second this disk may serve; requests beyond wait in their ring.</summary>
     public BlkLimits? Limits { get; init; }

@@ -39,7 +39,7 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
     public static BlkDriver Start(IDriverTransport transport, BlkDriverOptions? options = null)
     {
         options ??= new BlkDriverOptions();
-        var features = VirtioDriverInit.Begin(transport, 2, offered => offered & options.AcceptFeatures);
+        var features = VirtioDriverInit.Begin(transport, 2, offered => ChooseFeatures(offered, options));
         Span<byte> raw = stackalloc byte[BlkLayout.ConfigSize];
         uint generation;
         do
@@ -53,6 +53,7 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         var numQueues = VirtioFeatures.Has(features, VirtioFeatures.BlkMq) ? Math.Clamp(options.NumQueues, 1, Math.Max((int)config.NumQueues, 1)) : 1;
         var eventIdx = VirtioFeatures.Has(features, VirtioFeatures.RingEventIdx);
         var indirect = VirtioFeatures.Has(features, VirtioFeatures.RingIndirectDesc);
+        var packed = VirtioFeatures.Has(features, VirtioFeatures.RingPacked);
         var bounce = (uint)Math.Max(BlkLayout.SectorSize, options.MaxTransfer & ~(BlkLayout.SectorSize - 1));
         if (VirtioFeatures.Has(features, VirtioFeatures.BlkSizeMax) && config.SizeMax >= BlkLayout.SectorSize)
             bounce = Math.Min(bounce, config.SizeMax & ~(uint)(BlkLayout.SectorSize - 1));
@@ -63,11 +64,23 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
             if (max == 0)
                 throw new VirtioDeviceException($"device has no queue {q}");
             var size = Math.Min(options.QueueSize, max);
-            size = 1 << (31 - int.LeadingZeroCount(size)); // round down to a power of two (2.7)
-            var ring = SplitDriverQueue.Allocate(q, size, transport.Allocator, eventIdx);
-            if (options.Trace is { } trace)
-                ring.Record(trace, indirect);
-            transport.SetupQueue(q, size, ring.DescriptorTable, ring.DriverArea, ring.DeviceArea);
+            IDriverQueue ring;
+            if (packed)
+            {
+                var p = PackedDriverQueue.Allocate(q, size, transport.Allocator, eventIdx); // 2.8.10.1: any size up to 32768
+                p.Trace = options.Trace;
+                transport.SetupQueue(q, size, p.DescriptorTable, p.DriverArea, p.DeviceArea);
+                ring = p;
+            }
+            else
+            {
+                size = 1 << (31 - int.LeadingZeroCount(size)); // round down to a power of two (2.7)
+                var s = SplitDriverQueue.Allocate(q, size, transport.Allocator, eventIdx);
+                if (options.Trace is { } trace)
+                    s.Record(trace, indirect);
+                transport.SetupQueue(q, size, s.DescriptorTable, s.DriverArea, s.DeviceArea);
+                ring = s;
+            }
             var depth = indirect ? size : Math.Max(1, size / 3);
             queues[q] = new BlkQueueContext(ring, transport.Memory, transport.Allocator, depth, bounce, indirect);
         }
@@ -77,7 +90,20 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         return driver;
     }
 
+    /// <summary>3.1.1 step 4: what the driver accepts of the offer, packed rings as the options ask.</summary>
+    private static ulong ChooseFeatures(ulong offered, BlkDriverOptions options)
+    {
+        var accept = options.AcceptFeatures & ~VirtioFeatures.Bit(VirtioFeatures.RingPacked);
+        if (options.Ring != RingChoice.Split && VirtioFeatures.Has(offered, VirtioFeatures.RingPacked))
+            accept |= VirtioFeatures.Bit(VirtioFeatures.RingPacked);
+        else if (options.Ring == RingChoice.RequirePacked)
+            throw new VirtioDeviceException("the device does not offer VIRTIO_F_RING_PACKED (packed virtqueues)");
+        return offered & accept;
+    }
+
     public ulong Features { get; }
+    /// <summary>The virtqueue format negotiated: VIRTIO_F_RING_PACKED or not.</summary>
+    public VirtqueueFormat RingFormat => VirtioFeatures.Has(Features, VirtioFeatures.RingPacked) ? VirtqueueFormat.Packed : VirtqueueFormat.Split;
     public BlkConfig Config { get; }
     public ulong Capacity => Config.Capacity << BlkLayout.SectorShift;
     public uint BlockSize => VirtioFeatures.Has(Features, VirtioFeatures.BlkBlkSize) && Config.BlkSize >= BlkLayout.SectorSize ? Config.BlkSize : BlkLayout.SectorSize;
@@ -315,7 +341,7 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         bool placed;
         if (ctx.Indirect)
         {
-            SplitDriverQueue.WriteIndirectTable(ctx.Memory.GetSpan(slot.IndirectAddress, chain.Length * SplitRing.DescriptorSize), chain);
+            ctx.Queue.WriteIndirectTable(ctx.Memory.GetSpan(slot.IndirectAddress, chain.Length * SplitRing.DescriptorSize), chain);
             placed = ctx.Queue.TryAddIndirect(slot.IndirectAddress, chain.Length, out head);
         }
         else

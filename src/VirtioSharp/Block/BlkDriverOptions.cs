@@ -2,8 +2,21 @@ using VirtioSharp.Diagnostics;
 
 namespace VirtioSharp.Block;
 
+/// <summary>Which virtqueue format the driver asks for.</summary>
+public enum RingChoice
+{
+    /// <summary>Split virtqueues (2.7) only.</summary>
+    Split,
+    /// <summary>Packed virtqueues (2.8) when the device offers VIRTIO_F_RING_PACKED, split otherwise.</summary>
+    PreferPacked,
+    /// <summary>Packed virtqueues (2.8); a device without VIRTIO_F_RING_PACKED is refused.</summary>
+    RequirePacked,
+}
+
 public sealed record BlkDriverOptions
 {
+    /// <summary>Virtqueue format to negotiate (VIRTIO_F_RING_PACKED, bit 34).</summary>
+    public RingChoice Ring { get; init; } = RingChoice.Split;
     /// <summary>Queue size to ask for (capped at the device's maximum).</summary>
     public int QueueSize { get; init; } = 256;
     /// <summary>Queues to use (capped at the device's num_queues).</summary>

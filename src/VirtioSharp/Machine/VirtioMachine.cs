@@ -47,7 +47,8 @@ public sealed class VirtioMachine : IDisposable
     /// <summary>Guest RAM a driver needs for a queue of <paramref name="queueSize"/> at <paramref name="transferSize"/> bytes per request.</summary>
     public static ulong RamFor(int queues, int queueSize, int transferSize)
     {
-        var perQueue = Queues.SplitQueueLayout.For(queueSize).TotalSize + 4096 + (ulong)queueSize * ((ulong)transferSize + 4096 + 64);
+        // A split ring of the next power of two is larger than a packed ring of any size up to it.
+        var perQueue = Queues.SplitQueueLayout.For((int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)queueSize)).TotalSize + 4096 + (ulong)queueSize * ((ulong)transferSize + 4096 + 64);
         var total = (ulong)queues * perQueue + (1 << 20);
         return (total + 0xfffff) & ~0xfffffUL;
     }

@@ -289,7 +289,29 @@ public sealed class VirtioMmioDevice : IMmioHandler
         var accepted = _driverFeatures & _device.DeviceFeatures;
         var eventIdx = VirtioFeatures.Has(accepted, VirtioFeatures.RingEventIdx);
         var indirect = VirtioFeatures.Has(accepted, VirtioFeatures.RingIndirectDesc);
-        var queue = SplitDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out var error);
+        // 4.2.2: QueueDesc, QueueDriver and QueueDevice are the descriptor table, available and used
+        // rings of a split ring (2.7), or the descriptor ring and the driver and device event
+        // suppression structures of a packed ring (2.8) when VIRTIO_F_RING_PACKED is negotiated.
+        IDeviceQueue? queue;
+        string? error;
+        if (VirtioFeatures.Has(accepted, VirtioFeatures.RingPacked))
+        {
+            var packed = PackedDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out error);
+            if (packed is not null)
+                packed.Trace = Trace;
+            queue = packed;
+            if (queue is null)
+            {
+                var misaligned = q.Desc % PackedQueueLayout.DescriptorRingAlignment != 0 || q.Driver % PackedQueueLayout.EventSuppressionAlignment != 0
+                    || q.Device % PackedQueueLayout.EventSuppressionAlignment != 0;
+                // 2.8.11: each part aligned (16, 4, 4); and every part must lie in guest memory.
+                Breaches.Report(misaligned ? "2.8.11" : "2.8", index, -1, misaligned ? "virtqueue parts aligned to 16, 4 and 4 bytes" : "a ring laid out in guest memory", error ?? "");
+                NeedsReset($"queue {index}: {error}");
+                return;
+            }
+        }
+        else
+            queue = SplitDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out error);
         if (queue is null)
         {
             // 2.7.1: each part aligned (16, 2, 4); and every part must lie in guest memory.
@@ -299,14 +321,14 @@ public sealed class VirtioMmioDevice : IMmioHandler
             NeedsReset($"queue {index}: {error}");
             return;
         }
-        if ((Trace ?? _device.Trace) is { } trace)
-            queue.Record(trace, q.Desc, q.Driver, q.Device, indirect);
+        if ((Trace ?? _device.Trace) is { } trace && queue is SplitDeviceQueue split)
+            split.Record(trace, q.Desc, q.Driver, q.Device, indirect); // a packed queue narrates through its Trace
         lock (q.Gate)
         {
             q.Queue = queue;
             q.Ready = true;
         }
-        Log.Debug($"queue {index}: size {q.Num}, desc 0x{q.Desc:x}, driver 0x{q.Driver:x}, device 0x{q.Device:x}");
+        Log.Debug($"queue {index}: {(queue.Format == VirtqueueFormat.Packed ? "packed" : "split")}, size {q.Num}, desc 0x{q.Desc:x}, driver 0x{q.Driver:x}, device 0x{q.Device:x}");
     }
 
     private void WriteStatus(uint value)

@@ -36,6 +36,18 @@ public enum ChainError
 
 public static class ChainErrorText
 {
+    /// <summary>The section of the ring format's rules the error breaks.</summary>
+    public static string Section(this ChainError e, VirtqueueFormat format) => format == VirtqueueFormat.Packed ? PackedSection(e) : e.Section();
+
+    private static string PackedSection(ChainError e) => e switch
+    {
+        ChainError.ChainTooLong or ChainError.ReadableAfterWritable => "2.8.17",
+        ChainError.IndirectNotNegotiated or ChainError.IndirectWithNext => "2.8.19",
+        ChainError.NestedIndirect or ChainError.IndirectBadLength => "2.8.7",
+        ChainError.IndirectOutOfMemory or ChainError.BufferOutOfMemory => "2.8.4",
+        _ => "2.8",
+    };
+
     public static string Section(this ChainError e) => e switch
     {
         ChainError.NextOutOfRange => "2.7.5.2",
@@ -79,15 +91,19 @@ public static class ChainErrorText
 /// <summary>A chain taken from the available ring. Buffers live in the queue's scratch array until the next pop.</summary>
 public readonly ref struct DescriptorChain
 {
-    public DescriptorChain(ushort head, ReadOnlySpan<ChainBuffer> buffers, ChainError error, int errorDescriptor)
+    public DescriptorChain(ushort head, ReadOnlySpan<ChainBuffer> buffers, ChainError error, int errorDescriptor, VirtqueueFormat format = VirtqueueFormat.Split)
     {
+        Format = format;
         Head = head;
         Buffers = buffers;
         Error = error;
         ErrorDescriptor = errorDescriptor;
     }
 
+    /// <summary>The chain's token: the head descriptor (split) or the buffer id (packed, 2.8.6).</summary>
     public ushort Head { get; }
+    /// <summary>The ring format it came from, so errors name the right section.</summary>
+    public VirtqueueFormat Format { get; }
     public ReadOnlySpan<ChainBuffer> Buffers { get; }
     public ChainError Error { get; }
     /// <summary>Index of the descriptor the error was found at (in the table it belongs to), or -1.</summary>
@@ -117,4 +133,21 @@ public enum RingError
     HeadOutOfRange,
     /// <summary>2.7.13.2: a head the device has not yet returned was offered again.</summary>
     HeadInFlight,
+    /// <summary>2.8.1: the descriptor at the device's position has AVAIL and USED both equal to the wrap counter (flags went backwards).</summary>
+    PackedFlagsInconsistent,
+    /// <summary>2.8.6 / 2.8.17: a later descriptor of a list is not marked available in the list's lap.</summary>
+    PackedDescriptorNotAvailable,
+    /// <summary>2.8.17: a list runs past the ring's free slots, so its buffer id cannot be found.</summary>
+    PackedChainTooLong,
+    /// <summary>2.8.16: a descriptor made available over a slot the device has not yet used.</summary>
+    PackedRingOverrun,
+    /// <summary>2.8.21.1: a buffer id still in flight was made available again.</summary>
+    PackedBufferIdInFlight,
+}
+
+/// <summary>The two virtqueue formats (2.7 split, 2.8 packed).</summary>
+public enum VirtqueueFormat
+{
+    Split,
+    Packed,
 }

@@ -1,12 +1,14 @@
 namespace VirtioSharp.Queues;
 
 /// <summary>
-/// The device's half of a virtqueue, independent of ring format (split now, packed later).
+/// The device's half of a virtqueue, independent of ring format (split, packed).
 /// Used by one thread at a time: the queue's worker.
 /// </summary>
 public interface IDeviceQueue
 {
     int Index { get; }
+    /// <summary>Split (2.7) or packed (2.8).</summary>
+    VirtqueueFormat Format => VirtqueueFormat.Split;
     ushort Size { get; }
     bool EventIdx { get; }
     RingError LastRingError { get; }
@@ -18,13 +20,18 @@ public interface IDeviceQueue
     void AddUsed(ushort head, uint written);
     /// <summary>Ends a batch of used elements; true if the driver wants an interrupt for them (2.7.7.2).</summary>
     bool PublishUsed();
+    /// <summary>The next batch of used buffers interrupts the driver whatever its suppression state (a ring resumed after another device process).</summary>
+    void SignalNextBatch();
     /// <summary>Asks the driver to stop notifying (a worker is about to drain).</summary>
     void DisableNotifications();
     /// <summary>Whether a chain is available that the device has not taken (a look without side effects, for polling).</summary>
     bool HasAvailable { get; }
     /// <summary>Asks for notifications again; true if more chains arrived meanwhile (drain again).</summary>
     bool EnableNotifications();
-    /// <summary>The next available index the device will read (its position in the ring).</summary>
+    /// <summary>
+    /// The next available index the device will read (its position in the ring). Packed rings
+    /// give the slot in bits 0-14 and the Driver Ring Wrap Counter the device expects in bit 15.
+    /// </summary>
     ushort LastAvailIndex { get; }
     /// <summary>Number of chains taken but not yet returned.</summary>
     int InFlight { get; }

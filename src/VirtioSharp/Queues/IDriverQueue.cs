@@ -21,12 +21,16 @@ public interface IDriverQueue
 {
     int Index { get; }
     ushort Size { get; }
+    /// <summary>Split (2.7) or packed (2.8).</summary>
+    VirtqueueFormat Format => VirtqueueFormat.Split;
     int FreeDescriptors { get; }
     /// <summary>Places a chain (device-readable buffers first) and makes it available; false when descriptors run out.</summary>
     bool TryAdd(ReadOnlySpan<DriverBuffer> buffers, out ushort head);
-    /// <summary>Makes an indirect table of <paramref name="count"/> descriptors available as one chain (2.7.5.3).</summary>
+    /// <summary>Makes an indirect table of <paramref name="count"/> descriptors available as one chain (2.7.5.3, 2.8.7).</summary>
     bool TryAddIndirect(ulong table, int count, out ushort head);
-    /// <summary>Publishes the available index; true if the device wants a notification (2.7.13.4).</summary>
+    /// <summary>Writes an indirect table in this format's descriptor layout (2.7.5.3.1, 2.8.7).</summary>
+    void WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers);
+    /// <summary>Publishes the available index; true if the device wants a notification (2.7.13.4, 2.8.21.2).</summary>
     bool Publish();
     /// <summary>Takes the next used element, if any. A bogus element yields false with an error.</summary>
     bool TryTakeUsed(out ushort head, out uint length, out UsedError error);

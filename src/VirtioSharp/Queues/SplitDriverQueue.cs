@@ -160,6 +160,8 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         }
     }
 
+    void IDriverQueue.WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers) => WriteIndirectTable(table, buffers);
+
     public bool Publish()
     {
         var oldIdx = _availPublished;

@@ -142,11 +142,11 @@ internal sealed class HandDriver : IDisposable
         SetStatus(DeviceStatus.Acknowledge | DeviceStatus.Driver);
     }
 
-    /// <summary>3.1.1 steps 4-6: read the offer, write <paramref name="features"/> (default: all offered), FEATURES_OK, check it stuck.</summary>
+    /// <summary>3.1.1 steps 4-6: read the offer, write <paramref name="features"/> (default: all offered but VIRTIO_F_RING_PACKED, as this driver writes split rings), FEATURES_OK, check it stuck.</summary>
     public void Negotiate(ulong? features = null)
     {
         var offered = ReadDeviceFeatures();
-        WriteDriverFeatures(features ?? offered);
+        WriteDriverFeatures(features ?? offered & ~VirtioFeatures.Bit(VirtioFeatures.RingPacked));
         SetStatus((Status & ~DeviceStatus.DeviceNeedsReset) | DeviceStatus.FeaturesOk);
         Assert.True((Status & DeviceStatus.FeaturesOk) != 0, $"FEATURES_OK did not stick\n{Dump()}");
     }

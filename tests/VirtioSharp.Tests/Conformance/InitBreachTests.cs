@@ -124,7 +124,7 @@ public sealed class InitBreachTests
         d =>
         {
             d.Begin();
-            d.WriteDriverFeatures(d.ReadDeviceFeatures());
+            d.WriteDriverFeatures(d.ReadDeviceFeatures() & RingBreachTests.Offered);
             d.UseQueue(16);
             d.SetupQueue(0, 16);
             d.SetStatus(Ack | Drv | DriverOk);

@@ -268,7 +268,8 @@ internal sealed class VhostUserFuzzer : IDisposable
 
     private IEnumerable<SessionStep> StartUp(bool protocolFeatures = true, ulong? features = null)
     {
-        var offered = _server.Device.DeviceFeatures | VhostUserFeatures.ProtocolFeatures;
+        // The fuzzer writes split rings: everything offered but VIRTIO_F_RING_PACKED.
+        var offered = (_server.Device.DeviceFeatures & ~VirtioFeatures.Bit(VirtioFeatures.RingPacked)) | VhostUserFeatures.ProtocolFeatures;
         yield return M(VhostUserRequest.GetFeatures, V);
         if (protocolFeatures)
         {

@@ -22,10 +22,10 @@ public sealed class MachinePropertyTests
         public override string ToString() => Kind == Kind.Flush ? "flush" : $"{Kind} {Sector}+{Sectors}";
     }
 
-    public sealed record Workload(int QueueSize, int Depth, bool Indirect, bool EventIdx, int MaxTransfer, Op[] Ops)
+    public sealed record Workload(int QueueSize, int Depth, bool Indirect, bool EventIdx, int MaxTransfer, Op[] Ops, bool Packed = false)
     {
         public override string ToString() =>
-            $"queue {QueueSize}, depth {Depth}, indirect {Indirect}, event idx {EventIdx}, max transfer {MaxTransfer}: {string.Join(", ", Ops.Select(o => o.ToString()))}";
+            $"{(Packed ? "packed" : "split")} queue {QueueSize}, depth {Depth}, indirect {Indirect}, event idx {EventIdx}, max transfer {MaxTransfer}: {string.Join(", ", Ops.Select(o => o.ToString()))}";
     }
 
     private static readonly Gen<Op> Ops =
@@ -54,6 +54,19 @@ public sealed class MachinePropertyTests
         Check.One(PropertyConfig.For(40), property);
     }
 
+    // The same workloads over packed rings (2.8), of any size the driver asks for (2.8.10.1).
+    private static readonly Gen<Workload> PackedWorkloads =
+        from w in Workloads
+        from size in Gen.Frequency((3, Gen.Choose(3, 40)), (2, Gen.Choose(41, 700)))
+        select w with { QueueSize = size, Packed = true };
+
+    [Fact]
+    public void Random_workloads_over_packed_rings_match_a_byte_model_2_8()
+    {
+        var property = Prop.ForAll(Arb.From(PackedWorkloads), w => Run(w).GetAwaiter().GetResult());
+        Check.One(PropertyConfig.For(40), property);
+    }
+
     private static bool Overlaps(Op a, Op b) =>
         a.Kind != Kind.Flush && b.Kind != Kind.Flush && a.Sector < b.Sector + b.Sectors && b.Sector < a.Sector + a.Sectors;
 
@@ -74,10 +87,13 @@ public sealed class MachinePropertyTests
         if (!w.EventIdx)
             accept &= ~VirtioFeatures.Bit(VirtioFeatures.RingEventIdx);
         var backend = new MemoryBackend(DiskSectors * Sector);
-        using var rig = new MachineRig(backend, queueSize: w.QueueSize, maxTransfer: w.MaxTransfer,
-            driver: new BlkDriverOptions { AcceptFeatures = accept });
+        var deviceQueueSize = (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)w.QueueSize);
+        using var rig = new MachineRig(backend, queueSize: deviceQueueSize, maxTransfer: w.MaxTransfer,
+            driver: new BlkDriverOptions { AcceptFeatures = accept, Ring = w.Packed ? RingChoice.RequirePacked : RingChoice.Split },
+            driverQueueSize: w.QueueSize);
         var driver = rig.Driver;
         Assert.Equal(w.QueueSize, driver.QueueSize(0));
+        Assert.Equal(w.Packed ? VirtioSharp.Queues.VirtqueueFormat.Packed : VirtioSharp.Queues.VirtqueueFormat.Split, driver.RingFormat);
         Assert.Equal(w.MaxTransfer, driver.ChunkSize);
 
         var model = new byte[DiskSectors * Sector];

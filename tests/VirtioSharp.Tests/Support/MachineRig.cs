@@ -11,14 +11,14 @@ namespace VirtioSharp.Tests.Support;
 public sealed class MachineRig : IDisposable
 {
     public MachineRig(IBlockBackend backend, int queueSize = 64, int numQueues = 1, int maxTransfer = 64 * 1024,
-        BlkDeviceOptions? device = null, BlkDriverOptions? driver = null)
+        BlkDeviceOptions? device = null, BlkDriverOptions? driver = null, int? driverQueueSize = null)
     {
         Backend = backend;
         Log = new ListLogSink();
         Device = new BlkDevice(backend, (device ?? new BlkDeviceOptions()) with { QueueSize = queueSize, NumQueues = numQueues, Log = Log });
         Machine = new VirtioMachine(Device, VirtioMachine.RamFor(numQueues, queueSize, maxTransfer));
         Driver = BlkDriver.Start(Machine.CreateDriverTransport(),
-            (driver ?? new BlkDriverOptions()) with { QueueSize = queueSize, NumQueues = numQueues, MaxTransfer = maxTransfer, Log = Log });
+            (driver ?? new BlkDriverOptions()) with { QueueSize = driverQueueSize ?? queueSize, NumQueues = numQueues, MaxTransfer = maxTransfer, Log = Log });
     }
 
     public IBlockBackend Backend { get; }

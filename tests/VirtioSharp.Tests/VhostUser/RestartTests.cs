@@ -38,7 +38,7 @@ public class RestartTests
         fe.Disconnect();
         server.WaitForLog("waiting for the next front-end");
         fe.Memory.GetSpan(q.Status, 1)[0] = (byte)BlkStatus.Ok;
-        var used = fe.Memory.GetSpan(q.Driver.DeviceArea, 4 + 8 * 16);
+        var used = fe.Memory.GetSpan(q.DeviceArea, 4 + 8 * 16);
         BinaryPrimitives.WriteUInt32LittleEndian(used[(4 + 8 * 3)..], head);
         BinaryPrimitives.WriteUInt32LittleEndian(used[(8 + 8 * 3)..], 1);
         BinaryPrimitives.WriteUInt16LittleEndian(used[2..], 4);

@@ -148,7 +148,7 @@ internal sealed class TestFrontEnd : IDisposable
     // --- the usual start-up, as QEMU does it ---
 
     /// <summary>GET/SET_FEATURES and protocol features; returns the features the back-end offered.</summary>
-    public ulong Negotiate(bool version1 = true, bool replyAck = true, bool protocolFeatures = true)
+    public ulong Negotiate(bool version1 = true, bool replyAck = true, bool protocolFeatures = true, bool packed = false)
     {
         var offered = GetU64(VhostUserRequest.GetFeatures);
         Assert.True(VhostUserFeatures.Has(offered, VhostUserFeatures.ProtocolFeaturesBit));
@@ -161,7 +161,8 @@ internal sealed class TestFrontEnd : IDisposable
             ProtocolFeatures = protocol;
         }
         Do(VhostUserRequest.SetOwner, default);
-        var acked = offered;
+        // This front-end writes split rings unless told otherwise.
+        var acked = packed ? offered : offered & ~VirtioFeatures.Bit(VirtioFeatures.RingPacked);
         if (!version1)
             acked &= ~VirtioFeatures.Bit(VirtioFeatures.Version1);
         if (!protocolFeatures)
@@ -173,11 +174,12 @@ internal sealed class TestFrontEnd : IDisposable
     public void SetMemTable() => Do(VhostUserRequest.SetMemTable, MemTable(Region), Ram);
 
     /// <summary>Lays out a ring in guest RAM and hands it to the back-end; returns the driver's half.</summary>
-    public TestQueue SetupQueue(int index, int size = 64, bool eventIdx = true, bool enable = true, ushort baseIndex = 0)
+    public TestQueue SetupQueue(int index, int size = 64, bool eventIdx = true, bool enable = true, ushort baseIndex = 0, bool packed = false)
     {
-        var q = TestQueue.Create(this, index, size, eventIdx);
+        var q = TestQueue.Create(this, index, size, eventIdx, packed);
         Do(VhostUserRequest.SetVringNum, State((uint)index, (uint)size));
-        Do(VhostUserRequest.SetVringBase, State((uint)index, baseIndex));
+        // A packed ring starts at slot 0 with both wrap counters at 1 (2.8.1), in bits 15 and 31.
+        Do(VhostUserRequest.SetVringBase, State((uint)index, packed ? 0x8000_8000 : baseIndex));
         SendAddr(q);
         Do(VhostUserRequest.SetVringCall, U64((ulong)index), q.Call.Handle);
         Do(VhostUserRequest.SetVringKick, U64((ulong)index), q.Kick.Handle);
@@ -202,17 +204,20 @@ internal sealed class TestFrontEnd : IDisposable
     public void SendAddr(TestQueue q)
     {
         var b = new byte[VringAddress.Length];
-        new VringAddress((uint)q.Index, 0, ToUser(q.Driver.DescriptorTable), ToUser(q.Driver.DeviceArea), ToUser(q.Driver.DriverArea), 0).Write(b);
+        new VringAddress((uint)q.Index, 0, ToUser(q.DescriptorTable), ToUser(q.DeviceArea), ToUser(q.DriverArea), 0).Write(b);
         Do(VhostUserRequest.SetVringAddr, b);
     }
 
-    public ushort GetVringBase(int index)
+    public ushort GetVringBase(int index) => (ushort)GetVringBaseValue(index);
+
+    /// <summary>GET_VRING_BASE's whole 32-bit value (a packed ring's used position is in the upper half).</summary>
+    public uint GetVringBaseValue(int index)
     {
         Send(VhostUserRequest.GetVringBase, State((uint)index, 0));
         var reply = Receive() ?? throw new IOException("connection closed");
         var state = VringState.Read(reply.Payload);
         Assert.Equal((uint)index, state.Index);
-        return (ushort)state.Num;
+        return state.Num;
     }
 
     public void Dispose()
@@ -231,26 +236,40 @@ internal sealed class TestQueue : IDisposable
     public const int SlabSize = 64 << 10;
     private readonly TestFrontEnd _frontEnd;
 
-    private TestQueue(TestFrontEnd frontEnd, int index, SplitDriverQueue driver)
+    private TestQueue(TestFrontEnd frontEnd, int index, IDriverQueue driver, ulong descriptorTable, ulong driverArea, ulong deviceArea)
     {
         _frontEnd = frontEnd;
         Index = index;
         Driver = driver;
+        DescriptorTable = descriptorTable;
+        DriverArea = driverArea;
+        DeviceArea = deviceArea;
         Header = frontEnd.Allocator.Allocate(16);
         Status = frontEnd.Allocator.Allocate(16);
         Data = frontEnd.Allocator.Allocate(SlabSize, 4096);
     }
 
     public int Index { get; }
-    public SplitDriverQueue Driver { get; }
+    public IDriverQueue Driver { get; }
+    public ulong DescriptorTable { get; }
+    public ulong DriverArea { get; }
+    public ulong DeviceArea { get; }
     public EventFd Kick { get; } = EventFd.Create();
     public EventFd Call { get; } = EventFd.Create();
     public ulong Header { get; }
     public ulong Status { get; }
     public ulong Data { get; }
 
-    public static TestQueue Create(TestFrontEnd f, int index, int size, bool eventIdx) =>
-        new(f, index, SplitDriverQueue.Allocate(index, size, f.Allocator, eventIdx));
+    public static TestQueue Create(TestFrontEnd f, int index, int size, bool eventIdx, bool packed = false)
+    {
+        if (packed)
+        {
+            var p = PackedDriverQueue.Allocate(index, size, f.Allocator, eventIdx);
+            return new(f, index, p, p.DescriptorTable, p.DriverArea, p.DeviceArea);
+        }
+        var s = SplitDriverQueue.Allocate(index, size, f.Allocator, eventIdx);
+        return new(f, index, s, s.DescriptorTable, s.DriverArea, s.DeviceArea);
+    }
 
     /// <summary>Runs one block request and returns its status byte; <paramref name="data"/> is sent (OUT) or filled (IN).</summary>
     public BlkStatus Request(BlkRequestType type, ulong sector, Span<byte> data)

@@ -1,0 +1,421 @@
+using System.Runtime.CompilerServices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
+
+namespace VirtioSharp.Queues;
+
+/// <summary>
+/// The device's half of a packed virtqueue (2.8). The driver's descriptors are read from the
+/// ring in order (2.8.12); a used descriptor goes back in the slot after the last one used,
+/// with the buffer id and the length written (2.8.6), and the device then skips the list's
+/// other slots. Everything read from the ring is guest-controlled: read once, checked, then
+/// used; a walk never visits more slots than the ring has free. Not thread-safe: one worker owns it.
+/// </summary>
+public sealed unsafe class PackedDeviceQueue : IDeviceQueue
+{
+    private readonly byte* _desc;
+    private readonly byte* _driverEvent;   // 2.8.10: Driver Event Suppression, read-only for the device
+    private readonly byte* _deviceEvent;   // 2.8.10: Device Event Suppression, written by the device
+    private readonly GuestMemory _memory;
+    private readonly bool _indirect;
+    private readonly ChainBuffer[] _scratch;
+    // A chain in flight is known by a token below the queue size (the buffer id itself when
+    // it is below the size and free): its buffer id and how many ring slots it took.
+    private readonly ushort[] _tokenId;
+    private readonly ushort[] _tokenSlots;  // 0 = token free
+    private readonly ulong[] _idInFlight = new ulong[65536 / 64];
+    private int _tokenCursor;
+    private ushort _nextAvail;             // slot the next list starts at
+    private bool _availWrap;               // 2.8.1: the Driver Ring Wrap Counter the device expects there
+    private ushort _nextUsed;              // slot the next used descriptor goes to
+    private bool _usedWrap;                // 2.8.1: Device Ring Wrap Counter
+    private int _slotsInFlight;            // slots between the used and the available position
+    private int _usedSinceEvent;           // slots used since the last PublishUsed
+    private int _inFlightCount;
+
+    private PackedDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint driverEvent, nint deviceEvent, bool eventIdx, bool indirect,
+        ushort availState, ushort usedState)
+    {
+        Index = index;
+        Size = size;
+        _memory = memory;
+        _desc = (byte*)desc;
+        _driverEvent = (byte*)driverEvent;
+        _deviceEvent = (byte*)deviceEvent;
+        EventIdx = eventIdx;
+        _indirect = indirect;
+        _scratch = new ChainBuffer[size];
+        _tokenId = new ushort[size];
+        _tokenSlots = new ushort[size];
+        _nextAvail = (ushort)(availState & 0x7fff);
+        _availWrap = (availState & 0x8000) != 0;
+        _nextUsed = (ushort)(usedState & 0x7fff);
+        _usedWrap = (usedState & 0x8000) != 0;
+        // Linear positions (slot + size for the later lap) give the slots between used and avail.
+        var avail = _nextAvail + (_availWrap == _usedWrap ? 0 : size);
+        _slotsInFlight = Math.Clamp(avail - _nextUsed, 0, size);
+    }
+
+    /// <summary>
+    /// Builds the queue over the three parts at guest-physical (or, for vhost-user, front-end
+    /// virtual) addresses. Returns null with a reason when a part is misaligned (2.8.10.1), the
+    /// size is out of range, a saved position lies past the ring, or a part is outside guest memory.
+    /// <paramref name="availState"/> and <paramref name="usedState"/> hold a slot in bits 0-14 and a
+    /// wrap counter in bit 15 (both start at slot 0 with the counter at 1, 2.8.1).
+    /// </summary>
+    public static PackedDeviceQueue? Create(int index, int size, GuestMemory memory, ulong descAddr, ulong driverAddr, ulong deviceAddr,
+        bool eventIdx, bool indirect, out string? error, ushort availState = 0x8000, bool addressesAreUser = false, ushort? usedState = null)
+    {
+        error = null;
+        if (!PackedRing.IsValidSize(size))
+        {
+            error = $"queue size {size} is not in 1..32768 (2.8)";
+            return null;
+        }
+        if (descAddr % PackedQueueLayout.DescriptorRingAlignment != 0 || driverAddr % PackedQueueLayout.EventSuppressionAlignment != 0
+            || deviceAddr % PackedQueueLayout.EventSuppressionAlignment != 0)
+        {
+            error = $"ring addresses desc=0x{descAddr:x} driver=0x{driverAddr:x} device=0x{deviceAddr:x} break the 16/4/4 alignment of 2.8.10.1";
+            return null;
+        }
+        var used = usedState ?? availState;
+        if ((availState & 0x7fff) >= size || (used & 0x7fff) >= size)
+        {
+            error = $"ring position avail 0x{availState:x4} / used 0x{used:x4} lies past a ring of {size} descriptors";
+            return null;
+        }
+        nint d, dr, dv;
+        bool ok = addressesAreUser
+            ? memory.TryTranslateUser(descAddr, PackedQueueLayout.DescriptorRingSize(size), out d)
+              & memory.TryTranslateUser(driverAddr, PackedRing.EventSuppressionSize, out dr)
+              & memory.TryTranslateUser(deviceAddr, PackedRing.EventSuppressionSize, out dv)
+            : memory.TryTranslate(descAddr, PackedQueueLayout.DescriptorRingSize(size), out d)
+              & memory.TryTranslate(driverAddr, PackedRing.EventSuppressionSize, out dr)
+              & memory.TryTranslate(deviceAddr, PackedRing.EventSuppressionSize, out dv);
+        if (!ok)
+        {
+            error = $"ring desc=0x{descAddr:x} driver=0x{driverAddr:x} device=0x{deviceAddr:x} (size {size}) is not inside guest memory";
+            return null;
+        }
+        return new PackedDeviceQueue(index, (ushort)size, memory, d, dr, dv, eventIdx, indirect, availState, used);
+    }
+
+    public int Index { get; }
+    public ushort Size { get; }
+    public VirtqueueFormat Format => VirtqueueFormat.Packed;
+    public bool EventIdx { get; }
+    /// <summary>Slot of the next list in bits 0-14, the Driver Ring Wrap Counter expected there in bit 15.</summary>
+    public ushort LastAvailIndex => PackedRing.OffWrap(_nextAvail, _availWrap);
+    /// <summary>Slot of the next used descriptor in bits 0-14, the Device Ring Wrap Counter in bit 15.</summary>
+    public ushort UsedIndex => PackedRing.OffWrap(_nextUsed, _usedWrap);
+    public int InFlight => _inFlightCount;
+    /// <summary>Ring slots taken by lists in flight.</summary>
+    public int SlotsInFlight => _slotsInFlight;
+    public RingError LastRingError { get; private set; }
+    public int LastRingErrorValue { get; private set; }
+
+    /// <summary>Narrates the ring's steps in the spec's words while <see cref="ITraceSink.Active"/>.</summary>
+    public ITraceSink? Trace { get; set; }
+
+    public bool IsInFlight(ushort token) => token < Size && _tokenSlots[token] != 0;
+
+    /// <summary>The buffer id (2.8.6) of a chain in flight.</summary>
+    public ushort BufferId(ushort token) => token < Size ? _tokenId[token] : (ushort)0;
+
+    private byte* Slot(int slot) => _desc + slot * PackedRing.DescriptorSize;
+    // 2.8.21.1: flags are read first, with acquire, so the rest of the descriptor (written
+    // before the driver's release of flags) is seen as the driver wrote it.
+    private static ushort ReadFlags(byte* d) => Volatile.Read(ref *(ushort*)(d + 14));
+
+    /// <summary>Whether the driver has made a descriptor available at the device's position (a look with acquire, for polling; 2.8.1).</summary>
+    public bool HasAvailable => PackedRing.IsAvail(ReadFlags(Slot(_nextAvail)), _availWrap);
+
+    public PopResult TryPop(out DescriptorChain chain)
+    {
+        chain = default;
+        var first = Slot(_nextAvail);
+        var flags = ReadFlags(first);
+        if (!PackedRing.IsAvail(flags, _availWrap))
+        {
+            // 2.8.1: the slot still holds the lap before (a used descriptor, a skipped slot or
+            // zeroes). AVAIL and USED both equal to this lap's counter were never written by
+            // the device here: the driver's flags went backwards.
+            return PackedRing.IsUsed(flags, _availWrap) ? Corrupt(RingError.PackedFlagsInconsistent, flags) : PopResult.Empty;
+        }
+        var free = Size - _slotsInFlight;
+        if (free <= 0)
+            return Corrupt(RingError.PackedRingOverrun, _nextAvail); // 2.8.16: every slot is still the device's
+
+        var error = ChainError.None;
+        var errorDescriptor = -1;
+        var count = 0;
+        var slots = 0;
+        int slot = _nextAvail;
+        var wrap = _availWrap;
+        var seenWritable = false;
+        ushort id;
+        while (true)
+        {
+            var d = Slot(slot);
+            if (slots > 0)
+            {
+                // 2.8.6: every descriptor of a list carries the list's AVAIL/USED bits.
+                flags = Unsafe.ReadUnaligned<ushort>(d + 14);
+                if (!PackedRing.IsAvail(flags, wrap))
+                    return Corrupt(RingError.PackedDescriptorNotAvailable, slot);
+            }
+            var addr = Unsafe.ReadUnaligned<ulong>(d);
+            var len = Unsafe.ReadUnaligned<uint>(d + 8);
+            id = Unsafe.ReadUnaligned<ushort>(d + 12);
+            slots++;
+
+            if ((flags & PackedRing.DescFIndirect) != 0)
+            {
+                if (error == ChainError.None)
+                    error = IndirectError(flags, slots, len, out errorDescriptor, slot);
+                if (error == ChainError.None)
+                    count = ExpandIndirect(addr, len, ref error, ref errorDescriptor);
+            }
+            else if (count < _scratch.Length)
+                AddBuffer(ref count, addr, len, (flags & PackedRing.DescFWrite) != 0, ref seenWritable, ref error, ref errorDescriptor, slot);
+
+            if (++slot == Size)
+            {
+                slot = 0;
+                wrap = !wrap;
+            }
+            if ((flags & PackedRing.DescFNext) == 0)
+                break; // 2.8.6: the buffer id is in the last descriptor of the list
+            if (slots == free)
+                return Corrupt(free == Size ? RingError.PackedChainTooLong : RingError.PackedRingOverrun, _nextAvail);
+        }
+
+        if ((_idInFlight[id >> 6] & (1UL << (id & 63))) != 0)
+            return Corrupt(RingError.PackedBufferIdInFlight, id);
+        var token = TakeToken(id);
+        _idInFlight[id >> 6] |= 1UL << (id & 63);
+        _tokenId[token] = id;
+        _tokenSlots[token] = (ushort)slots;
+        _slotsInFlight += slots;
+        _inFlightCount++;
+        if (Trace is { Active: true } t)
+            TracePop(t, slots, id, wrap);
+        _nextAvail = (ushort)slot;
+        _availWrap = wrap;
+        chain = new DescriptorChain(token, _scratch.AsSpan(0, count), error, errorDescriptor, VirtqueueFormat.Packed);
+        return PopResult.Chain;
+    }
+
+    private void TracePop(ITraceSink t, int slots, ushort id, bool wrapAfter)
+    {
+        var flags = ReadFlags(Slot(_nextAvail));
+        var w = _availWrap ? 1 : 0;
+        t.Step("device", $"descriptor ring slot {_nextAvail}: flags {PackedRing.DescribeFlags(flags)}; AVAIL matches the Driver Ring Wrap Counter the device expects ({w}) and USED does not: available (2.8.1), read with acquire before the rest");
+        t.Step("device", $"list of {slots} slot{(slots == 1 ? "" : "s")} from slot {_nextAvail}; buffer id {id} from its last descriptor (2.8.6)");
+        if (wrapAfter != _availWrap)
+            t.Step("device", $"the list ran past the ring's last slot: the device now expects Driver Ring Wrap Counter {(wrapAfter ? 1 : 0)} (2.8.1)");
+    }
+
+    /// <summary>2.8.7 / 2.8.19: checks a descriptor with VIRTQ_DESC_F_INDIRECT before its table is read.</summary>
+    private ChainError IndirectError(ushort flags, int slots, uint len, out int errorDescriptor, int slot)
+    {
+        errorDescriptor = slot;
+        if (!_indirect)
+            return ChainError.IndirectNotNegotiated;
+        // 2.8.19: no INDIRECT inside a list linked by NEXT (with NEXT, or after direct ones).
+        if ((flags & PackedRing.DescFNext) != 0 || slots > 1)
+            return ChainError.IndirectWithNext;
+        if (len == 0 || len % PackedRing.DescriptorSize != 0)
+            return ChainError.IndirectBadLength;
+        if (len / PackedRing.DescriptorSize > Size)
+            return ChainError.ChainTooLong; // 2.8.5: no limit given, so at most the queue size
+        errorDescriptor = -1;
+        return ChainError.None;
+    }
+
+    /// <summary>
+    /// 2.8.7: an indirect table is len/16 struct pvirtq_desc one after another; only WRITE counts
+    /// in its flags, and its ids are ignored.
+    /// </summary>
+    private int ExpandIndirect(ulong addr, uint len, ref ChainError error, ref int errorDescriptor)
+    {
+        if (!_memory.TryTranslate(addr, len, out var t))
+        {
+            error = ChainError.IndirectOutOfMemory;
+            errorDescriptor = 0;
+            return 0;
+        }
+        var table = (byte*)t;
+        var entries = (int)(len / PackedRing.DescriptorSize);
+        var count = 0;
+        var seenWritable = false;
+        for (var i = 0; i < entries; i++)
+        {
+            var e = table + i * PackedRing.DescriptorSize;
+            var flags = Unsafe.ReadUnaligned<ushort>(e + 14);
+            AddBuffer(ref count, Unsafe.ReadUnaligned<ulong>(e), Unsafe.ReadUnaligned<uint>(e + 8), (flags & PackedRing.DescFWrite) != 0,
+                ref seenWritable, ref error, ref errorDescriptor, i);
+        }
+        return count;
+    }
+
+    private void AddBuffer(ref int count, ulong addr, uint len, bool writable, ref bool seenWritable, ref ChainError error, ref int errorDescriptor, int at)
+    {
+        if (writable)
+            seenWritable = true;
+        else if (seenWritable && error == ChainError.None)
+        {
+            error = ChainError.ReadableAfterWritable; // 2.8.17: device-writable elements after device-readable ones
+            errorDescriptor = at;
+        }
+        ref var b = ref _scratch[count++];
+        b.Address = addr;
+        b.Length = len;
+        b.Writable = writable;
+        if (_memory.TryTranslate(addr, len, out var host))
+            b.Host = host;
+        else
+        {
+            b.Host = 0;
+            if (error == ChainError.None)
+            {
+                error = ChainError.BufferOutOfMemory;
+                errorDescriptor = at;
+            }
+        }
+    }
+
+    private ushort TakeToken(ushort id)
+    {
+        if (id < Size && _tokenSlots[id] == 0)
+            return id;
+        // An id at or above the size (legal, 2.8.13): any free token. One exists, since every
+        // chain in flight holds at least one of the ring's slots.
+        for (var i = 0; i < Size; i++)
+        {
+            var t = _tokenCursor;
+            _tokenCursor = t + 1 == Size ? 0 : t + 1;
+            if (_tokenSlots[t] == 0)
+                return (ushort)t;
+        }
+        return 0;
+    }
+
+    private PopResult Corrupt(RingError error, int value)
+    {
+        LastRingError = error;
+        LastRingErrorValue = value;
+        return PopResult.RingCorrupt;
+    }
+
+    public void AddUsed(ushort head, uint written)
+    {
+        if (head >= Size || _tokenSlots[head] == 0)
+            return;
+        int slots = _tokenSlots[head];
+        var id = _tokenId[head];
+        _tokenSlots[head] = 0;
+        _idInFlight[id >> 6] &= ~(1UL << (id & 63));
+        _inFlightCount--;
+        _slotsInFlight -= slots;
+
+        // 2.8.6: one used descriptor for the whole list, in the next used slot: id, and the
+        // bytes written in len (2.8.4) with VIRTQ_DESC_F_WRITE saying len means something (2.8.3).
+        var d = Slot(_nextUsed);
+        Unsafe.WriteUnaligned(d + 8, written);
+        Unsafe.WriteUnaligned(d + 12, id);
+        var flags = (ushort)(PackedRing.UsedFlags(_usedWrap) | (written != 0 ? PackedRing.DescFWrite : 0));
+        // 2.8.1 / 2.8.21: flags last, with release: the driver reads flags first (acquire), then id and len.
+        Volatile.Write(ref *(ushort*)(d + 14), flags);
+        // 2.8.6: skip the list's other slots; the counter flips after the ring's last slot.
+        var next = _nextUsed + slots;
+        if (next >= Size)
+            next -= Size;
+        if (Trace is { Active: true } t)
+        {
+            t.Step("device", $"used descriptor written over slot {_nextUsed}: id {id}, len {written}, then flags {PackedRing.DescribeFlags(flags)} last with release: AVAIL and USED both equal the Device Ring Wrap Counter ({(_usedWrap ? 1 : 0)}), handing the slot back (2.8.1)");
+            t.Step("device", next < _nextUsed
+                ? $"skips the list's other {slots - 1} slot(s) past the ring's end: next used slot {next}, Device Ring Wrap Counter flips to {(_usedWrap ? 0 : 1)}"
+                : $"skips the list's other {slots - 1} slot(s): next used slot {next} (2.8.6)");
+        }
+        if (next < _nextUsed || slots == Size)
+            _usedWrap = !_usedWrap;
+        _nextUsed = (ushort)next;
+        _usedSinceEvent += slots;
+    }
+
+    /// <summary>
+    /// Makes the next <see cref="PublishUsed"/> ask for an interrupt whatever the driver's event
+    /// suppression says: for a ring resumed from where another device process left it, which may
+    /// have written used descriptors and died before notifying.
+    /// </summary>
+    public void SignalNextBatch() => _signalNext = true;
+
+    private bool _signalNext; // signal the next used batch whatever the driver's event suppression says
+
+    public bool PublishUsed()
+    {
+        var count = _usedSinceEvent;
+        if (count == 0)
+            return false;
+        _usedSinceEvent = 0;
+        // Full fence: the used flags are visible before the Driver Event Suppression is read (2.8.10).
+        Interlocked.MemoryBarrier();
+        if (_signalNext)
+        {
+            _signalNext = false;
+            return true;
+        }
+        var offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
+        var flags = Volatile.Read(ref *(ushort*)(_driverEvent + 2)) & PackedRing.EventFlagsMask;
+        bool interrupt;
+        if (flags == PackedRing.EventFlagsDisable)
+            interrupt = false;
+        else if (flags != PackedRing.EventFlagsDesc || !EventIdx || count >= Size)
+            interrupt = true; // ENABLE, or a request for one descriptor the device cannot honour: notify
+        else
+            interrupt = PackedRing.NeedEvent(offWrap, _nextUsed, _usedWrap, count, Size);
+        if (Trace is { Active: true } t)
+            t.Step("device", $"full barrier, then the Driver Event Suppression structure: {DescribeEvent(offWrap, flags)} -> {(interrupt ? "send a used buffer notification" : "no interrupt")} (2.8.10)");
+        return interrupt;
+    }
+
+    /// <summary>An event suppression structure in the spec's words.</summary>
+    public static string DescribeEvent(ushort offWrap, int flags) => flags switch
+    {
+        PackedRing.EventFlagsEnable => "flags RING_EVENT_FLAGS_ENABLE",
+        PackedRing.EventFlagsDisable => "flags RING_EVENT_FLAGS_DISABLE",
+        PackedRing.EventFlagsDesc => $"flags RING_EVENT_FLAGS_DESC, desc_event_off {offWrap & 0x7fff}, desc_event_wrap {offWrap >> 15}",
+        _ => $"reserved flags {flags}",
+    };
+
+    public void DisableNotifications() =>
+        Volatile.Write(ref *(ushort*)(_deviceEvent + 2), PackedRing.EventFlagsDisable); // 2.8.10: RING_EVENT_FLAGS_DISABLE
+
+    public bool EnableNotifications()
+    {
+        if (EventIdx)
+        {
+            // 2.8.10: notify me when the descriptor at my position is made available.
+            Volatile.Write(ref *(ushort*)_deviceEvent, LastAvailIndex);
+            Volatile.Write(ref *(ushort*)(_deviceEvent + 2), PackedRing.EventFlagsDesc);
+        }
+        else
+            Volatile.Write(ref *(ushort*)(_deviceEvent + 2), PackedRing.EventFlagsEnable);
+        // Full fence: publish the request for notifications, then look at the ring again, or a
+        // descriptor made available in between would be missed.
+        Interlocked.MemoryBarrier();
+        var flags = ReadFlags(Slot(_nextAvail));
+        return PackedRing.IsAvail(flags, _availWrap) || PackedRing.IsUsed(flags, _availWrap);
+    }
+
+    /// <summary>Reads back descriptor <paramref name="slot"/> (for tracing).</summary>
+    public (ulong Address, uint Length, ushort Id, ushort Flags) ReadDescriptor(int slot)
+    {
+        var d = Slot(slot % Size);
+        return (Unsafe.ReadUnaligned<ulong>(d), Unsafe.ReadUnaligned<uint>(d + 8), Unsafe.ReadUnaligned<ushort>(d + 12), Volatile.Read(ref *(ushort*)(d + 14)));
+    }
+
+    /// <summary>The Driver Event Suppression structure as the device reads it (for tracing).</summary>
+    public (ushort OffWrap, ushort Flags) DriverEvent => (Volatile.Read(ref *(ushort*)_driverEvent), Volatile.Read(ref *(ushort*)(_driverEvent + 2)));
+}

@@ -1,0 +1,298 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
+
+namespace VirtioSharp.Queues;
+
+/// <summary>
+/// The driver's half of a packed virtqueue (2.8.21, 2.8.22). Lists are written into the ring in
+/// order, the first descriptor's flags last; the buffer id (below the queue size) names the
+/// list, and the driver keeps each id's slot count privately, so nothing the device writes can
+/// corrupt its bookkeeping. Not thread-safe: callers hold a lock.
+/// </summary>
+public sealed unsafe class PackedDriverQueue : IDriverQueue
+{
+    private readonly byte* _desc;
+    private readonly byte* _driverEvent;   // 2.8.10: Driver Event Suppression, written by the driver
+    private readonly byte* _deviceEvent;   // 2.8.10: Device Event Suppression, read-only for the driver
+    private readonly ushort[] _slotsOfId;  // per buffer id: ring slots of its list; 0 = free
+    private readonly ushort[] _freeIds;
+    private int _freeIdCount;
+    private int _freeSlots;
+    private ushort _nextAvail;
+    private bool _availWrap = true;        // 2.8.1: Driver Ring Wrap Counter, initially 1
+    private ushort _nextUsed;
+    private bool _usedWrap = true;         // the Device Ring Wrap Counter the driver expects at _nextUsed
+    private int _addedSincePublish;
+
+    public PackedDriverQueue(int index, int size, GuestMemory memory, ulong descAddr, ulong driverAddr, ulong deviceAddr, bool eventIdx)
+    {
+        if (!PackedRing.IsValidSize(size))
+            throw new ArgumentOutOfRangeException(nameof(size), $"queue size {size} is not in 1..32768 (2.8)");
+        Index = index;
+        Size = (ushort)size;
+        EventIdx = eventIdx;
+        DescriptorTable = descAddr;
+        DriverArea = driverAddr;
+        DeviceArea = deviceAddr;
+        _desc = (byte*)memory.GetPointer(descAddr, PackedQueueLayout.DescriptorRingSize(size));
+        _driverEvent = (byte*)memory.GetPointer(driverAddr, PackedRing.EventSuppressionSize);
+        _deviceEvent = (byte*)memory.GetPointer(deviceAddr, PackedRing.EventSuppressionSize);
+        // 2.8.13: the descriptor ring is zero-initialized.
+        new Span<byte>(_desc, checked((int)PackedQueueLayout.DescriptorRingSize(size))).Clear();
+        _slotsOfId = new ushort[size];
+        _freeIds = new ushort[size];
+        for (var i = 0; i < size; i++)
+            _freeIds[i] = (ushort)(size - 1 - i);
+        _freeIdCount = size;
+        _freeSlots = size;
+        if (eventIdx)
+        {
+            // 2.8.10: interrupt me when the first descriptor is used.
+            Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(0, true));
+            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsDesc);
+        }
+        else
+            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsEnable);
+    }
+
+    /// <summary>Lays the queue out contiguously in memory from <paramref name="allocator"/>.</summary>
+    public static PackedDriverQueue Allocate(int index, int size, GuestAllocator allocator, bool eventIdx)
+    {
+        var layout = PackedQueueLayout.For(size);
+        var baseAddr = allocator.Allocate(layout.TotalSize, 4096);
+        return new PackedDriverQueue(index, size, allocator.Memory, baseAddr + layout.DescriptorRingOffset,
+            baseAddr + layout.DriverEventOffset, baseAddr + layout.DeviceEventOffset, eventIdx);
+    }
+
+    public int Index { get; }
+    public ushort Size { get; }
+    public VirtqueueFormat Format => VirtqueueFormat.Packed;
+    public bool EventIdx { get; }
+    public ulong DescriptorTable { get; }
+    public ulong DriverArea { get; }
+    public ulong DeviceArea { get; }
+    public int FreeDescriptors => _freeSlots;
+    /// <summary>Slot of the next descriptor the driver writes.</summary>
+    public ushort NextAvail => _nextAvail;
+    /// <summary>2.8.1: the Driver Ring Wrap Counter.</summary>
+    public bool AvailWrapCounter => _availWrap;
+    /// <summary>Slot where the driver looks for the next used descriptor.</summary>
+    public ushort NextUsed => _nextUsed;
+    /// <summary>The Device Ring Wrap Counter the driver expects at <see cref="NextUsed"/>.</summary>
+    public bool UsedWrapCounter => _usedWrap;
+    /// <summary>The Device Event Suppression structure as the driver reads it (for tracing).</summary>
+    public (ushort OffWrap, ushort Flags) DeviceEvent => (Volatile.Read(ref *(ushort*)_deviceEvent), Volatile.Read(ref *(ushort*)(_deviceEvent + 2)));
+    /// <summary>The Driver Event Suppression structure as the driver last wrote it (for tracing).</summary>
+    public (ushort OffWrap, ushort Flags) DriverEvent => (Volatile.Read(ref *(ushort*)_driverEvent), Volatile.Read(ref *(ushort*)(_driverEvent + 2)));
+
+    /// <summary>Narrates the ring's steps in the spec's words while <see cref="ITraceSink.Active"/>.</summary>
+    public ITraceSink? Trace { get; set; }
+
+    private byte* Slot(int slot) => _desc + slot * PackedRing.DescriptorSize;
+
+    /// <summary>Reads back descriptor <paramref name="slot"/> (for tracing).</summary>
+    public (ulong Address, uint Length, ushort Id, ushort Flags) ReadDescriptor(int slot)
+    {
+        var d = Slot(slot % Size);
+        return (Unsafe.ReadUnaligned<ulong>(d), Unsafe.ReadUnaligned<uint>(d + 8), Unsafe.ReadUnaligned<ushort>(d + 12), Volatile.Read(ref *(ushort*)(d + 14)));
+    }
+
+    public bool TryAdd(ReadOnlySpan<DriverBuffer> buffers, out ushort head)
+    {
+        head = 0;
+        // 2.8.17: the whole list must fit in the ring before its first descriptor is made available.
+        if (buffers.Length == 0 || buffers.Length > _freeSlots || _freeIdCount == 0)
+            return false;
+        var seenWritable = false;
+        foreach (var b in buffers)
+        {
+            if (!b.DeviceWritable && seenWritable)
+                throw new ArgumentException("device-readable buffers must come before device-writable ones (2.8.17)");
+            seenWritable |= b.DeviceWritable;
+        }
+        var id = _freeIds[--_freeIdCount];
+        var first = _nextAvail;
+        ushort firstFlags = 0;
+        for (var i = 0; i < buffers.Length; i++)
+        {
+            var b = buffers[i];
+            // 2.8.21.1: AVAIL to the Driver Ring Wrap Counter, USED to its inverse, WRITE per
+            // element, NEXT on all but the last; the id in every descriptor (the device reads the last).
+            var flags = (ushort)(PackedRing.AvailFlags(_availWrap) | (b.DeviceWritable ? PackedRing.DescFWrite : 0)
+                | (i < buffers.Length - 1 ? PackedRing.DescFNext : 0));
+            var d = Slot(_nextAvail);
+            Unsafe.WriteUnaligned(d, b.Address);
+            Unsafe.WriteUnaligned(d + 8, b.Length);
+            Unsafe.WriteUnaligned(d + 12, id);
+            if (i == 0)
+                firstFlags = flags; // 2.8.6: the first descriptor is made available after the rest
+            else
+                Unsafe.WriteUnaligned(d + 14, flags);
+            Advance();
+        }
+        // 2.8.21.1.1: a barrier before the flags update; the release store is that barrier.
+        Volatile.Write(ref *(ushort*)(Slot(first) + 14), firstFlags);
+        _slotsOfId[id] = (ushort)buffers.Length;
+        _freeSlots -= buffers.Length;
+        _addedSincePublish += buffers.Length;
+        head = id;
+        if (Trace is { Active: true } t)
+            TraceAdd(t, first, buffers.Length, id, wrapBefore: (first + buffers.Length >= Size) != _availWrap);
+        return true;
+    }
+
+    /// <summary>
+    /// 2.8.7: makes one descriptor with VIRTQ_DESC_F_INDIRECT available, pointing at a table of
+    /// <paramref name="count"/> descriptors the caller wrote with <see cref="WriteIndirectTable"/>.
+    /// </summary>
+    public bool TryAddIndirect(ulong table, int count, out ushort head)
+    {
+        head = 0;
+        if (_freeSlots == 0 || _freeIdCount == 0 || count <= 0 || count > Size)
+            return false;
+        var id = _freeIds[--_freeIdCount];
+        var first = _nextAvail;
+        var wrapBefore = _availWrap;
+        var d = Slot(_nextAvail);
+        Unsafe.WriteUnaligned(d, table);
+        Unsafe.WriteUnaligned(d + 8, (uint)(count * PackedRing.DescriptorSize));
+        Unsafe.WriteUnaligned(d + 12, id);
+        // 2.8.7: WRITE is reserved on the descriptor that refers to a table.
+        Volatile.Write(ref *(ushort*)(d + 14), (ushort)(PackedRing.AvailFlags(_availWrap) | PackedRing.DescFIndirect));
+        Advance();
+        _slotsOfId[id] = 1;
+        _freeSlots--;
+        _addedSincePublish++;
+        head = id;
+        if (Trace is { Active: true } t)
+            TraceAdd(t, first, 1, id, wrapBefore);
+        return true;
+    }
+
+    private void TraceAdd(ITraceSink t, int first, int slots, ushort id, bool wrapBefore)
+    {
+        for (var i = 0; i < slots; i++)
+        {
+            var slot = (first + i) % Size;
+            var d = ReadDescriptor(slot);
+            t.Step("driver", $"  descriptor ring slot {slot}: addr 0x{d.Address:x} len {d.Length} id {d.Id} flags {PackedRing.DescribeFlags(d.Flags)}");
+        }
+        t.Step("driver", $"slot {first}'s flags written last, with release, after the rest of the list (2.8.6): AVAIL = Driver Ring Wrap Counter ({(wrapBefore ? 1 : 0)}), USED its inverse; buffer id {id} hands the list to the device");
+        if (wrapBefore != _availWrap)
+            t.Step("driver", $"the list used the ring's last slot: Driver Ring Wrap Counter flips to {(_availWrap ? 1 : 0)}; the next list starts at slot {_nextAvail} (2.8.1)");
+    }
+
+    /// <summary>2.8.7: an indirect table of struct pvirtq_desc; only WRITE is set, ids are ignored.</summary>
+    public static void WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers)
+    {
+        for (var i = 0; i < buffers.Length; i++)
+        {
+            var b = buffers[i];
+            var e = table.Slice(i * PackedRing.DescriptorSize, PackedRing.DescriptorSize);
+            BinaryPrimitives.WriteUInt64LittleEndian(e, b.Address);
+            BinaryPrimitives.WriteUInt32LittleEndian(e[8..], b.Length);
+            BinaryPrimitives.WriteUInt16LittleEndian(e[12..], 0);
+            BinaryPrimitives.WriteUInt16LittleEndian(e[14..], b.DeviceWritable ? PackedRing.DescFWrite : (ushort)0);
+        }
+    }
+
+    void IDriverQueue.WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers) => WriteIndirectTable(table, buffers);
+
+    private void Advance()
+    {
+        // 2.8.21.1: after the ring's last descriptor, toggle the Driver Ring Wrap Counter.
+        if (++_nextAvail == Size)
+        {
+            _nextAvail = 0;
+            _availWrap = !_availWrap;
+        }
+    }
+
+    public bool Publish()
+    {
+        var added = _addedSincePublish;
+        if (added == 0)
+            return false;
+        _addedSincePublish = 0;
+        // 2.8.21.3.1: a full barrier between the flags update and reading the Device Event Suppression.
+        Interlocked.MemoryBarrier();
+        var offWrap = Volatile.Read(ref *(ushort*)_deviceEvent);
+        var flags = Volatile.Read(ref *(ushort*)(_deviceEvent + 2)) & PackedRing.EventFlagsMask;
+        bool notify;
+        if (flags == PackedRing.EventFlagsDisable)
+            notify = false;
+        else if (flags != PackedRing.EventFlagsDesc || !EventIdx || added >= Size)
+            notify = true;
+        else
+            notify = PackedRing.NeedEvent(offWrap, _nextAvail, _availWrap, added, Size);
+        if (Trace is { Active: true } t)
+            t.Step("driver", $"full barrier, then the Device Event Suppression structure: {PackedDeviceQueue.DescribeEvent(offWrap, flags)} -> {(notify ? "notify the device" : "no notification")} (2.8.21.2)");
+        return notify;
+    }
+
+    public bool TryTakeUsed(out ushort head, out uint length, out UsedError error)
+    {
+        head = 0;
+        length = 0;
+        error = UsedError.None;
+        var d = Slot(_nextUsed);
+        // 2.8.22: flags first, with acquire; id and len below were written before them.
+        var flags = Volatile.Read(ref *(ushort*)(d + 14));
+        if (!PackedRing.IsUsed(flags, _usedWrap))
+            return false;
+        var id = Unsafe.ReadUnaligned<ushort>(d + 12);
+        var len = Unsafe.ReadUnaligned<uint>(d + 8);
+        // The device is not trusted: the id must name a list the driver has outstanding.
+        if (id >= Size || _slotsOfId[id] == 0)
+        {
+            error = UsedError.UnknownId;
+            head = id;
+            return false;
+        }
+        // 2.8.4: len is reserved in a used descriptor without VIRTQ_DESC_F_WRITE.
+        length = (flags & PackedRing.DescFWrite) != 0 ? len : 0;
+        int slots = _slotsOfId[id];
+        _slotsOfId[id] = 0;
+        _freeIds[_freeIdCount++] = id;
+        _freeSlots += slots;
+        // 2.8.6: skip the list's other slots to where the next used descriptor goes.
+        var next = _nextUsed + slots;
+        if (next >= Size)
+            next -= Size;
+        if (Trace is { Active: true } t)
+        {
+            t.Step("driver", $"descriptor ring slot {_nextUsed}: flags {PackedRing.DescribeFlags(flags)}; AVAIL and USED both equal the Device Ring Wrap Counter the driver expects ({(_usedWrap ? 1 : 0)}): used, read with acquire before id {id} and len {len} (2.8.22)");
+            t.Step("driver", $"buffer id {id} had {slots} slot(s): the next used descriptor will be in slot {next}{(next < _nextUsed || slots == Size ? ", after the ring's end: the expected counter flips" : "")}");
+        }
+        if (next < _nextUsed || slots == Size)
+            _usedWrap = !_usedWrap;
+        _nextUsed = (ushort)next;
+        head = id;
+        if (EventIdx)
+        {
+            // 2.8.10: interrupt me when the next descriptor is used; then a full barrier before the
+            // next look at the ring, or a descriptor used meanwhile is neither seen nor signalled.
+            Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(_nextUsed, _usedWrap));
+            Interlocked.MemoryBarrier();
+        }
+        return true;
+    }
+
+    public void DisableInterrupts() =>
+        Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsDisable);
+
+    public bool EnableInterrupts()
+    {
+        if (EventIdx)
+        {
+            Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(_nextUsed, _usedWrap));
+            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsDesc);
+        }
+        else
+            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsEnable);
+        Interlocked.MemoryBarrier();
+        return PackedRing.IsUsed(Volatile.Read(ref *(ushort*)(Slot(_nextUsed) + 14)), _usedWrap);
+    }
+}

@@ -19,7 +19,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private readonly BlkDeviceOptions _options;
     private readonly byte[] _config;
     private readonly byte[] _serial = new byte[BlkLayout.IdBytes];
-    private readonly IoVec[][] _iovScratch;
+    private readonly IoVec[][] _iovScratch; // per queue, sized by its worker for the ring it drains
     private readonly BlkDiscardSegment[][] _segmentScratch; // per queue: segments copied out of guest memory once
     private readonly ulong _capacitySectors;
     private readonly bool _readOnly;
@@ -89,7 +89,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         Stats = new BlkStats(_options.NumQueues);
         _iovScratch = new IoVec[_options.NumQueues][];
         for (var i = 0; i < _iovScratch.Length; i++)
-            _iovScratch[i] = new IoVec[SplitRing.MaxQueueSize];
+            _iovScratch[i] = [];
         var maxSegments = (int)Math.Max(Config.MaxDiscardSeg, Config.MaxWriteZeroesSeg);
         _segmentScratch = new BlkDiscardSegment[_options.NumQueues][];
         for (var i = 0; i < _segmentScratch.Length; i++)
@@ -149,6 +149,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         if (Breaches.ResetRequested)
             return QueueOutcome.NeedsReset;
         var iov = _iovScratch[queue.Index];
+        // A chain holds at most queue-size buffers (2.7.5.3.1), so its I/O vectors fit the ring's
+        // size: sized at the first drain of a ring, never per request.
+        if (iov.Length != queue.Size)
+            _iovScratch[queue.Index] = iov = new IoVec[queue.Size];
         queue.DisableNotifications();
         while (true)
         {

@@ -56,14 +56,21 @@ public static class ServeCommand
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
         var strict = StrictOption.Create();
         var verbose = new Option<bool>("--verbose") { Description = "Log every vhost-user message" };
+        // Test-only, hidden from --help: makes a kill land on requests taken and not yet returned.
+        var holdCompletions = new Option<int>("--debug-hold-completions-ms")
+        {
+            Description = "TESTING ONLY: keep each finished request this many milliseconds before returning it to the guest, due ones newest first (crash-recovery tests)",
+            Hidden = true,
+        };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose };
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, strict, verbose, holdCompletions };
         command.SetAction(result =>
         {
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket)!, result.GetValue(readOnly), result.GetValue(numQueues),
                 result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
-                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!));
+                result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
+                result.GetValue(holdCompletions));
             return Run(settings, result.InvocationConfiguration.Error);
         });
         return command;
@@ -71,7 +78,8 @@ public static class ServeCommand
 
     /// <summary>Everything <c>vblk serve</c> was asked to do.</summary>
     public sealed record ServeSettings(string? Image, string Socket, bool ReadOnly, int NumQueues, int QueueSize, uint BlkSize,
-        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto);
+        string Serial, string Backend, string? Size, StrictMode Strict, bool Verbose, AioMode Aio = AioMode.Auto,
+        int HoldCompletionsMs = 0);
 
     private static AioMode ParseAio(string value) => value switch
     {
@@ -87,6 +95,8 @@ public static class ServeCommand
         IBlockBackend? backend = null;
         try
         {
+            if (s.HoldCompletionsMs is < 0 or > 60_000)
+                throw new UsageException($"--debug-hold-completions-ms {s.HoldCompletionsMs} is not in 0..60000");
             backend = OpenBackend(s);
             var options = new BlkDeviceOptions
             {
@@ -99,8 +109,10 @@ public static class ServeCommand
             };
             var device = new BlkDevice(backend, options);
             var aioNote = DescribeAio(s, backend);
-            using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio };
+            using var server = new VhostUserBlkServer(device, s.Socket, log) { Aio = s.Aio, HoldCompletionsMs = s.HoldCompletionsMs };
             server.Start();
+            if (s.HoldCompletionsMs > 0)
+                log.Warn($"--debug-hold-completions-ms {s.HoldCompletionsMs}: every completion is held that long (a testing aid, not for real guests)");
             log.Info($"serving {backend.Description} ({backend.Capacity >> 20} MiB{(device.Config.BlkSize != 512 ? $", {device.Config.BlkSize}-byte blocks" : "")}{(s.ReadOnly || backend.ReadOnly ? ", read-only" : "")}) "
                 + $"with {s.NumQueues} queue{(s.NumQueues == 1 ? "" : "s")} of up to {s.QueueSize}{aioNote}");
             log.Info($"QEMU: -chardev socket,id=vblk0,path={s.Socket},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");

@@ -33,6 +33,8 @@ public class VhostUserServer : IDisposable
     public string SocketPath { get; }
     /// <summary>How queue workers run file I/O; set before <see cref="Start"/>.</summary>
     public AioMode Aio { get; init; } = AioMode.Auto;
+    /// <summary>For crash-recovery tests only: hold each completion this long before it is used (0: off).</summary>
+    public int HoldCompletionsMs { get; init; }
     protected ILogSink? Log => _log;
 
     /// <summary>A front-end is connected.</summary>
@@ -127,7 +129,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log, Aio);
+                    _session = new VhostUserSession(Device, connection, _log, Aio, HoldCompletionsMs);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }

@@ -47,7 +47,7 @@ internal sealed class Vring : IDisposable
     public bool Enabled => _enabled;
 
     // --- running state ---
-    public SplitDeviceQueue? Queue { get; private set; }
+    public IDeviceQueue? Queue { get; private set; }
     public bool Started => _worker != null;
     /// <summary>The worker stopped because the driver broke the ring (vhost-user has no status register to say so).</summary>
     public bool Failed { get; private set; }
@@ -85,7 +85,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>Starts the worker over <paramref name="queue"/> (built over the current memory table).</summary>
-    public void Start(SplitDeviceQueue queue)
+    public void Start(IDeviceQueue queue)
     {
         if (Started)
             throw new InvalidOperationException($"queue {Index} is already started");
@@ -110,6 +110,7 @@ internal sealed class Vring : IDisposable
         _worker = null;
         if (Queue != null)
             Base = Queue.LastAvailIndex;
+        (Queue as IDisposable)?.Dispose();
         Queue = null;
     }
 
@@ -186,7 +187,7 @@ internal sealed class Vring : IDisposable
         (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 2; // + the two polls
 
     /// <summary>Waits in poll(2) on the control and kick descriptors; the device does its I/O synchronously.</summary>
-    private void RunPolled(SplitDeviceQueue queue, EventFd kick)
+    private void RunPolled(IDeviceQueue queue, EventFd kick)
     {
         Span<PollFd> fds = stackalloc PollFd[2];
         var drain = true; // buffers may have been made available before the ring started
@@ -210,6 +211,7 @@ internal sealed class Vring : IDisposable
                 drain = true;
             }
         }
+        ReleaseHeld(queue);
     }
 
     /// <summary>
@@ -219,7 +221,7 @@ internal sealed class Vring : IDisposable
     /// flight, so guest memory is never unmapped under an I/O (vhost-user.rst: GET_VRING_BASE
     /// stops the ring; here its in-flight requests are finished and used first).
     /// </summary>
-    private void RunUring(SplitDeviceQueue queue, EventFd kick, IoUring ring)
+    private void RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = new IoUringQueueIo(ring);
         bool armControl = true, armKick = true, stopped = false;
@@ -232,7 +234,10 @@ internal sealed class Vring : IDisposable
                 stopped = true; // take nothing more; finish what is in flight
             drain = false;
             if (stopped && _device.QueueIoInFlight(queue.Index) == 0)
+            {
+                ReleaseHeld(queue);
                 return;
+            }
             if (armControl)
                 armControl = !ring.QueuePollMultishot(_control.Fd, IoUringQueueIo.ControlTag);
             if (armKick)
@@ -269,7 +274,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>After a host-side failure: waits for the I/O still in flight, so no completion lands after memory is unmapped.</summary>
-    private void FinishInFlight(SplitDeviceQueue queue, IoUring ring)
+    private void FinishInFlight(IDeviceQueue queue, IoUring ring)
     {
         try
         {
@@ -292,7 +297,7 @@ internal sealed class Vring : IDisposable
     }
 
     /// <summary>One drain of the available ring. On NeedsReset the queue stops: the call and the err descriptor are signalled here.</summary>
-    private QueueOutcome Drain(SplitDeviceQueue queue, IQueueIo? io)
+    private QueueOutcome Drain(IDeviceQueue queue, IQueueIo? io)
     {
         var outcome = _device.ProcessQueue(queue, io);
         switch (outcome)
@@ -314,6 +319,20 @@ internal sealed class Vring : IDisposable
         }
         return outcome;
     }
+
+    /// <summary>A ring that stops returns what a test-only <see cref="HeldCompletionsQueue"/> still holds.</summary>
+    private void ReleaseHeld(IDeviceQueue queue)
+    {
+        if (queue is HeldCompletionsQueue held)
+        {
+            held.ReleaseAll();
+            if (queue.PublishUsed())
+                SignalCall();
+        }
+    }
+
+    /// <summary>Makes the worker drain the ring again (from any thread).</summary>
+    public void Wake() => _control.Signal(); // false, harmlessly, once the ring is disposed
 
     private void SignalCall()
     {

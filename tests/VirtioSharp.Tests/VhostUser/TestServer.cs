@@ -10,12 +10,12 @@ internal sealed class TestServer : IDisposable
 {
     public const ulong DiskSize = 8 << 20;
 
-    public TestServer(int numQueues = 2, StrictMode strict = StrictMode.Off, IBlockBackend? backend = null, int queueSize = 256)
+    public TestServer(int numQueues = 2, StrictMode strict = StrictMode.Off, IBlockBackend? backend = null, int queueSize = 256, int holdCompletionsMs = 0)
     {
         SocketPath = Path.Combine(Path.GetTempPath(), $"vs-{Guid.NewGuid():N}.sock"[..24]);
         Backend = backend ?? new MemoryBackend(DiskSize);
         Device = new BlkDevice(Backend, new BlkDeviceOptions { NumQueues = numQueues, QueueSize = queueSize, Log = Log, Strict = strict });
-        Server = new VhostUserBlkServer(Device, SocketPath);
+        Server = new VhostUserBlkServer(Device, SocketPath) { HoldCompletionsMs = holdCompletionsMs };
         Server.Start();
     }
 

@@ -110,8 +110,15 @@ public static class ServeCommand
 
         var noPacked = new Option<bool>("--no-packed") { Description = "Do not offer packed virtqueues (VIRTIO_F_RING_PACKED, spec 2.8); front-ends then use split rings" };
 
+        // Test-only, hidden from --help: makes a kill land on requests taken and not yet returned.
+        var holdCompletions = new Option<int>("--debug-hold-completions-ms")
+        {
+            Description = "TESTING ONLY: keep each finished request this many milliseconds before returning it to the guest, due ones newest first (crash-recovery tests)",
+            Hidden = true,
+        };
+
         var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio,
-            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit, noPacked };
+            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit, noPacked, holdCompletions };
         foreach (var option in limits.All)
             command.Options.Add(option);
         command.SetAction(result =>
@@ -142,6 +149,7 @@ public static class ServeCommand
                     ConnectTimeoutSeconds = result.GetValue(cephConnectTimeout),
                 },
                 OfferPacked = !result.GetValue(noPacked),
+                HoldCompletionsMs = result.GetValue(holdCompletions),
             };
             return Run(settings, result.InvocationConfiguration.Error);
         });
@@ -162,6 +170,9 @@ public static class ServeCommand
 
         /// <summary>Offer VIRTIO_F_RING_PACKED (2.8); --no-packed turns it off.</summary>
         public bool OfferPacked { get; init; } = true;
+
+        /// <summary>Testing only (--debug-hold-completions-ms): hold each completion this long.</summary>
+        public int HoldCompletionsMs { get; init; }
     }
 
     private static AioMode ParseAio(string value) => value switch
@@ -181,6 +192,8 @@ public static class ServeCommand
         ServeRecorder? recorder = null;
         try
         {
+            if (s.HoldCompletionsMs is < 0 or > 60_000)
+                throw new UsageException($"--debug-hold-completions-ms {s.HoldCompletionsMs} is not in 0..60000");
             if (s.PollUs is < 0 or > 1_000_000)
                 throw new UsageException($"--poll-us {s.PollUs} must be 0..1000000 microseconds");
             // Taken first, so the service manager's socket is ours (close-on-exec) before anything else runs.
@@ -205,7 +218,7 @@ public static class ServeCommand
             if (recorder is not null)
                 device.Breaches.Observer = recorder.Breach;
             var aioNote = DescribeAio(s, backend);
-            using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio, PollMicroseconds = s.PollUs };
+            using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio, PollMicroseconds = s.PollUs, HoldCompletionsMs = s.HoldCompletionsMs };
             using var metrics = new ServeMetrics(device, server);
             if (s.Metrics is { } address)
                 metrics.Serve(address);
@@ -213,6 +226,8 @@ public static class ServeCommand
                 server.Start(activated);
             else
                 server.Start();
+            if (s.HoldCompletionsMs > 0)
+                log.Warn($"--debug-hold-completions-ms {s.HoldCompletionsMs}: every completion is held that long (a testing aid, not for real guests)");
             log.Info($"serving {backend.Description} ({Sizes.Exact(backend.Capacity)}{(device.Config.BlkSize != 512 ? $", {device.Config.BlkSize}-byte blocks" : "")}{(s.ReadOnly || backend.ReadOnly ? ", read-only" : "")}) "
                 + $"with {s.NumQueues} queue{(s.NumQueues == 1 ? "" : "s")} of up to {s.QueueSize}{aioNote}");
             if (backend is FileBackend file && file.FileLength != file.Capacity)

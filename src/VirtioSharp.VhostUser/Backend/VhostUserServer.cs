@@ -53,6 +53,9 @@ public class VhostUserServer : IDisposable
             session = _session;
         return session is not null && (uint)queue < (uint)session.Vrings.Count && session.Vrings[queue].Queue is { } q ? q.InFlight : 0;
     }
+
+    /// <summary>For crash-recovery tests only: hold each completion this long before it is used (0: off).</summary>
+    public int HoldCompletionsMs { get; init; }
     protected ILogSink? Log => _log;
 
     /// <summary>A front-end is connected.</summary>
@@ -168,7 +171,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers);
+                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers, HoldCompletionsMs);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }

@@ -21,7 +21,8 @@ internal sealed class VhostUserSession : IDisposable
         | VhostUserFeatures.Bit(VhostUserFeatures.ReplyAck)
         | VhostUserFeatures.Bit(VhostUserFeatures.Config)
         | VhostUserFeatures.Bit(VhostUserFeatures.ResetDevice)
-        | VhostUserFeatures.Bit(VhostUserFeatures.ConfigureMemSlots);
+        | VhostUserFeatures.Bit(VhostUserFeatures.ConfigureMemSlots)
+        | VhostUserFeatures.Bit(VhostUserFeatures.InflightShmfd);
 
     private enum Verdict { Done, Failed, Close }
 
@@ -38,14 +39,17 @@ internal sealed class VhostUserSession : IDisposable
     private bool _versionWarned;
     private bool _unsealedWarned;
     private string _why = "";
+    private InflightRegion? _inflight;
+    private readonly int _holdCompletionsMs;
 
     /// <summary>How long the rest of a message may take once it has begun, and how long a reply may wait to be sent.</summary>
     public static readonly TimeSpan DefaultMessageTimeout = TimeSpan.FromSeconds(5);
 
     private readonly TimeSpan _messageTimeout;
 
-    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null, IReadOnlyList<AdaptivePoller>? pollers = null)
+    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null, IReadOnlyList<AdaptivePoller>? pollers = null, int holdCompletionsMs = 0)
     {
+        _holdCompletionsMs = holdCompletionsMs;
         _device = device;
         _log = log;
         _messageTimeout = messageTimeout ?? DefaultMessageTimeout;
@@ -223,6 +227,10 @@ internal sealed class VhostUserSession : IDisposable
                 return Size(p, U64Payload.Length) ? SetVringFd(request, U64Payload.Read(p)) : Verdict.Failed;
             case VhostUserRequest.SetVringEnable:
                 return Size(p, VringState.Length) ? SetVringEnable(VringState.Read(p)) : Verdict.Failed;
+            case VhostUserRequest.GetInflightFd:
+                return GetInflightFd(p);
+            case VhostUserRequest.SetInflightFd:
+                return SetInflightFd(p);
             case VhostUserRequest.GetConfig:
                 return GetConfig(p);
             case VhostUserRequest.SetConfig:
@@ -233,7 +241,8 @@ internal sealed class VhostUserSession : IDisposable
     }
 
     private static bool FdsAllowed(VhostUserRequest r) => r is VhostUserRequest.SetMemTable or VhostUserRequest.AddMemReg
-        or VhostUserRequest.RemMemReg or VhostUserRequest.SetVringKick or VhostUserRequest.SetVringCall or VhostUserRequest.SetVringErr;
+        or VhostUserRequest.RemMemReg or VhostUserRequest.SetVringKick or VhostUserRequest.SetVringCall or VhostUserRequest.SetVringErr
+        or VhostUserRequest.SetInflightFd;
 
     private bool Size(ReadOnlySpan<byte> payload, int expected)
     {
@@ -318,6 +327,7 @@ internal sealed class VhostUserSession : IDisposable
     {
         foreach (var v in _vrings)
             v.Reset();
+        SwapInflight(null);
         _features = 0;
         _featuresSet = false;
         _device.Reset();
@@ -612,22 +622,54 @@ internal sealed class VhostUserSession : IDisposable
         {
             var memory = _memory.Memory;
             var packed = VringFormat.IsPacked(_features);
-            var queue = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a,
-                VirtioFeatures.Has(_features, VirtioFeatures.RingEventIdx), VirtioFeatures.Has(_features, VirtioFeatures.RingIndirectDesc),
-                v.Base, out var usedIdx, out var queueError);
-            if (queue is null)
+            var eventIdx = VirtioFeatures.Has(_features, VirtioFeatures.RingEventIdx);
+            var indirect = VirtioFeatures.Has(_features, VirtioFeatures.RingIndirectDesc);
+            // The layout is checked before anything of the ring is read; a split ring's used index
+            // is then the one in memory (vhost-user.rst, SET_VRING_BASE).
+            var startIndex = v.Base;
+            var found = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a, eventIdx, indirect, startIndex, out var usedIdx, out var queueError);
+            SplitInflightRecord.Plan plan = default;
+            var record = packed || found is null ? null : _inflight?.Queue(v.Index);
+            if (record is { } r)
+            {
+                if (r.TryReconcile(usedIdx, (ushort)v.Num, out plan, out var recordError))
+                {
+                    // The record knows how far the available ring was read: used idx + requests in flight.
+                    if (!plan.Fresh && plan.LastAvail != (ushort)startIndex)
+                    {
+                        startIndex = plan.LastAvail;
+                        found = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a, eventIdx, indirect, startIndex, out usedIdx, out queueError);
+                    }
+                    if (plan.Resubmit.Length > 0 || plan.BatchRepaired > 0)
+                        _log.Info($"queue {v.Index}: inflight record: {plan.Resubmit.Length} request{(plan.Resubmit.Length == 1 ? "" : "s")} in flight when the last back-end stopped"
+                            + (plan.BatchRepaired > 0 ? $", {plan.BatchRepaired} already used (last batch repaired)" : "")
+                            + $"; resubmitting them in the order taken, then resuming at avail index {startIndex}");
+                }
+                else
+                {
+                    _inflight!.Reject(v.Index);
+                    record = null;
+                    _log.Error($"queue {v.Index}: inflight record ignored, nothing replayed: {recordError}");
+                }
+            }
+            if (found is null)
                 error = queueError ?? "the ring cannot be laid out";
             else
             {
-                queue.SignalNextBatch(); // as Linux's vhost does for the first used batch after a ring starts
-                if (_device.Trace is { } trace && queue is SplitDeviceQueue split)
-                    split.Record(trace, GuestAddress(memory, a.Descriptor), GuestAddress(memory, a.Available), GuestAddress(memory, a.Used),
-                        VirtioFeatures.Has(_features, VirtioFeatures.RingIndirectDesc));
-                if (usedIdx != (ushort)v.Base)
+                found.SignalNextBatch(); // as Linux's vhost does for the first used batch after a ring starts
+                if (_device.Trace is { } trace && found is SplitDeviceQueue traced)
+                    traced.Record(trace, GuestAddress(memory, a.Descriptor), GuestAddress(memory, a.Available), GuestAddress(memory, a.Used), indirect);
+                if (record is null && !packed && usedIdx != (ushort)v.Base)
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
+                else if (record is not null && startIndex != v.Base)
+                    _log.Info($"queue {v.Index}: the front-end said avail index {v.Base}; the inflight record says {startIndex}");
+                IDeviceQueue queue = record is { } tracked && found is SplitDeviceQueue split ? new InflightTrackingQueue(split, tracked, plan, usedIdx) : found;
+                if (_holdCompletionsMs > 0)
+                    queue = new HeldCompletionsQueue(queue, _holdCompletionsMs, v.Wake);
+                v.Base = startIndex;
                 v.Start(queue);
                 _startedSinceFeatures = true;
-                _log.Debug($"queue {v.Index}: worker running: desc 0x{a.Descriptor:x} avail 0x{a.Available:x} used 0x{a.Used:x}, avail {v.Base}, used {usedIdx}");
+                _log.Debug($"queue {v.Index}: worker running: desc 0x{a.Descriptor:x} avail 0x{a.Available:x} used 0x{a.Used:x}, avail {startIndex}, used {usedIdx}");
                 return true;
             }
         }
@@ -636,6 +678,83 @@ internal sealed class VhostUserSession : IDisposable
 
     /// <summary>A ring's guest-physical address, for recordings (the front-end gives its own virtual ones).</summary>
     private static ulong GuestAddress(Memory.GuestMemory memory, ulong user) => memory.TryUserToGuest(user, 1, out var gpa) ? gpa : user;
+
+    // --- inflight I/O tracking (vhost-user.rst, "Inflight I/O tracking") ---
+
+    private bool InflightPayload(ReadOnlySpan<byte> p, out InflightDescription d)
+    {
+        d = default;
+        if (p.Length is not (InflightDescription.Length or InflightDescription.FieldsLength))
+        {
+            _why = $"payload is {p.Length} bytes, expected {InflightDescription.Length}";
+            return false;
+        }
+        d = InflightDescription.Read(p);
+        return true;
+    }
+
+    /// <summary>GET_INFLIGHT_FD: a new zeroed area for the queues the front-end names; it keeps the descriptor for our successor.</summary>
+    private Verdict GetInflightFd(ReadOnlySpan<byte> p)
+    {
+        if (!InflightPayload(p, out var d))
+            return Verdict.Failed;
+        if (InflightRegion.CheckShape(d.NumQueues, d.QueueSize, _vrings.Length) is { } shape)
+            return Fail($"cannot track {shape}");
+        if (_vrings.Any(v => v.Started))
+            return Fail("the inflight area cannot change while rings run");
+        var region = InflightRegion.Create(d.NumQueues, d.QueueSize);
+        SwapInflight(region);
+        Span<byte> reply = stackalloc byte[InflightDescription.Length];
+        region.Description.Write(reply);
+        _channel.Send(VhostUserHeader.ForReply(VhostUserRequest.GetInflightFd, InflightDescription.Length), reply, [region.Fd]);
+        _log.Info($"inflight area made: {region.Size} bytes for {d.NumQueues} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
+        return Verdict.Done;
+    }
+
+    /// <summary>
+    /// SET_INFLIGHT_FD: the area to keep the record in, maybe written by a back-end before us. One
+    /// that cannot hold what it claims is refused with a log line and the session carries on
+    /// without it (nothing replayed); failing the message would stop QEMU from starting the device.
+    /// </summary>
+    private Verdict SetInflightFd(ReadOnlySpan<byte> p)
+    {
+        if (_channel.FdCount != 1)
+            return Fail($"expected one descriptor, {_channel.FdCount} came");
+        if (!InflightPayload(p, out var d))
+            return Verdict.Failed;
+        if (_vrings.Any(v => v.Started))
+            return Fail("the inflight area cannot change while rings run");
+        var fd = _channel.TakeFd(0);
+        InflightRegion? region;
+        string? error;
+        try
+        {
+            region = InflightRegion.Adopt(fd, d, _vrings.Length, out error);
+        }
+        catch (NativeCallException e)
+        {
+            region = null;
+            error = e.Message;
+        }
+        if (region is null)
+        {
+            fd.Dispose();
+            SwapInflight(null);
+            _log.Error($"inflight area refused, requests will not be replayed: {error}");
+            return Verdict.Done;
+        }
+        SwapInflight(region);
+        _log.Info($"inflight area set: {region.Size} bytes at offset {region.Offset} for {d.NumQueues} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
+        return Verdict.Done;
+    }
+
+    private void SwapInflight(InflightRegion? region)
+    {
+        var old = _inflight;
+        _inflight = region;
+        if (old != null && old != region)
+            old.Dispose();
+    }
 
     // --- config space ---
 
@@ -696,6 +815,7 @@ internal sealed class VhostUserSession : IDisposable
                 _log.Info($"queue {v.Index}: stopped at {VringFormat.Describe(VringFormat.IsPacked(_features), v.Base)} (connection closed)");
             v.Dispose();
         }
+        SwapInflight(null);
         _memory.Dispose();
         _channel.Dispose();
         if (_device.Breaches.Total > 0)

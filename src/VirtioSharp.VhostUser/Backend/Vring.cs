@@ -122,6 +122,7 @@ internal sealed class Vring : IDisposable
         _worker = null;
         if (Queue != null)
             Base = VringFormat.BaseOf(Queue);
+        (Queue as IDisposable)?.Dispose();
         Queue = null;
     }
 
@@ -235,7 +236,10 @@ internal sealed class Vring : IDisposable
                 stopped = true; // take nothing more; finish what is in flight
             drain = false;
             if (stopped && _device.QueueIoInFlight(queue.Index) == 0)
+            {
+                ReleaseHeld(queue);
                 return;
+            }
             var timeout = -1;
             if (_enabled && !stopped)
             {
@@ -304,7 +308,10 @@ internal sealed class Vring : IDisposable
                 stopped = true; // take nothing more; finish what is in flight
             drain = false;
             if (stopped && _device.QueueIoInFlight(queue.Index) == 0)
+            {
+                ReleaseHeld(queue);
                 return fallBack && !_stopRequested;
+            }
             if (armControl && !fallBack)
                 armControl = !ring.QueuePollMultishot(_control.Fd, IoUringQueueIo.ControlTag);
             if (armKick && !fallBack)
@@ -476,6 +483,20 @@ internal sealed class Vring : IDisposable
         }
         return outcome;
     }
+
+    /// <summary>A ring that stops returns what a test-only <see cref="HeldCompletionsQueue"/> still holds.</summary>
+    private void ReleaseHeld(IDeviceQueue queue)
+    {
+        if (queue is HeldCompletionsQueue held)
+        {
+            held.ReleaseAll();
+            if (queue.PublishUsed())
+                SignalCall();
+        }
+    }
+
+    /// <summary>Makes the worker drain the ring again (from any thread).</summary>
+    public void Wake() => _control.Signal(); // false, harmlessly, once the ring is disposed
 
     private void SignalCall()
     {

@@ -140,6 +140,7 @@ public readonly record struct ConfigSpaceHeader(uint Offset, uint Size, uint Fla
 public readonly record struct InflightDescription(ulong MmapSize, ulong MmapOffset, ushort NumQueues, ushort QueueSize)
 {
     public const int Length = 24; // 8 + 8 + 2 + 2, padded to 8 as the C struct is
+    public const int FieldsLength = 20; // without the padding
 
     public static InflightDescription Read(ReadOnlySpan<byte> b) => new(
         Field.U64(b, 0), Field.U64(b, 8), MemoryMarshal.Read<ushort>(b[16..]), MemoryMarshal.Read<ushort>(b[18..]));
@@ -155,3 +156,4 @@ public readonly record struct InflightDescription(ulong MmapSize, ulong MmapOffs
         MemoryMarshal.Write(b[18..], in q);
     }
 }
+

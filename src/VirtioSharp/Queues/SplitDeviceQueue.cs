@@ -136,6 +136,24 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         return PopResult.Chain;
     }
 
+    /// <summary>
+    /// Takes the chain at <paramref name="head"/> without reading the available ring: a request a
+    /// previous device process took and never returned (vhost-user's inflight resubmission).
+    /// </summary>
+    public PopResult TryTakeHead(ushort head, out DescriptorChain chain)
+    {
+        chain = default;
+        if (head >= Size)
+            return Corrupt(RingError.HeadOutOfRange, head);
+        if (_inFlight[head])
+            return Corrupt(RingError.HeadInFlight, head);
+        _inFlight[head] = true;
+        _inFlightCount++;
+        var count = Walk(head, out var error, out var errorDescriptor);
+        chain = new DescriptorChain(head, _scratch.AsSpan(0, count), error, errorDescriptor);
+        return PopResult.Chain;
+    }
+
     private PopResult Corrupt(RingError error, int value)
     {
         LastRingError = error;

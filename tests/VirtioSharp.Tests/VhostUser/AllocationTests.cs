@@ -11,9 +11,10 @@ public class AllocationTestsCollection;
 public class AllocationTests
 {
     [Theory]
-    [InlineData("memory")]
-    [InlineData("file")] // reads and flushes through the worker's io_uring
-    public void RequestsAllocateNothingOnTheDeviceSide(string disk)
+    [InlineData("memory", false)]
+    [InlineData("file", false)] // reads and flushes through the worker's io_uring
+    [InlineData("file", true)] // and each request kept in the inflight record
+    public void RequestsAllocateNothingOnTheDeviceSide(string disk, bool inflight)
     {
         using var dir = new TempDir();
         IBlockBackend? file = null;
@@ -25,6 +26,12 @@ public class AllocationTests
         using var server = new TestServer(backend: file);
         using var fe = server.Connect();
         fe.Negotiate();
+        if (inflight)
+        {
+            var (fd, d) = fe.GetInflightFd(2, 256);
+            using (fd)
+                fe.SetInflightFd(fd, d);
+        }
         fe.SetMemTable();
         var q = fe.SetupQueue(0);
         var buffer = new byte[4096];

@@ -51,10 +51,32 @@ internal sealed class TestFrontEnd : IDisposable
     /// </summary>
     public void Disconnect() => Channel.Dispose();
 
-    public void ConnectAgain(string path)
+    /// <summary>Talks to <paramref name="path"/> from now on; returns the previous channel (the caller disposes it, maybe later).</summary>
+    public VhostUserChannel ConnectAgain(string path)
     {
+        var old = Channel;
         Channel = new VhostUserChannel(UnixFdSocket.Connect(path));
         ProtocolFeatures = 0;
+        return old;
+    }
+
+    /// <summary>GET_INFLIGHT_FD: the back-end's new area and its description.</summary>
+    public (SafeFdHandle Fd, InflightDescription Description) GetInflightFd(ushort numQueues, ushort queueSize)
+    {
+        var b = new byte[InflightDescription.Length];
+        new InflightDescription(0, 0, numQueues, queueSize).Write(b);
+        Send(VhostUserRequest.GetInflightFd, b);
+        var reply = Receive() ?? throw new IOException("connection closed");
+        Assert.Equal(VhostUserRequest.GetInflightFd, reply.Header.Request);
+        Assert.Equal(1, Channel.FdCount);
+        return (Channel.TakeFd(0), InflightDescription.Read(reply.Payload));
+    }
+
+    public void SetInflightFd(SafeFdHandle fd, InflightDescription d)
+    {
+        var b = new byte[InflightDescription.Length];
+        d.Write(b);
+        Do(VhostUserRequest.SetInflightFd, b, fd);
     }
 
     /// <summary>A front-end over a connection made earlier (one that waited in a listening socket's backlog).</summary>
@@ -190,9 +212,9 @@ internal sealed class TestFrontEnd : IDisposable
     }
 
     /// <summary>Hands an existing ring to the back-end again, starting at <paramref name="baseIndex"/> (a reconnect).</summary>
-    public void ResumeQueue(TestQueue q, ushort baseIndex, bool enable = true)
+    public void ResumeQueue(TestQueue q, ushort baseIndex, bool enable = true, int? ringSize = null)
     {
-        Do(VhostUserRequest.SetVringNum, State((uint)q.Index, q.Driver.Size));
+        Do(VhostUserRequest.SetVringNum, State((uint)q.Index, (uint)(ringSize ?? q.Driver.Size)));
         Do(VhostUserRequest.SetVringBase, State((uint)q.Index, baseIndex));
         SendAddr(q);
         Do(VhostUserRequest.SetVringCall, U64((ulong)q.Index), q.Call.Handle);

@@ -39,11 +39,12 @@ internal static unsafe class VringFormat
             return PackedDeviceQueue.Create(index, size, memory, a.Descriptor, a.Available, a.Used, eventIdx, indirect, out error,
                 availState: avail, addressesAreUser: true, usedState: usedIndex);
         }
-        // vhost-user.rst, SET_VRING_BASE: a split ring's used index is the one in the ring in memory.
-        memory.TryTranslateUser(a.Used + 2, 2, out var host);
-        usedIndex = host == 0 ? (ushort)vringBase : Volatile.Read(ref *(ushort*)host);
-        return SplitDeviceQueue.Create(index, size, memory, a.Descriptor, a.Available, a.Used, eventIdx, indirect, out error,
-            startIndex: (ushort)vringBase, addressesAreUser: true, usedStartIndex: usedIndex);
+        // vhost-user.rst, SET_VRING_BASE: a split ring's used index is the one in the ring in memory,
+        // read by the queue only once the ring's alignment and place are checked.
+        var split = SplitDeviceQueue.Create(index, size, memory, a.Descriptor, a.Available, a.Used, eventIdx, indirect, out error,
+            startIndex: (ushort)vringBase, addressesAreUser: true, usedFromRing: true);
+        usedIndex = split?.UsedIndex ?? (ushort)vringBase;
+        return split;
     }
 
     /// <summary>Where a stopped ring stands, as GET_VRING_BASE reports it and SET_VRING_BASE resumes it.</summary>

@@ -45,11 +45,13 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     /// <summary>
     /// Builds the queue over rings at guest-physical addresses. Returns null (with a reason)
     /// when a ring is misaligned or not wholly inside one region of guest memory.
-    /// <paramref name="usedStartIndex"/> defaults to <paramref name="startIndex"/>; vhost-user
-    /// resumes a ring with the used index it finds in the ring (vhost-user.rst, SET_VRING_BASE).
+    /// <paramref name="usedStartIndex"/> defaults to <paramref name="startIndex"/>, or with
+    /// <paramref name="usedFromRing"/> to the used index found in the ring, read only once the ring
+    /// passed every check (vhost-user resumes a ring so: vhost-user.rst, SET_VRING_BASE).
     /// </summary>
     public static SplitDeviceQueue? Create(int index, int size, GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr,
-        bool eventIdx, bool indirect, out string? error, ushort startIndex = 0, bool addressesAreUser = false, ushort? usedStartIndex = null)
+        bool eventIdx, bool indirect, out string? error, ushort startIndex = 0, bool addressesAreUser = false, ushort? usedStartIndex = null,
+        bool usedFromRing = false)
     {
         error = null;
         if (!SplitRing.IsValidSize(size))
@@ -75,13 +77,17 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             error = $"ring desc=0x{descAddr:x} avail=0x{availAddr:x} used=0x{usedAddr:x} (size {size}) is not inside guest memory";
             return null;
         }
-        return new SplitDeviceQueue(index, (ushort)size, memory, d, a, u, eventIdx, indirect, startIndex, usedStartIndex ?? startIndex);
+        // 2.7.8: idx sits after flags; aligned and inside guest memory, as checked above.
+        var usedStart = usedStartIndex ?? (usedFromRing ? Volatile.Read(ref *(ushort*)(u + 2)) : startIndex);
+        return new SplitDeviceQueue(index, (ushort)size, memory, d, a, u, eventIdx, indirect, startIndex, usedStart);
     }
 
     public int Index { get; }
     public ushort Size { get; }
     public bool EventIdx { get; }
     public ushort LastAvailIndex => _lastAvail;
+    /// <summary>The used index the device publishes next (2.7.8).</summary>
+    public ushort UsedIndex => _usedShadow;
     public int InFlight => _inFlightCount;
     public RingError LastRingError { get; private set; }
     public int LastRingErrorValue { get; private set; }

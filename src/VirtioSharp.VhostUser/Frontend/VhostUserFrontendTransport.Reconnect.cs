@@ -1,7 +1,7 @@
 using System.Diagnostics;
+using VirtioSharp.Block;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Driver;
-using VirtioSharp.Block;
 using VirtioSharp.VhostUser.Protocol;
 
 namespace VirtioSharp.VhostUser.Frontend;

@@ -276,6 +276,8 @@ internal sealed unsafe class NbdConnection : IDisposable
             if (failed != null)
                 return failed;
         }
+        if (error != 0)
+            _log.Debug($"nbd {_name}: {slot.Kind} at {slot.Offset} + {slot.Length} failed on the server (error {error})");
         Finish(slot, error == 0 ? Success(slot) : -EIO);
         return null;
     }

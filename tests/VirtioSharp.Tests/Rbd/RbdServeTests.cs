@@ -137,6 +137,24 @@ public sealed class RbdServeTests(CephCluster ceph) : IClassFixture<CephCluster>
     }
 
     [Fact]
+    public async Task A_resize_under_a_running_back_end_is_noticed_and_logged()
+    {
+        var image = ceph.CreateImage("growing", 8L * MiB);
+        using var dir = new TempDir();
+        using var server = Serve(dir, $"rbd:rbd/{image}");
+        ceph.Rbd("resize", "--size", "12M", $"rbd/{image}");
+        var deadline = Environment.TickCount64 + 30_000; // the header watch fires at once; the poll every 10 s
+        while (!server.Output.Contains("was resized", StringComparison.Ordinal) && Environment.TickCount64 < deadline)
+            await Task.Delay(100);
+        Assert.Contains($"rbd rbd/{image} was resized from {8 * MiB} to {12 * MiB} bytes", server.Output);
+        // The guest keeps the size it started with (no config-change message without the back-end channel).
+        var (code, output, error) = await Run(IoCommand.Create(), "--socket", dir.File("vblk.sock"), "info");
+        Assert.True(code == 0, error);
+        Assert.Contains($"capacity          {8 * MiB} bytes", output);
+        AssertStopped(server);
+    }
+
+    [Fact]
     public void Bad_images_keys_and_clusters_are_one_line_and_exit_2()
     {
         var image = ceph.CreateImage("present", 4L * MiB);

@@ -133,7 +133,7 @@ for w in "${workloads[@]}"; do
             section=$([[ $rw == *write* ]] && echo write || echo read)
             p50=$(json_field "$out" "$section" p50)
             p99=$(json_field "$out" "$section" p99)
-            cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$ops" 'BEGIN { printf "%.1f", n > 0 ? t * 1e6 / hz / n : 0 }')
+            cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$ops" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
             label="$rw-$bs-d$depth"
             printf '%-18s %-5s %5s %10.0f %9.1f %9.1f %11s\n' "$label" "$be" "$round" "$iops" "$p50" "$p99" "$cpu_us"
             echo "$label $be $iops $p99 $cpu_us" >>"$results"

@@ -30,9 +30,14 @@ public static class BenchCommand
         var json = new Option<bool>("--json") { Description = "Print the result as JSON on stdout" };
         var seed = new Option<int>("--seed") { Description = "Seed for random offsets", DefaultValueFactory = _ => 1 };
         var pollUs = new Option<int>("--poll-us") { Description = "Microseconds each queue's completion thread keeps watching the used ring before it sleeps on the call eventfd (adapted; 0: sleep at once)" };
+        var completions = new Option<string>("--completions")
+        {
+            Description = "Where a finished request's worker continues: pool (the thread pool) or inline (on its queue's completion thread, which then submits the next request itself, without a hand-off; the default with --poll-us)",
+        };
+        completions.AcceptOnlyFromAmong("pool", "inline");
         var cmd = new Command("bench", "Measure IOPS, bandwidth and latency against a vhost-user-blk back-end")
         {
-            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, pollUs,
+            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, pollUs, completions,
         };
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", parse.InvocationConfiguration.Error, async () =>
         {
@@ -49,7 +54,8 @@ public static class BenchCommand
                 parse.GetValue(zeroCopy),
                 parse.GetValue(json),
                 parse.GetValue(seed),
-                parse.GetValue(pollUs));
+                parse.GetValue(pollUs),
+                parse.GetValue(completions) is { } c ? c == "inline" : parse.GetValue(pollUs) > 0);
             return await new BenchRun(settings, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error).RunAsync(ct);
         }));
         return cmd;
@@ -57,7 +63,7 @@ public static class BenchCommand
 }
 
 internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, int IoDepth, int Queues, double Runtime, double Ramp,
-    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, int PollUs = 0)
+    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, int PollUs = 0, bool InlineCompletions = false)
 {
     public bool Random => Rw.StartsWith("rand", StringComparison.Ordinal);
 
@@ -108,7 +114,7 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var queueSize = (int)Math.Min(256, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)Math.Max(16, s.IoDepth)));
         var maxTransfer = s.ZeroCopy ? 4096 : (int)Math.Max(4096, s.BlockSize);
         var direct = s.ZeroCopy ? (ulong)totalDepth * ((s.BlockSize + 4095) & ~4095UL) : 0;
-        using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20), pollMicroseconds: s.PollUs);
+        using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20), pollMicroseconds: s.PollUs, inlineCompletions: s.InlineCompletions);
         var driver = session.Driver;
         var region = Math.Min(s.Size ?? driver.Capacity, driver.Capacity);
         if (region < s.BlockSize)
@@ -193,6 +199,10 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         catch (OperationCanceledException)
         {
         }
+        // With inline completions the last worker may have finished on a queue's completion
+        // thread, and this continuation with it: leave that thread before the session (and the
+        // memory it is reaping) goes away, so disposing can wait for it.
+        await Task.Yield();
         cancel.ThrowIfCancellationRequested();
 
         var reads = new LatencyHistogram();

@@ -22,7 +22,7 @@ internal sealed class FrontendSession : IDisposable
     /// <paramref name="queueSize"/>; <paramref name="extraMemory"/> bytes of shared memory are left for direct buffers.
     /// </summary>
     public static FrontendSession Open(string socket, int queues = 1, int queueSize = 128, int maxTransfer = 64 * 1024,
-        ulong extraMemory = 0, ILogSink? log = null, int pollMicroseconds = 0)
+        ulong extraMemory = 0, ILogSink? log = null, int pollMicroseconds = 0, bool inlineCompletions = false)
     {
         var memory = MemoryFor(queues, queueSize, maxTransfer) + extraMemory;
         var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions { MemorySize = memory, Log = log, PollMicroseconds = pollMicroseconds });
@@ -33,6 +33,7 @@ internal sealed class FrontendSession : IDisposable
                 NumQueues = queues,
                 QueueSize = queueSize,
                 MaxTransfer = maxTransfer,
+                InlineCompletions = inlineCompletions,
                 Log = log,
             });
             return new FrontendSession(transport, driver);

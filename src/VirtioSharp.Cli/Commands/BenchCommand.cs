@@ -31,10 +31,15 @@ public static class BenchCommand
         var seed = new Option<int>("--seed") { Description = "Seed for random offsets", DefaultValueFactory = _ => 1 };
         var packed = new Option<bool>("--packed") { Description = "Use packed virtqueues (VIRTIO_F_RING_PACKED); fails if the back-end does not offer them" };
         var pollUs = new Option<int>("--poll-us") { Description = "Microseconds each queue's completion thread keeps watching the used ring before it sleeps on the call eventfd (adapted; 0: sleep at once)" };
+        var completions = new Option<string>("--completions")
+        {
+            Description = "Where a finished request's worker continues: pool (the thread pool) or inline (on its queue's completion thread, which then submits the next request itself, without a hand-off; the default with --poll-us)",
+        };
+        completions.AcceptOnlyFromAmong("pool", "inline");
         var reconnect = FrontendSession.ReconnectOption();
         var cmd = new Command("bench", "Measure IOPS, bandwidth and latency against a vhost-user-blk back-end")
         {
-            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect, pollUs, packed,
+            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect, pollUs, packed, completions,
         };
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", parse.InvocationConfiguration.Error, async () =>
         {
@@ -53,7 +58,8 @@ public static class BenchCommand
                 parse.GetValue(seed),
                 FrontendSession.ReconnectTimeout(parse.GetValue(reconnect)),
                 parse.GetValue(pollUs),
-                parse.GetValue(packed));
+                parse.GetValue(packed),
+                parse.GetValue(completions) is { } c ? c == "inline" : parse.GetValue(pollUs) > 0);
             return await new BenchRun(settings, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error).RunAsync(ct);
         }));
         return cmd;
@@ -61,7 +67,7 @@ public static class BenchCommand
 }
 
 internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, int IoDepth, int Queues, double Runtime, double Ramp,
-    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default, int PollUs = 0, bool Packed = false)
+    ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default, int PollUs = 0, bool Packed = false, bool InlineCompletions = false)
 {
     public bool Random => Rw.StartsWith("rand", StringComparison.Ordinal);
 
@@ -113,7 +119,7 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var maxTransfer = s.ZeroCopy ? 4096 : (int)Math.Max(4096, s.BlockSize);
         var direct = s.ZeroCopy ? (ulong)totalDepth * ((s.BlockSize + 4095) & ~4095UL) : 0;
         using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20),
-            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"), pollMicroseconds: s.PollUs, packed: s.Packed);
+            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"), pollMicroseconds: s.PollUs, packed: s.Packed, inlineCompletions: s.InlineCompletions);
         var driver = session.Driver;
         var region = Math.Min(s.Size ?? driver.Capacity, driver.Capacity);
         if (region < s.BlockSize)
@@ -198,6 +204,10 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         catch (OperationCanceledException)
         {
         }
+        // With inline completions the last worker may have finished on a queue's completion
+        // thread, and this continuation with it: leave that thread before the session (and the
+        // memory it is reaping) goes away, so disposing can wait for it.
+        await Task.Yield();
         cancel.ThrowIfCancellationRequested();
 
         var reads = new LatencyHistogram();

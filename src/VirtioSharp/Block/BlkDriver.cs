@@ -82,7 +82,7 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
                 ring = s;
             }
             var depth = indirect ? size : Math.Max(1, size / 3);
-            queues[q] = new BlkQueueContext(ring, transport.Memory, transport.Allocator, depth, bounce, indirect);
+            queues[q] = new BlkQueueContext(ring, transport.Memory, transport.Allocator, depth, bounce, indirect, options.InlineCompletions);
         }
         var driver = new BlkDriver(transport, options, features, config, queues);
         transport.SetInterruptHandler(driver);

@@ -25,6 +25,13 @@ public sealed record BlkDriverOptions
     public int MaxTransfer { get; init; } = 64 * 1024;
     /// <summary>Features the driver is willing to accept (default: all it understands).</summary>
     public ulong AcceptFeatures { get; init; } = BlkDriver.SupportedFeatures;
+    /// <summary>
+    /// Run a caller's continuation on the thread that reaps the used ring, instead of the thread
+    /// pool. For a caller that only submits again (a benchmark with a polling completion thread):
+    /// one thread then submits and reaps, with no hand-off. A continuation that blocks stalls its
+    /// queue, and one that disposes the driver must first leave that thread (await Task.Yield()).
+    /// </summary>
+    public bool InlineCompletions { get; init; }
     public ITraceSink? Trace { get; init; }
     public ILogSink? Log { get; init; }
 }

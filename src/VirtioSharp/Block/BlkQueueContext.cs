@@ -12,7 +12,7 @@ internal sealed class BlkQueueContext
     private readonly Stack<BlkRequestSlot> _free;
     private readonly BlkRequestSlot?[] _byHead;
 
-    public BlkQueueContext(IDriverQueue queue, GuestMemory memory, GuestAllocator allocator, int depth, uint bounceSize, bool indirect)
+    public BlkQueueContext(IDriverQueue queue, GuestMemory memory, GuestAllocator allocator, int depth, uint bounceSize, bool indirect, bool inline = false)
     {
         Queue = queue;
         Memory = memory;
@@ -28,7 +28,7 @@ internal sealed class BlkQueueContext
             var status = allocator.Allocate(16, 16);
             var table = indirect ? allocator.Allocate(3 * SplitRing.DescriptorSize, 16) : 0;
             var bounce = allocator.Allocate(bounceSize, 4096);
-            _free.Push(new BlkRequestSlot(this, header, status, table, bounce, bounceSize));
+            _free.Push(new BlkRequestSlot(this, header, status, table, bounce, bounceSize, inline));
         }
         Completed = new BlkRequestSlot[queue.Size];
     }

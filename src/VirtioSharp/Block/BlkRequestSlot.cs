@@ -11,8 +11,9 @@ internal sealed class BlkRequestSlot : IValueTaskSource<BlkStatus>
 {
     private ManualResetValueTaskSourceCore<BlkStatus> _core = new() { RunContinuationsAsynchronously = true };
 
-    public BlkRequestSlot(BlkQueueContext owner, ulong header, ulong status, ulong indirect, ulong bounce, uint bounceSize)
+    public BlkRequestSlot(BlkQueueContext owner, ulong header, ulong status, ulong indirect, ulong bounce, uint bounceSize, bool inline = false)
     {
+        _core.RunContinuationsAsynchronously = !inline;
         Owner = owner;
         HeaderAddress = header;
         StatusAddress = status;

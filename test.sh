@@ -7,7 +7,7 @@ start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
 
 step "Debian packages"
-packages=(qemu-system-x86 qemu-system-common qemu-utils busybox-static fio e2fsprogs util-linux xz-utils)
+packages=(qemu-system-x86 qemu-system-common qemu-utils busybox-static fio e2fsprogs util-linux xz-utils chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,5 +1,5 @@
-using VirtioSharp.Diagnostics;
 using System.Runtime.CompilerServices;
+using VirtioSharp.Diagnostics;
 using VirtioSharp.Memory;
 
 namespace VirtioSharp.Queues;

@@ -2,8 +2,8 @@ using System.Text.Json;
 using OpenQA.Selenium;
 using VirtioSharp.Cli.Explorer;
 using VirtioSharp.Diagnostics;
-using VirtioSharp.Tests.Vm;
 using VirtioSharp.Tests.VhostUser;
+using VirtioSharp.Tests.Vm;
 using static VirtioSharp.Tests.Explorer.RecordingSteps;
 
 namespace VirtioSharp.Tests.Explorer;

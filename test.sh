@@ -8,7 +8,8 @@ step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
 
 step "Debian packages"
 packages=(qemu-system-x86 qemu-system-common qemu-utils qemu-block-extra busybox-static fio e2fsprogs util-linux xz-utils
-          ceph-mon ceph-osd ceph-common librbd-dev python3-rados uuid-runtime nbdkit)
+          ceph-mon ceph-osd ceph-common librbd-dev python3-rados uuid-runtime nbdkit
+          chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

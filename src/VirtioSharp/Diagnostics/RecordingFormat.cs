@@ -188,6 +188,7 @@ public sealed class RecordingWriter : IDisposable
     private readonly Stream _stream;
     private readonly Utf8JsonWriter _json;
     private readonly long _maxBytes;
+    private long _bytes;
     private bool _ended;
 
     public RecordingWriter(Stream stream, RecordingInfo info, long maxBytes = 64L << 20)
@@ -200,7 +201,7 @@ public sealed class RecordingWriter : IDisposable
     }
 
     /// <summary>Bytes written so far.</summary>
-    public long Bytes => _json.BytesCommitted + _json.BytesPending;
+    public long Bytes => _bytes;
     public bool Full => Bytes >= _maxBytes;
 
     public void Write(RingEvent e)
@@ -226,6 +227,7 @@ public sealed class RecordingWriter : IDisposable
     {
         _json.Flush();
         _stream.WriteByte((byte)'\n');
+        _bytes += _json.BytesCommitted + 1;
         _json.Reset();
     }
 

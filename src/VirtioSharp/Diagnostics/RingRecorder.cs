@@ -89,7 +89,7 @@ public sealed class RingRecorder : ITraceSink
                 FinishLocked($"event limit {_options.EventLimit} reached");
             else if (_options.MaxRequests > 0 && _completed >= _options.MaxRequests
                 && (e.Kind == RingEventKind.Interrupt && !_hasDriver || e.Kind == RingEventKind.Status && e.Actor == "driver"))
-                FinishLocked($"the first {_options.MaxRequests} requests recorded");
+                FinishLocked(_options.MaxRequests == 1 ? "the first request recorded" : $"the first {_options.MaxRequests} requests recorded");
         }
     }
 

@@ -23,7 +23,8 @@ public sealed class VblkServeGuestFixture : IDisposable
             ServerExit = server.Stop(TimeSpan.FromSeconds(30));
             ServerLog = server.Output;
         }
-        using (var server = new BackgroundProcess("dotnet", [Repo.VblkDll, "serve", Image, "--socket", socket, "--read-only", "--strict=fail"]))
+        Recording = Path.Combine(WorkDir, "guest.jsonl");
+        using (var server = new BackgroundProcess("dotnet", [Repo.VblkDll, "serve", Image, "--socket", socket, "--read-only", "--strict=fail", "--record", Recording, "--record-limit", "100"]))
         {
             server.WaitForSocket(socket, TimeSpan.FromSeconds(30));
             ReadOnly = LinuxGuest.Boot(socket, "readonly,read-pattern", vcpus: 1, queues: 1, WorkDir);
@@ -38,6 +39,8 @@ public sealed class VblkServeGuestFixture : IDisposable
     public LinuxGuest.Run ReadOnly { get; }
     public int ServerExit { get; }
     public string ServerLog { get; }
+    /// <summary>The read-only boot's rings, recorded by vblk serve --record (the first 100 requests).</summary>
+    public string Recording { get; }
     public int ReadOnlyServerExit { get; }
     public string ReadOnlyServerLog { get; }
 
@@ -99,6 +102,18 @@ public sealed class VmOnVblkServeTests(VblkServeGuestFixture vm) : IClassFixture
         Assert.DoesNotContain("driver breach", vm.ServerLog, StringComparison.Ordinal);
         Assert.DoesNotContain("driver breach", vm.ReadOnlyServerLog, StringComparison.Ordinal);
         Assert.DoesNotContain("needs reset", vm.ServerLog, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void Recording_of_the_guests_rings_renders_in_the_explorer_page()
+    {
+        Assert.True(File.Exists(vm.Recording), $"vblk serve --record wrote no file\n{vm.ReadOnlyServerLog}");
+        var recording = VirtioSharp.Diagnostics.RecordingFormat.Read(vm.Recording);
+        // The Linux driver's ring as the device saw it: geometry, then chains taken and returned.
+        Assert.Contains(recording.Events, e => e.GetProperty("k").GetString() == "QueueSetup");
+        Assert.Contains(recording.Events, e => e.GetProperty("k").GetString() == "UsedRingWrite");
+        Assert.Equal(100, recording.Header.GetProperty("requestLimit").GetInt32());
+        Explorer.ExplorerBrowserTests.ViewAndCheck(vm.Recording, Path.Combine(vm.WorkDir, "guest.html"));
     }
 
     [Fact]

@@ -16,6 +16,7 @@ LOG=""
 EXTRA_APPEND=""
 GUEST_DIR="$REPO_ROOT/.cache/guest"
 QUIET=0
+RECONNECT=0
 
 usage() {
     cat <<'EOF'
@@ -38,6 +39,8 @@ verdict per job.  Exit status 0 only if every job passed.
   --log FILE           serial console log (default: a temp file, path printed)
   --extra-append STR   extra kernel command line (e.g. vblk.runtime=5)
   --guest-dir DIR      where the kernel and initramfs are (default .cache/guest)
+  --reconnect          QEMU reconnects to the socket when the back-end goes
+                       away (reconnect=1), as for a back-end that restarts
   --quiet              do not echo the console while the guest runs
   -h, --help           show this help
 
@@ -68,6 +71,7 @@ while [[ $# -gt 0 ]]; do
             esac
             shift 2 ;;
         --quiet) QUIET=1; shift ;;
+        --reconnect) RECONNECT=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -118,7 +122,7 @@ QEMU_CMD=(
     -serial "file:$LOG"
     -kernel "$KERNEL" -initrd "$INITRD"
     -append "$APPEND"
-    -chardev "socket,id=vblk0,path=$SOCKET"
+    -chardev "socket,id=vblk0,path=$SOCKET$([[ $RECONNECT -eq 0 ]] || echo ,reconnect=1)"
     -device "vhost-user-blk-pci,chardev=vblk0,num-queues=$QUEUES"
 )
 

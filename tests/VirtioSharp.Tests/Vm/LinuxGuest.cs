@@ -22,13 +22,18 @@ public sealed partial class LinuxGuest
         public string Verdict(string job) => Verdicts.TryGetValue(job, out var v) ? v : "no verdict";
     }
 
-    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "")
+    /// <summary>Where <see cref="Boot"/> writes the serial console of a run of <paramref name="jobs"/>.</summary>
+    public static string ConsoleLog(string workDir, string jobs) => Path.Combine(workDir, $"console-{jobs.Replace(',', '_')}.log");
+
+    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "", bool reconnect = false, int timeoutSeconds = 240)
     {
-        var log = Path.Combine(workDir, $"console-{jobs.Replace(',', '_')}.log");
-        var args = new List<string> { "--socket", socket, "--jobs", jobs, "--vcpus", vcpus.ToString(), "--queues", queues.ToString(), "--timeout", "240", "--log", log, "--quiet" };
+        var log = ConsoleLog(workDir, jobs);
+        var args = new List<string> { "--socket", socket, "--jobs", jobs, "--vcpus", vcpus.ToString(), "--queues", queues.ToString(), "--timeout", timeoutSeconds.ToString(), "--log", log, "--quiet" };
         if (extraAppend.Length > 0)
             args.AddRange(["--extra-append", extraAppend]);
-        var (code, output) = Repo.Run(Repo.Script("run-guest.sh"), args, TimeSpan.FromMinutes(5));
+        if (reconnect)
+            args.Add("--reconnect");
+        var (code, output) = Repo.Run(Repo.Script("run-guest.sh"), args, TimeSpan.FromSeconds(timeoutSeconds + 60));
         var verdicts = new Dictionary<string, string>();
         foreach (Match m in ResultLine().Matches(output))
             verdicts[m.Groups[1].Value] = m.Groups[2].Value.Trim();

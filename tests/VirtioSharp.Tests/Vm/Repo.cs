@@ -80,6 +80,17 @@ internal sealed class BackgroundProcess : IDisposable
             throw new TimeoutException($"process {_process.Id} did not exit within {timeout.TotalSeconds} s:\n{Output}");
         _process.WaitForExit();
     }
+    public int Id => _process.Id;
+
+    /// <summary>Sends <paramref name="signal"/> and waits for the process to end; returns its exit code (137 after SIGKILL).</summary>
+    public int Signal(int signal, TimeSpan timeout)
+    {
+        TestNative.Kill(_process.Id, signal);
+        if (!_process.WaitForExit(timeout))
+            throw new TimeoutException($"back-end did not end within {timeout.TotalSeconds} s of signal {signal}:\n{Output}");
+        _process.WaitForExit();
+        return _process.ExitCode;
+    }
     public int ExitCode => _process.ExitCode;
 
     public void WaitForSocket(string path, TimeSpan timeout)

@@ -22,12 +22,14 @@ public sealed partial class LinuxGuest
         public string Verdict(string job) => Verdicts.TryGetValue(job, out var v) ? v : "no verdict";
     }
 
-    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "")
+    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "", bool packed = false)
     {
         var log = Path.Combine(workDir, $"console-{jobs.Replace(',', '_')}.log");
         var args = new List<string> { "--socket", socket, "--jobs", jobs, "--vcpus", vcpus.ToString(), "--queues", queues.ToString(), "--timeout", "240", "--log", log, "--quiet" };
         if (extraAppend.Length > 0)
             args.AddRange(["--extra-append", extraAppend]);
+        if (packed)
+            args.Add("--packed"); // vhost-user-blk-pci packed=on: the guest's driver may choose packed rings
         var (code, output) = Repo.Run(Repo.Script("run-guest.sh"), args, TimeSpan.FromMinutes(5));
         var verdicts = new Dictionary<string, string>();
         foreach (Match m in ResultLine().Matches(output))

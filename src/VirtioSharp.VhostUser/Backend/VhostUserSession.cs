@@ -597,6 +597,8 @@ internal sealed class VhostUserSession : IDisposable
                 error = queueError ?? "the ring cannot be laid out";
             else
             {
+                if (queue is PackedDeviceQueue p)
+                    p.Breaches = _device.Breaches;
                 if (usedIdx != (ushort)v.Base)
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
                 v.Start(queue);

@@ -11,6 +11,7 @@ JOBS=""
 VCPUS=2
 MEM=512
 QUEUES=""
+PACKED=""
 TIMEOUT=300
 LOG=""
 EXTRA_APPEND=""
@@ -29,12 +30,13 @@ verdict per job.  Exit status 0 only if every job passed.
 
   --socket PATH        vhost-user-blk back-end socket (must already exist)
   --jobs LIST          guest jobs, e.g. write-read,discard,fio,ext4
-                       (write-read read-pattern ext4 discard fio readonly
+                       (write-read read-pattern ext4 discard fio readonly packed
                         fio-randread-qd1 fio-randread-qd32 fio-randwrite-qd32
                         fio-seqread-qd8; see scripts/guest-init)
   --vcpus N            guest vCPUs (default 2)
   --mem MiB            guest RAM, shared memfd (default 512)
   --queues N           virtqueues of the disk (default: = vcpus)
+  --packed             packed virtqueues (vhost-user-blk-pci packed=on)
   --timeout S          give up after S seconds (default 300)
   --log FILE           serial console log (default: a temp file, path printed)
   --extra-append STR   extra kernel command line (e.g. vblk.runtime=5)
@@ -72,6 +74,7 @@ while [[ $# -gt 0 ]]; do
             shift 2 ;;
         --quiet) QUIET=1; shift ;;
         --reconnect) RECONNECT=1; shift ;;
+        --packed) PACKED=",packed=on"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -123,7 +126,7 @@ QEMU_CMD=(
     -kernel "$KERNEL" -initrd "$INITRD"
     -append "$APPEND"
     -chardev "socket,id=vblk0,path=$SOCKET$([[ $RECONNECT -eq 0 ]] || echo ,reconnect=1)"
-    -device "vhost-user-blk-pci,chardev=vblk0,num-queues=$QUEUES"
+    -device "vhost-user-blk-pci,chardev=vblk0,num-queues=$QUEUES$PACKED"
 )
 
 QEMU_PID=""

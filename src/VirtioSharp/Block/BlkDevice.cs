@@ -240,7 +240,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                     $"flags 0x{value:x4} ({PackedRing.DescribeFlags((ushort)value)}) at {where}: the descriptor's flags went backwards");
                 break;
             case RingError.PackedDescriptorNotAvailable:
-                Breaches.Report("2.8.6", queue.Index, -1, "every descriptor of a list made available before its first",
+                Breaches.Report("2.8.17", queue.Index, -1, "every descriptor of a list made available before its first",
                     $"descriptor in slot {value} of the list at {where} is not marked available");
                 break;
             case RingError.PackedChainTooLong:

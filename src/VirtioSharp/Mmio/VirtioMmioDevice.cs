@@ -298,7 +298,10 @@ public sealed class VirtioMmioDevice : IMmioHandler
         {
             var packed = PackedDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out error);
             if (packed is not null)
+            {
                 packed.Trace = Trace;
+                packed.Breaches = Breaches;
+            }
             queue = packed;
             if (queue is null)
             {

@@ -135,7 +135,7 @@ public enum RingError
     HeadInFlight,
     /// <summary>2.8.1: the descriptor at the device's position has AVAIL and USED both equal to the wrap counter (flags went backwards).</summary>
     PackedFlagsInconsistent,
-    /// <summary>2.8.6 / 2.8.17: a later descriptor of a list is not marked available in the list's lap.</summary>
+    /// <summary>2.8.17: a list's first descriptor made available before a later one (not marked available in the list's lap).</summary>
     PackedDescriptorNotAvailable,
     /// <summary>2.8.17: a list runs past the ring's free slots, so its buffer id cannot be found.</summary>
     PackedChainTooLong,

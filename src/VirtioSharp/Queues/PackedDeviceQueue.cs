@@ -117,6 +117,12 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     /// <summary>Narrates the ring's steps in the spec's words while <see cref="ITraceSink.Active"/>.</summary>
     public ITraceSink? Trace { get; set; }
 
+    /// <summary>
+    /// With strict mode on, driver requirements of 2.8 that do not break a request (the device
+    /// ignores what the spec tells it to ignore) are still reported here.
+    /// </summary>
+    public BreachReporter? Breaches { get; set; }
+
     public bool IsInFlight(ushort token) => token < Size && _tokenSlots[token] != 0;
 
     /// <summary>The buffer id (2.8.6) of a chain in flight.</summary>
@@ -253,6 +259,9 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         {
             var e = table + i * PackedRing.DescriptorSize;
             var flags = Unsafe.ReadUnaligned<ushort>(e + 14);
+            // 2.8.19: the driver sets no flag but WRITE in an indirect table (the device ignores the rest, 2.8.7).
+            if ((flags & ~PackedRing.DescFWrite) != 0 && Breaches is { Strict: true } b)
+                b.Report("2.8.19", Index, i, "only VIRTQ_DESC_F_WRITE in the flags of an indirect descriptor", $"flags 0x{flags:x4} ({PackedRing.DescribeFlags(flags)}) in indirect table entry {i}");
             AddBuffer(ref count, Unsafe.ReadUnaligned<ulong>(e), Unsafe.ReadUnaligned<uint>(e + 8), (flags & PackedRing.DescFWrite) != 0,
                 ref seenWritable, ref error, ref errorDescriptor, i);
         }
@@ -367,7 +376,10 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             return true;
         }
         var offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
-        var flags = Volatile.Read(ref *(ushort*)(_driverEvent + 2)) & PackedRing.EventFlagsMask;
+        var rawFlags = Volatile.Read(ref *(ushort*)(_driverEvent + 2));
+        var flags = rawFlags & PackedRing.EventFlagsMask;
+        if (Breaches is { Strict: true } && (rawFlags > PackedRing.EventFlagsDesc || (flags == PackedRing.EventFlagsDesc && (!EventIdx || (offWrap & 0x7fff) >= Size))))
+            ReportEventBreach(rawFlags, offWrap);
         bool interrupt;
         if (flags == PackedRing.EventFlagsDisable)
             interrupt = false;
@@ -378,6 +390,18 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         if (Trace is { Active: true } t)
             t.Step("device", $"full barrier, then the Driver Event Suppression structure: {DescribeEvent(offWrap, flags)} -> {(interrupt ? "send a used buffer notification" : "no interrupt")} (2.8.10)");
         return interrupt;
+    }
+
+    /// <summary>2.8.10 / 2.8.14: what the Driver Event Suppression structure may hold.</summary>
+    private void ReportEventBreach(ushort rawFlags, ushort offWrap)
+    {
+        var b = Breaches!;
+        if (rawFlags > PackedRing.EventFlagsDesc)
+            b.Report("2.8.14", Index, -1, "desc_event_flags 0, 1 or 2 and the reserved bits 0", $"driver event suppression flags 0x{rawFlags:x4}");
+        else if (!EventIdx)
+            b.Report("2.8.10", Index, -1, "RING_EVENT_FLAGS_DESC only once VIRTIO_F_EVENT_IDX is negotiated", "RING_EVENT_FLAGS_DESC without VIRTIO_F_EVENT_IDX");
+        else
+            b.Report("2.8.14", Index, -1, $"desc_event_off below the queue size {Size}", $"desc_event_off {offWrap & 0x7fff}");
     }
 
     /// <summary>An event suppression structure in the spec's words.</summary>

@@ -25,7 +25,7 @@ public sealed partial class LinuxGuest
     /// <summary>Where <see cref="Boot"/> writes the serial console of a run of <paramref name="jobs"/>.</summary>
     public static string ConsoleLog(string workDir, string jobs) => Path.Combine(workDir, $"console-{jobs.Replace(',', '_')}.log");
 
-    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "", bool reconnect = false, int timeoutSeconds = 240)
+    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "", bool reconnect = false, int timeoutSeconds = 240, bool packed = false)
     {
         var log = ConsoleLog(workDir, jobs);
         var args = new List<string> { "--socket", socket, "--jobs", jobs, "--vcpus", vcpus.ToString(), "--queues", queues.ToString(), "--timeout", timeoutSeconds.ToString(), "--log", log, "--quiet" };
@@ -33,6 +33,8 @@ public sealed partial class LinuxGuest
             args.AddRange(["--extra-append", extraAppend]);
         if (reconnect)
             args.Add("--reconnect");
+        if (packed)
+            args.Add("--packed"); // vhost-user-blk-pci packed=on: the guest's driver may choose packed rings
         var (code, output) = Repo.Run(Repo.Script("run-guest.sh"), args, TimeSpan.FromSeconds(timeoutSeconds + 60));
         var verdicts = new Dictionary<string, string>();
         foreach (Match m in ResultLine().Matches(output))

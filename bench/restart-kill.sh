@@ -17,7 +17,7 @@ RUNS=20
 KILLS=8
 SIGNAL=KILL
 HOLD_MS=40
-MIB=24
+MIB=64
 GAP=2.5
 TIMEOUT=600
 
@@ -29,7 +29,7 @@ Usage: bench/restart-kill.sh [--runs N] [--kills N] [--signal KILL|TERM] [--hold
   --kills N      back-end stops per run, half while fio writes, half while it verifies (default 8)
   --signal S     KILL (default) or TERM (graceful stop)
   --hold-ms N    --debug-hold-completions-ms of the back-end (default 40)
-  --mib N        MiB per fio job, two jobs (default 24)
+  --mib N        MiB per fio job, two jobs (default 64; at most 80)
   --gap S        seconds of service before each stop (default 2.5)
 EOF
 }
@@ -109,7 +109,7 @@ for run in $(seq 1 "$RUNS"); do
     kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
     counts=()
     for i in $(seq 1 "$n"); do
-        c=$(grep -ao 'inflight record: [0-9]* request' "$WORK/server-$i.log" | awk '{ s += $3 } END { print s + 0 }')
+        c=$( (grep -ao 'inflight record: [0-9]* request' "$WORK/server-$i.log" || true) | awk '{ s += $3 } END { print s + 0 }')
         counts+=("$c")
         total_kills=$((total_kills + 1))
         [[ $c -eq 0 ]] || kills_in_flight=$((kills_in_flight + 1))

@@ -689,6 +689,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             status = FinishShortTransfer(inFlight, entry, (uint)result) ? BlkStatus.Ok : BlkStatus.IoErr;
         else
             status = BlkStatus.Ok;
+        _async?.Completed(new BlkIo { Kind = KindOf(type), Tag = tag, Queue = queue.Index, Offset = entry.Offset, Length = entry.Length });
         inFlight.Release(entry.Slot);
 
         *entry.Status = (byte)status;
@@ -697,6 +698,15 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         Stats.CountAsync(queue.Index);
         queue.AddUsed(tag, written);
     }
+
+    private static BlkIoKind KindOf(BlkRequestType type) => type switch
+    {
+        BlkRequestType.In => BlkIoKind.Read,
+        BlkRequestType.Out => BlkIoKind.Write,
+        BlkRequestType.Flush => BlkIoKind.Flush,
+        BlkRequestType.Discard => BlkIoKind.Discard,
+        _ => BlkIoKind.WriteZeroes,
+    };
 
     /// <summary>
     /// A read that moved fewer bytes than asked (the end of a file that shrank): the rest goes

@@ -74,12 +74,34 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend
     /// Reads and flushes go to the worker's io_uring (preadv, fdatasync on this file); the rest
     /// is synchronous (see <see cref="BlkDevice"/>'s note on buffered writes).
     /// </summary>
-    public bool TryStart(in BlkIo op, Devices.IQueueIo io) => op.Kind switch
+    /// <summary>
+    /// Hands a read or a flush to the worker's kernel ring. The submission names the descriptor by
+    /// number, so the handle is kept alive by a reference from here to <see cref="Completed"/>:
+    /// disposing the backend meanwhile cannot close the descriptor, nor let its number be reused
+    /// for another file, under an operation the kernel still runs.
+    /// </summary>
+    public bool TryStart(in BlkIo op, Devices.IQueueIo io)
     {
-        BlkIoKind.Read => io.TryStartRead(_fd, op.Iov, op.IovCount, op.Offset, op.Tag),
-        BlkIoKind.Flush => io.TryStartFlush(_fd, op.Tag),
-        _ => false,
-    };
+        if (op.Kind is not (BlkIoKind.Read or BlkIoKind.Flush))
+            return false;
+        var added = false;
+        try
+        {
+            _handle.DangerousAddRef(ref added);
+        }
+        catch (ObjectDisposedException)
+        {
+            return false; // closed: the synchronous path reports the error
+        }
+        var started = op.Kind == BlkIoKind.Read
+            ? io.TryStartRead(_fd, op.Iov, op.IovCount, op.Offset, op.Tag)
+            : io.TryStartFlush(_fd, op.Tag);
+        if (!started && added)
+            _handle.DangerousRelease();
+        return started;
+    }
+
+    public void Completed(in BlkIo op) => _handle.DangerousRelease();
 
     public bool Read(ulong offset, ReadOnlySpan<IoVec> iov) => Transfer(offset, iov, write: false);
 

@@ -73,4 +73,13 @@ public interface IAsyncBlockBackend : IBlockBackend
     /// Called only by the worker of <paramref name="op"/>'s queue.
     /// </summary>
     bool TryStart(in BlkIo op, IQueueIo io);
+
+    /// <summary>
+    /// An operation <see cref="TryStart"/> took has completed and the device is done with its
+    /// result. A backend that handed a descriptor to the worker's kernel ring lets go of the
+    /// reference it took on it then.
+    /// </summary>
+    void Completed(in BlkIo op)
+    {
+    }
 }

@@ -434,5 +434,40 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
         Assert.Equal(requests + 2, h.Ring.UsedIdx);
         Assert.Equal(0, h.Device.QueueIoInFlight(0));
     }
-}
 
+    /// <summary>What descriptor <paramref name="fd"/> of this process names now; null when it is closed.</summary>
+    private static string? Names(int fd)
+    {
+        try
+        {
+            return new FileInfo($"/proc/self/fd/{fd}").LinkTarget;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    [Fact]
+    public void A_backend_disposed_with_a_read_in_flight_keeps_its_descriptor_until_the_completion()
+    {
+        using var h = New(out var io);
+        var into = h.Data(512);
+        var status = h.StatusByte();
+        h.Ring.Offer(h.Ring.Chain(Buf.R(h.Header(BlkRequestType.In, 5), 16), Buf.W(into, 512), Buf.W(status, 1)));
+        h.Device.ProcessQueue(h.Queue, io);
+        var op = Assert.Single(io.Held);
+        var image = Path.GetFullPath(_image);
+        Assert.Equal(image, Names(op.Fd));
+
+        h.Backend.Dispose();
+        Assert.Equal(image, Names(op.Fd)); // the submission still names it: the number must not be reused yet
+
+        using (var again = FileBackend.Open(_image))
+            Assert.True(again.Read(op.Offset, op.Vectors));
+        h.Device.CompleteIo(h.Queue, op.Tag, 512);
+        Assert.NotEqual(image, Names(op.Fd)); // the last reference went with the completion
+        Assert.Equal(Ok, h.Ring.Span(status, 1)[0]);
+        Assert.Equal(OnDisk(5 * 512, 512), h.Ring.Span(into, 512).ToArray());
+    }
+}

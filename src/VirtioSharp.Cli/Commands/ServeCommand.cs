@@ -190,6 +190,7 @@ public static class ServeCommand
         VirtioSharp.Native.UnixFdSocket? activated = null;
         ServiceNotifier? notifier = null;
         ServeRecorder? recorder = null;
+        using var signals = new StopSignal();
         try
         {
             if (s.HoldCompletionsMs is < 0 or > 60_000)
@@ -242,7 +243,7 @@ public static class ServeCommand
                     log.Info(line);
             });
             Tell(notifier, $"READY=1\nSTATUS=serving {backend.Description} on {socketPath}", log);
-            WaitForSignal(log, stop);
+            signals.Wait(log, stop);
             Tell(notifier, "STOPPING=1", log);
             server.Stop(); // closes the connection, stops the rings, flushes
             return 0;
@@ -433,21 +434,43 @@ public static class ServeCommand
         return true;
     }
 
-    private static void WaitForSignal(ILogSink log, CancellationToken stop)
+    /// <summary>
+    /// SIGINT and SIGTERM, caught from the start of <see cref="Run"/>: a signal that arrives while
+    /// the server is still starting (a service manager stopping it at once) still stops it cleanly.
+    /// </summary>
+    private sealed class StopSignal : IDisposable
     {
-        using var signalled = new ManualResetEventSlim();
-        string? which = null;
-        void OnSignal(PosixSignalContext context)
+        private readonly ManualResetEventSlim _signalled = new();
+        private readonly PosixSignalRegistration _sigint;
+        private readonly PosixSignalRegistration _sigterm;
+        private string? _which;
+
+        public StopSignal()
+        {
+            _sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+            _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        }
+
+        private void OnSignal(PosixSignalContext context)
         {
             context.Cancel = true; // we stop cleanly ourselves
-            which ??= context.Signal.ToString();
-            signalled.Set();
+            _which ??= context.Signal.ToString();
+            _signalled.Set();
         }
-        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
-        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
-        using var cancel = stop.Register(signalled.Set);
-        signalled.Wait();
-        log.Info($"stopping ({which ?? "asked to"}): closing the connection and flushing the image");
+
+        public void Wait(ILogSink log, CancellationToken stop)
+        {
+            using var cancel = stop.Register(_signalled.Set);
+            _signalled.Wait();
+            log.Info($"stopping ({_which ?? "asked to"}): closing the connection and flushing the image");
+        }
+
+        public void Dispose()
+        {
+            _sigint.Dispose();
+            _sigterm.Dispose();
+            _signalled.Dispose();
+        }
     }
 
     /// <summary>A mistake in how vblk serve was called.</summary>

@@ -104,7 +104,7 @@ public sealed class ServeControlsTests
     {
         using var dir = new TempDir();
         var address = $"127.0.0.1:{FreePort()}";
-        await using (new Serving(NullDisk(dir.File("s.sock"), new BlkLimits { IopsTotal = 1_000_000 }, pollUs: 50, metrics: address, queues: 2)))
+        await using (new Serving(NullDisk(dir.File("s.sock"), new BlkLimits { IopsTotal = 1_000_000 }, pollUs: 1000, metrics: address, queues: 2)))
         {
             // The front-end polls too, and its completion threads submit the next requests themselves.
             var (code, output, error) = await Run(BenchCommand.Create(), "--socket", dir.File("s.sock"), "--iodepth", "2", "--queues", "2",

@@ -26,7 +26,7 @@ public class VblkServeGuestFixture : IDisposable
         {
             server.WaitForSocket(socket, TimeSpan.FromSeconds(30));
             // no_timer_check: a TCG guest on a loaded host may miss the IO-APIC timer check and panic at boot.
-            Writable = LinuxGuest.Boot(socket, jobs, vcpus: 2, queues: 2, WorkDir, "vblk.discard_zeroes=1 no_timer_check", packed);
+            Writable = LinuxGuest.Boot(socket, jobs, vcpus: 2, queues: 2, WorkDir, "vblk.discard_zeroes=1 no_timer_check", packed: packed);
             ServerExit = server.Stop(TimeSpan.FromSeconds(30));
             ServerLog = server.Output;
         }
@@ -34,7 +34,7 @@ public class VblkServeGuestFixture : IDisposable
         using (var server = new BackgroundProcess("dotnet", [Repo.VblkDll, "serve", Image, "--socket", socket, "--read-only", "--strict=fail", "--record", Recording, "--record-limit", "100"]))
         {
             server.WaitForSocket(socket, TimeSpan.FromSeconds(30));
-            ReadOnly = LinuxGuest.Boot(socket, packed ? "packed,readonly,read-pattern" : "readonly,read-pattern", vcpus: 1, queues: 1, WorkDir, "no_timer_check", packed);
+            ReadOnly = LinuxGuest.Boot(socket, packed ? "packed,readonly,read-pattern" : "readonly,read-pattern", vcpus: 1, queues: 1, WorkDir, "no_timer_check", packed: packed);
             ReadOnlyServerExit = server.Stop(TimeSpan.FromSeconds(30));
             ReadOnlyServerLog = server.Output;
         }
@@ -150,9 +150,16 @@ public abstract class VblkServeGuestTests(VblkServeGuestFixture vm)
         var recording = VirtioSharp.Diagnostics.RecordingFormat.Read(vm.Recording);
         // The Linux driver's ring as the device saw it: geometry, then chains taken and returned.
         Assert.Contains(recording.Events, e => e.GetProperty("k").GetString() == "QueueSetup");
-        Assert.Contains(recording.Events, e => e.GetProperty("k").GetString() == "UsedRingWrite");
+        if (vm.Packed)
+            // The explorer draws split rings; a packed ring is recorded as the device's narration.
+            Assert.Contains(recording.Events, e => e.GetProperty("k").GetString() == "Note"
+                && e.GetProperty("text").GetString()!.Contains("from the descriptor ring of queue", StringComparison.Ordinal));
+        else
+            Assert.Contains(recording.Events, e => e.GetProperty("k").GetString() == "UsedRingWrite");
         Assert.Equal(100, recording.Header.GetProperty("requestLimit").GetInt32());
-        Explorer.ExplorerBrowserTests.ViewAndCheck(vm.Recording, Path.Combine(vm.WorkDir, "guest.html"));
+        // The page's checks step through structured ring events, which only split rings emit so far.
+        if (!vm.Packed)
+            Explorer.ExplorerBrowserTests.ViewAndCheck(vm.Recording, Path.Combine(vm.WorkDir, "guest.html"));
     }
 
     [Fact]

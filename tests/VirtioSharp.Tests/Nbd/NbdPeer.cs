@@ -39,7 +39,7 @@ internal sealed class NbdServer : IDisposable
             return Start("nbdkit", ["-f", "-i", "127.0.0.1", "-p", port.ToString(), .. args], $"nbd://127.0.0.1:{port}/", null, () => PortOpen(port));
         }
         var socket = dir.File($"nbd-{Guid.NewGuid():N}"[..16] + ".sock");
-        return Start("nbdkit", ["-f", "-U", socket, .. args], $"nbd+unix:///?socket={socket}", socket, () => File.Exists(socket));
+        return Start("nbdkit", ["-f", "-U", socket, .. args], $"nbd+unix:///?socket={socket}", socket, () => UnixOpen(socket));
     }
 
     /// <summary><c>qemu-nbd -t --shared=N</c> exporting <paramref name="image"/> (raw) on a Unix socket.</summary>
@@ -53,7 +53,27 @@ internal sealed class NbdServer : IDisposable
         }
         var socket = dir.File($"qnbd-{Guid.NewGuid():N}"[..16] + ".sock");
         return Start("qemu-nbd", ["-t", $"--shared={shared}", "-f", "raw", "-x", export, "-k", socket, "--cache=none", "--aio=threads", image],
-            $"nbd+unix:///{export}?socket={socket}", socket, () => File.Exists(socket));
+            $"nbd+unix:///{export}?socket={socket}", socket, () => UnixOpen(socket));
+    }
+
+    /// <summary>
+    /// The server accepts on <paramref name="path"/>: the file appears at bind(), before listen(),
+    /// so only a connection shows it is ready.
+    /// </summary>
+    private static bool UnixOpen(string path)
+    {
+        if (!File.Exists(path))
+            return false;
+        try
+        {
+            using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            probe.Connect(new UnixDomainSocketEndPoint(path));
+            return true;
+        }
+        catch (SocketException)
+        {
+            return false;
+        }
     }
 
     /// <summary>Starts the same server again on the same address (after a kill).</summary>
@@ -61,7 +81,7 @@ internal sealed class NbdServer : IDisposable
     {
         var socket = old.SocketPath!;
         File.Delete(socket);
-        return Start("nbdkit", ["-f", "-U", socket, .. nbdkitArgs], old.Uri, socket, () => File.Exists(socket));
+        return Start("nbdkit", ["-f", "-U", socket, .. nbdkitArgs], old.Uri, socket, () => UnixOpen(socket));
     }
 
     private static NbdServer Start(string tool, string[] args, string uri, string? socket, Func<bool> ready)

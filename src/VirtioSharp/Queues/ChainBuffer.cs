@@ -8,6 +8,18 @@ public struct ChainBuffer
     public bool Writable;
     /// <summary>Host pointer to the buffer; 0 when the range is not inside guest memory.</summary>
     public nint Host;
+
+    /// <summary>Records one descriptor's buffer; false when its range is not inside guest memory (Host is then 0).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public bool Set(Memory.GuestMemory memory, ulong address, uint length, bool writable)
+    {
+        Address = address;
+        Length = length;
+        Writable = writable;
+        var inside = memory.TryTranslate(address, length, out var host);
+        Host = inside ? host : 0;
+        return inside;
+    }
 }
 
 /// <summary>Why a chain could not be used as the driver laid it out (device-observable driver errors).</summary>

@@ -277,20 +277,10 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             error = ChainError.ReadableAfterWritable; // 2.8.17: device-writable elements after device-readable ones
             errorDescriptor = at;
         }
-        ref var b = ref _scratch[count++];
-        b.Address = addr;
-        b.Length = len;
-        b.Writable = writable;
-        if (_memory.TryTranslate(addr, len, out var host))
-            b.Host = host;
-        else
+        if (!_scratch[count++].Set(_memory, addr, len, writable) && error == ChainError.None)
         {
-            b.Host = 0;
-            if (error == ChainError.None)
-            {
-                error = ChainError.BufferOutOfMemory;
-                errorDescriptor = at;
-            }
+            error = ChainError.BufferOutOfMemory;
+            errorDescriptor = at;
         }
     }
 

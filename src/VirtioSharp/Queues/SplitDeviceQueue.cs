@@ -230,20 +230,10 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
                 errorDescriptor = (int)index;
             }
 
-            ref var b = ref _scratch[count++];
-            b.Address = addr;
-            b.Length = len;
-            b.Writable = writable;
-            if (_memory.TryTranslate(addr, len, out var host))
-                b.Host = host;
-            else
+            if (!_scratch[count++].Set(_memory, addr, len, writable) && error == ChainError.None)
             {
-                b.Host = 0;
-                if (error == ChainError.None)
-                {
-                    error = ChainError.BufferOutOfMemory;
-                    errorDescriptor = (int)index;
-                }
+                error = ChainError.BufferOutOfMemory;
+                errorDescriptor = (int)index;
             }
 
             if ((flags & SplitRing.DescFNext) == 0)

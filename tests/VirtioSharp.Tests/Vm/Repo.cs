@@ -80,8 +80,6 @@ internal sealed class BackgroundProcess : IDisposable
             throw new TimeoutException($"process {_process.Id} did not exit within {timeout.TotalSeconds} s:\n{Output}");
         _process.WaitForExit();
     }
-    public int Id => _process.Id;
-
     /// <summary>Sends <paramref name="signal"/> and waits for the process to end; returns its exit code (137 after SIGKILL).</summary>
     public int Signal(int signal, TimeSpan timeout)
     {

@@ -1,4 +1,3 @@
-using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Native;
@@ -270,7 +269,7 @@ internal sealed class VhostUserSession : IDisposable
     {
         var unknown = features & ~_offeredFeatures;
         if (unknown != 0)
-            return Fail($"features 0x{unknown:x} ({VirtioFeatures.Describe(unknown)}) were not offered");
+            return Fail($"features 0x{unknown:x} ({VirtioFeatures.Describe(unknown, _device.FeatureName)}) were not offered");
         var changed = !_featuresSet || features != _features;
         var anyStarted = _vrings.Any(v => v.Started);
         // QEMU sends the same SET_FEATURES more than once per start (in-flight setup, then the start
@@ -307,7 +306,7 @@ internal sealed class VhostUserSession : IDisposable
                 v.SetEnabled(true);
         }
         if (changed)
-            _log.Info($"features agreed: {VirtioFeatures.Describe(features)}");
+            _log.Info($"features agreed: {VirtioFeatures.Describe(features, _device.FeatureName)}");
         if (changed && anyStarted)
             Requeue("the features changed"); // EVENT_IDX and INDIRECT_DESC are fixed per queue object
         return Verdict.Done;

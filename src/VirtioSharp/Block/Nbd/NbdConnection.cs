@@ -70,6 +70,8 @@ internal sealed unsafe class NbdConnection : IDisposable
     private volatile bool _dead;
     private volatile string? _deathReason;
     private int _inFlight;
+    private volatile bool _closing;       // Dispose: an end we asked for
+    private long _lastCheck;              // receiver thread only: when it last looked for requests past the timeout
 
     public NbdConnection(Socket socket, NbdExportInfo info, string name, TimeSpan timeout, ILogSink? log)
     {
@@ -450,7 +452,6 @@ internal sealed unsafe class NbdConnection : IDisposable
     /// <summary>Fills the iovecs; on the way, fails the connection if a request waited longer than the timeout.</summary>
     private string? RecvAll(IoVec* iov, int count, bool idle)
     {
-        var lastCheck = Environment.TickCount64;
         while (count > 0)
         {
             if (_dead)
@@ -469,21 +470,30 @@ internal sealed unsafe class NbdConnection : IDisposable
             {
                 Advance(ref iov, ref count, (nuint)n);
                 idle = false;
-                continue;
             }
-            if (n == 0)
+            else if (n == 0)
                 return "the server closed the connection";
-            var errno = Marshal.GetLastPInvokeError();
-            if (errno == Errno.EINTR)
-                continue;
-            if (errno != Errno.EAGAIN)
-                return $"receive failed: {Errno.Describe(errno)}";
-            Span<PollFd> p = [new PollFd((int)_fd.DangerousGetHandle())];
-            FdPoll.Wait(p, TickMs);
+            else
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno != Errno.EINTR && errno != Errno.EAGAIN)
+                    return $"receive failed: {Errno.Describe(errno)}";
+                if (errno == Errno.EAGAIN)
+                {
+                    Span<PollFd> p = [new PollFd((int)_fd.DangerousGetHandle())];
+                    FdPoll.Wait(p, TickMs);
+                }
+            }
+            // Looked at whether bytes came or not, and across calls (the clock is a field): a server
+            // that sends a byte now and then, or a reply in endless small chunks, must not hold a
+            // request past the timeout.
             var now = Environment.TickCount64;
-            if (now - lastCheck >= TickMs && OldestAge(now) > _timeoutMs)
-                return $"no reply within {_timeoutMs / 1000.0:0.#} s";
-            lastCheck = now;
+            if (now - _lastCheck >= TickMs)
+            {
+                _lastCheck = now;
+                if (OldestAge(now) > _timeoutMs)
+                    return $"no reply within {_timeoutMs / 1000.0:0.#} s";
+            }
         }
         return null;
     }
@@ -530,24 +540,29 @@ internal sealed unsafe class NbdConnection : IDisposable
     /// <summary>After the connection ended (receiver thread): every request still in flight fails.</summary>
     private void FailAll()
     {
-        var failed = 0;
+        int failed;
+        lock (_slotLock)
+            failed = _inFlight;
+        // Said before the requests complete, so whoever sees a request fail can read why.
+        var line = $"nbd {_name}: connection lost ({_deathReason}); {failed} request{(failed == 1 ? "" : "s")} in flight failed with EIO";
+        if (_closing && failed == 0)
+            _log.Debug($"nbd {_name}: closed");
+        else
+            _log.Warn(line);
         foreach (var slot in _slots)
         {
             bool busy;
             lock (_slotLock)
                 busy = slot.Busy;
             if (busy)
-            {
                 Finish(slot, -EIO);
-                failed++;
-            }
         }
-        _log?.Warn($"nbd {_name}: connection lost ({_deathReason}); {failed} request{(failed == 1 ? "" : "s")} in flight failed with EIO");
     }
 
     /// <summary>Ends the connection and waits until every request on it has completed.</summary>
     public void Dispose()
     {
+        _closing = true;
         Kill("closed");
         _receiver.Join();
         _socket.Dispose();

@@ -23,10 +23,11 @@ public sealed class HostileNbdServerTests : IDisposable
 
     private string SocketPath() => _dir.File($"fake-{Guid.NewGuid():N}"[..13] + ".sock");
 
-    private static NbdOptions Options(ListLogSink log) => new()
+    // Short enough to keep the tests quick, long enough for a loaded machine to schedule the fake server.
+    private static NbdOptions Options(ListLogSink log, int connectSeconds = 10) => new()
     {
-        Timeout = TimeSpan.FromSeconds(1),
-        ConnectTimeout = TimeSpan.FromSeconds(1),
+        Timeout = TimeSpan.FromSeconds(2),
+        ConnectTimeout = TimeSpan.FromSeconds(connectSeconds),
         Log = log,
     };
 
@@ -107,8 +108,8 @@ public sealed class HostileNbdServerTests : IDisposable
 
     [Theory]
     [InlineData("short reply, then hang up", "the server closed the connection")]
-    [InlineData("short reply, then silence", "no reply within 1 s")]
-    [InlineData("reply trickled a byte at a time", "no reply within 1 s")]
+    [InlineData("short reply, then silence", "no reply within 2 s")]
+    [InlineData("reply trickled a byte at a time", "no reply within 2 s")]
     [InlineData("another generation of the cookie", "which is not in flight")]
     [InlineData("a cookie never sent", "which is not in flight")]
     [InlineData("a chunk of 1 GiB", "outside the read")]
@@ -214,7 +215,7 @@ public sealed class HostileNbdServerTests : IDisposable
                 peer.DrainUntilClosed();
             }
         : peer => peer.Serve());
-        using var rig = new NbdRig(_dir, server.Uri, new NbdOptions { Timeout = TimeSpan.FromSeconds(1) });
+        using var rig = new NbdRig(_dir, server.Uri, new NbdOptions { Timeout = TimeSpan.FromSeconds(2), ConnectTimeout = TimeSpan.FromSeconds(10) });
         var buffer = new byte[8192];
         var e = await Assert.ThrowsAsync<BlkException>(() => rig.Driver.ReadAsync(65536, buffer).AsTask().WaitAsync(Bound));
         Assert.Equal(BlkStatus.IoErr, e.Status);
@@ -345,7 +346,7 @@ public sealed class HostileNbdServerTests : IDisposable
     {
         using var server = new FakeNbdServer(SocketPath(), _ => peer => BreakHandshake(scenario, peer));
         var log = new ListLogSink();
-        var open = Task.Run(() => NbdBackend.Open(NbdUri.Parse(server.Uri), Options(log)));
+        var open = Task.Run(() => NbdBackend.Open(NbdUri.Parse(server.Uri), Options(log, connectSeconds: 2)));
         var e = await Assert.ThrowsAsync<NbdException>(() => open.WaitAsync(Bound));
         Assert.Contains(message, e.Message, StringComparison.Ordinal);
         Assert.StartsWith(server.Uri + ": ", e.Message, StringComparison.Ordinal);

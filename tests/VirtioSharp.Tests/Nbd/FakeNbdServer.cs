@@ -1,7 +1,7 @@
 using System.Buffers.Binary;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
-using VirtioSharp.Block;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Tests.Nbd;
 

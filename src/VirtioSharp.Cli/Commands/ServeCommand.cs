@@ -62,14 +62,27 @@ public static class ServeCommand
         var readOnly = new Option<bool>("--read-only") { Description = "Expose the disk read-only (VIRTIO_BLK_F_RO)" };
         var numQueues = new Option<int>("--num-queues") { Description = "Request queues offered (1..64); QEMU's num-queues must not exceed it", DefaultValueFactory = _ => 1 };
         var queueSize = new Option<int>("--queue-size") { Description = "Largest ring the front-end may use (power of two, 4..32768); QEMU's queue-size must not exceed it", DefaultValueFactory = _ => 256 };
-        var blkSize = new Option<uint>("--blk-size") { Description = "Logical block size reported to the guest (512..65536, power of two)", DefaultValueFactory = _ => 512 };
+        var blkSize = new Option<uint?>("--blk-size") { Description = "Logical block size reported to the guest (512..65536, power of two); default 512, or with --cache none the file system's logical block size" };
+        var cache = new Option<string?>("--cache")
+        {
+            Description = "Host page cache use of a file image, as QEMU's cache modes: writeback (buffered I/O, the default), none (O_DIRECT: "
+                + "no page cache, aligned requests go straight to the disk, reads and writes many in flight through io_uring; unaligned guest buffers "
+                + "are copied through an aligned per-queue buffer), unsafe (buffered, and FLUSH is acknowledged without fdatasync: a host crash loses data). "
+                + "Only for file images",
+        };
+        cache.Validators.Add(r =>
+        {
+            var value = r.GetValueOrDefault<string?>();
+            if (value is not null && !FileCacheModes.TryParse(value, out _))
+                r.AddError($"--cache '{value}' is not a cache mode: use writeback, none or unsafe");
+        });
         var serial = new Option<string>("--serial") { Description = "Serial number the guest reads with GET_ID (at most 20 bytes)", DefaultValueFactory = _ => "virtiosharp" };
         var backend = new Option<string>("--backend") { Description = "Storage: file (IMAGE), memory (a RAM disk of --size), null (reads zeroes, drops writes)", DefaultValueFactory = _ => "file" };
         backend.AcceptOnlyFromAmong("file", "memory", "null");
         var size = new Option<string?>("--size") { Description = "Disk size for --backend memory or null, in bytes or with K, M, G suffix (e.g. 64M)" };
         var aio = new Option<string>("--aio")
         {
-            Description = "File I/O per queue: io_uring (up to 256 reads and flushes in flight, completed in any order; writes stay synchronous), sync (one request at a time), auto (io_uring where the kernel allows it)",
+            Description = "File I/O per queue: io_uring (up to 256 reads and flushes in flight, completed in any order; writes too with --cache none, otherwise synchronous), sync (one request at a time), auto (io_uring where the kernel allows it)",
             DefaultValueFactory = _ => "auto",
         };
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
@@ -117,7 +130,7 @@ public static class ServeCommand
             Hidden = true,
         };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio,
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, cache,
             nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit, noPacked, holdCompletions };
         foreach (var option in limits.All)
             command.Options.Add(option);
@@ -135,7 +148,7 @@ public static class ServeCommand
             }
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket), result.GetValue(readOnly), result.GetValue(numQueues),
-                result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
+                result.GetValue(queueSize), result.GetValue(blkSize) ?? 0, result.GetValue(serial)!, result.GetValue(backend)!,
                 result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
                 result.GetValue(nbdConnections), result.GetValue(nbdTimeout),
                 parsedLimits, result.GetValue(pollUs), result.GetValue(metrics),
@@ -148,6 +161,7 @@ public static class ServeCommand
                     IoTimeoutSeconds = result.GetValue(cephIoTimeout),
                     ConnectTimeoutSeconds = result.GetValue(cephConnectTimeout),
                 },
+                Cache = result.GetValue(cache) is { } mode && FileCacheModes.TryParse(mode, out var parsed) ? parsed : null,
                 OfferPacked = !result.GetValue(noPacked),
                 HoldCompletionsMs = result.GetValue(holdCompletions),
             };
@@ -167,6 +181,9 @@ public static class ServeCommand
     {
         /// <summary>How to reach Ceph for an rbd: IMAGE (ReadOnly comes from the settings' own flag).</summary>
         public RbdOptions Ceph { get; init; } = new();
+
+        /// <summary>--cache: how a file image uses the page cache; null when not given (writeback for a file, refused for other backends).</summary>
+        public FileCacheMode? Cache { get; init; }
 
         /// <summary>Offer VIRTIO_F_RING_PACKED (2.8); --no-packed turns it off.</summary>
         public bool OfferPacked { get; init; } = true;
@@ -340,25 +357,38 @@ public static class ServeCommand
                 throw new UsageException($"--aio io_uring is for a file image; --backend {s.Backend} does no file I/O");
             return "";
         }
+        var mode = ((FileBackend)backend).CacheMode;
+        var cacheNote = mode == FileCacheMode.Writeback ? "" : $"; cache {FileCacheModes.Name(mode)}{(mode == FileCacheMode.Unsafe ? " (flushes not synced)" : " (O_DIRECT)")}";
         if (s.Aio == AioMode.Sync)
-            return "; file I/O synchronous per queue (--aio sync)";
+            return $"{cacheNote}; file I/O synchronous per queue (--aio sync)";
         // Probed once: a ring, the opcodes the workers queue, and multishot poll (Linux 5.13).
         try
         {
             if (!AioChoice.UseIoUring(s.Aio, true, VirtioSharp.Native.IoUringSupport.Probed, out var why))
-                return $"; file I/O synchronous per queue ({why})";
+                return $"{cacheNote}; file I/O synchronous per queue ({why})";
         }
         catch (InvalidOperationException e)
         {
             throw new UsageException(e.Message);
         }
-        return $"; reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} in flight per queue";
+        var file = (FileBackend)backend;
+        var depth = Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize);
+        return mode switch
+        {
+            FileCacheMode.None => $"{cacheNote}, {file.Alignment!.Value.Offset}-byte alignment from {file.Alignment.Value.Source}; reads, writes and flushes through io_uring, up to {depth} in flight per queue",
+            FileCacheMode.Unsafe => $"{cacheNote}; reads through io_uring, up to {depth} in flight per queue",
+            _ => $"; reads and flushes through io_uring, up to {depth} in flight per queue",
+        };
     }
 
     private static IBlockBackend OpenBackend(ServeSettings s, ILogSink log)
     {
-        if (s.BlkSize < BlkLayout.SectorSize || s.BlkSize > 65536 || (s.BlkSize & (s.BlkSize - 1)) != 0)
+        // BlkSize 0: not given (512, or the file system's logical block size with --cache none).
+        if (s.BlkSize != 0 && (s.BlkSize < BlkLayout.SectorSize || s.BlkSize > 65536 || (s.BlkSize & (s.BlkSize - 1)) != 0))
             throw new UsageException($"--blk-size {s.BlkSize} must be a power of two between 512 and 65536");
+        var blkSize = s.BlkSize == 0 ? BlkLayout.SectorSize : s.BlkSize;
+        if (s.Cache is not null && (s.Backend != "file" || (s.Image is not null && (NbdUri.LooksLikeNbd(s.Image) || RbdImageSpec.Matches(s.Image)))))
+            throw new UsageException(CacheRefusal(s));
         if (s.Backend == "file" && s.Image is not null && NbdUri.LooksLikeNbd(s.Image))
         {
             if (s.Size is not null)
@@ -381,7 +411,10 @@ public static class ServeCommand
                 throw new UsageException("IMAGE is missing (or choose --backend memory or null with --size)");
             if (s.Size is not null)
                 throw new UsageException("--size is for --backend memory or null; a file image has its own size");
-            return FileBackend.Open(s.Image, s.ReadOnly, s.BlkSize);
+            var file = FileBackend.Open(s.Image, s.ReadOnly, s.BlkSize, s.Cache ?? FileCacheMode.Writeback, s.NumQueues);
+            if (file.Alignment is { } a && file.BlockSize < a.Offset)
+                log.Warn($"--blk-size {file.BlockSize} is below the file system's logical block size {a.Offset}: requests not aligned to it go through the page cache");
+            return file;
         }
         if (s.Image is not null)
             throw new UsageException($"--backend {s.Backend} takes no IMAGE");
@@ -389,9 +422,19 @@ public static class ServeCommand
             throw new UsageException($"--backend {s.Backend} needs --size");
         if (!TryParseSize(s.Size, out var bytes) || bytes == 0 || bytes % (ulong)BlkLayout.SectorSize != 0)
             throw new UsageException($"--size '{s.Size}' is not a positive multiple of 512 bytes (use a number with an optional K, M or G suffix)");
-        if (bytes % s.BlkSize != 0)
-            throw new UsageException($"--size {bytes} is not a multiple of --blk-size {s.BlkSize}");
-        return s.Backend == "memory" ? new MemoryBackend(bytes, s.ReadOnly, s.BlkSize) : new NullBackend(bytes, s.ReadOnly, s.BlkSize);
+        if (bytes % blkSize != 0)
+            throw new UsageException($"--size {bytes} is not a multiple of --blk-size {blkSize}");
+        return s.Backend == "memory" ? new MemoryBackend(bytes, s.ReadOnly, blkSize) : new NullBackend(bytes, s.ReadOnly, blkSize);
+    }
+
+    /// <summary>--cache with a backend that has no page cache of ours to choose: one line naming what to use instead.</summary>
+    private static string CacheRefusal(ServeSettings s)
+    {
+        if (s.Image is not null && NbdUri.LooksLikeNbd(s.Image))
+            return "--cache is for a file image; an NBD export is cached (or not) by its server";
+        if (s.Image is not null && RbdImageSpec.Matches(s.Image))
+            return "--cache is for a file image; an rbd: image takes its cache from ceph.conf (rbd cache)";
+        return $"--cache is for a file image; --backend {s.Backend} has no page cache to choose";
     }
 
     private static RbdBackend OpenRbd(ServeSettings s, ILogSink log)
@@ -402,10 +445,11 @@ public static class ServeCommand
             throw new UsageException("--size is for --backend memory or null; an RBD image has its own size");
         var spec = RbdImageSpec.Parse(s.Image!);
         var backend = RbdBackend.Open(spec, s.Ceph with { ReadOnly = s.ReadOnly }, log);
-        if (backend.Capacity % s.BlkSize != 0)
+        var blkSize = s.BlkSize == 0 ? BlkLayout.SectorSize : s.BlkSize;
+        if (backend.Capacity % blkSize != 0)
         {
             backend.Dispose();
-            throw new UsageException($"image '{spec}' is {backend.Capacity} bytes, not a multiple of --blk-size {s.BlkSize}");
+            throw new UsageException($"image '{spec}' is {backend.Capacity} bytes, not a multiple of --blk-size {blkSize}");
         }
         return backend;
     }

@@ -567,10 +567,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     /// <summary>
     /// Starts a validated request on an <see cref="IAsyncBlockBackend"/>, which completes it later
     /// through <paramref name="io"/>. False leaves the request to <see cref="Execute"/>: what the
-    /// backend refuses (the file backend takes reads and flushes only: a buffered write lands in
-    /// the page cache without waiting for the disk, and io_uring runs buffered writes to one file
-    /// on its worker threads one at a time, so handing them over buys no concurrency and costs a
-    /// hand-off, docs/benchmarks.md, section 2.1), GET_ID, discard and write-zeroes of more than
+    /// backend refuses (the file backend takes writes only with O_DIRECT, --cache none: a buffered
+    /// write lands in the page cache without waiting for the disk, and io_uring runs buffered
+    /// writes to one file on its worker threads one at a time, so handing them over buys no
+    /// concurrency and costs a hand-off, docs/benchmarks.md, section 2.1), GET_ID, discard and write-zeroes of more than
     /// one segment, more data buffers than a slot holds, or no free slot.
     /// </summary>
     private bool TryStartAsync(int queue, ref ParsedRequest req, IQueueIo io)
@@ -685,8 +685,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             status = result >= 0 || result == -Native.Errno.EINVAL ? BlkStatus.Ok : BlkStatus.IoErr;
         else if (result < 0)
             status = BlkStatus.IoErr;
-        else if (type == BlkRequestType.In && (uint)result < entry.Length)
-            status = FinishShortTransfer(inFlight, entry, (uint)result) ? BlkStatus.Ok : BlkStatus.IoErr;
+        else if ((type is BlkRequestType.In or BlkRequestType.Out) && (uint)result < entry.Length)
+            status = FinishShortTransfer(queue.Index, inFlight, entry, (uint)result, write: type == BlkRequestType.Out) ? BlkStatus.Ok : BlkStatus.IoErr;
         else
             status = BlkStatus.Ok;
         _async?.Completed(new BlkIo { Kind = KindOf(type), Tag = tag, Queue = queue.Index, Offset = entry.Offset, Length = entry.Length });
@@ -709,10 +709,11 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     };
 
     /// <summary>
-    /// A read that moved fewer bytes than asked (the end of a file that shrank): the rest goes
-    /// through the backend synchronously, which zero-fills past the end of the file.
+    /// A read or write that moved fewer bytes than asked (the end of a file that shrank, a disk
+    /// running out of room): the rest goes through the backend synchronously, which zero-fills a
+    /// read past the end of the file and reports a write that cannot go on.
     /// </summary>
-    private bool FinishShortTransfer(BlkInFlight inFlight, in BlkInFlight.Entry entry, uint done)
+    private bool FinishShortTransfer(int queue, BlkInFlight inFlight, in BlkInFlight.Entry entry, uint done, bool write)
     {
         var iov = inFlight.IovSpan(entry.Slot)[..entry.IovCount];
         var skip = (nuint)done;
@@ -724,7 +725,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         iov[first] = new IoVec(iov[first].Base + (nint)skip, iov[first].Length - skip);
         var rest = iov[first..];
         var offset = entry.Offset + done;
-        return _backend.Read(offset, rest);
+        return write ? _backend.Write(queue, offset, rest) : _backend.Read(queue, offset, rest);
     }
 
     private BlkStatus Execute(ref ParsedRequest req, IoVec[] iov)
@@ -737,7 +738,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                     var n = BuildIoVec(ref req, iov, writable: true, req.DataLength);
                     if (trace is { Active: true })
                         trace.Event(RingEvents.Backend(req.Queue, req.Head, "read", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
-                    if (!_backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                    if (!_backend.Read(req.Queue, req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     req.Written = (uint)req.DataLength;
                     return BlkStatus.Ok;
@@ -747,7 +748,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
                     var n = BuildIoVec(ref req, iov, writable: false, req.DataLength);
                     if (trace is { Active: true })
                         trace.Event(RingEvents.Backend(req.Queue, req.Head, "write", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {_backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
-                    if (!_backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                    if (!_backend.Write(req.Queue, req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
                     if (!Negotiated(VirtioFeatures.BlkFlush) && !_backend.Flush())

@@ -685,7 +685,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             status = result >= 0 || result == -Native.Errno.EINVAL ? BlkStatus.Ok : BlkStatus.IoErr;
         else if (result < 0)
             status = BlkStatus.IoErr;
-        else if ((type is BlkRequestType.In or BlkRequestType.Out) && (uint)result < entry.Length)
+        else if ((type == BlkRequestType.In || (type == BlkRequestType.Out && result > 0)) && (uint)result < entry.Length)
             status = FinishShortTransfer(queue.Index, inFlight, entry, (uint)result, write: type == BlkRequestType.Out) ? BlkStatus.Ok : BlkStatus.IoErr;
         else
             status = BlkStatus.Ok;

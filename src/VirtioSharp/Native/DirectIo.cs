@@ -11,7 +11,7 @@ namespace VirtioSharp.Native;
 public readonly record struct DirectIoAlignment(uint Memory, uint Offset, string Source)
 {
     /// <summary>Whether a transfer of <paramref name="iov"/> at <paramref name="offset"/> can go to the O_DIRECT descriptor as it is.</summary>
-    public bool Fits(ulong offset, ReadOnlySpan<Block.IoVec> iov)
+    public bool Fits(ulong offset, ReadOnlySpan<Memory.IoVec> iov)
     {
         var memoryMask = (nuint)Memory - 1;
         var lengthMask = (nuint)Offset - 1;

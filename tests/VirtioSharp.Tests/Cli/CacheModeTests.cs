@@ -19,7 +19,7 @@ namespace VirtioSharp.Tests.Cli;
 /// </summary>
 public sealed class CacheModeTests
 {
-    private static ServeCommand.ServeSettings FileDisk(string socket, string? image, FileCacheMode? cache, string backend = "file", string? size = null) =>
+    private static ServeSettings FileDisk(string socket, string? image, FileCacheMode? cache, string backend = "file", string? size = null) =>
         new(image, socket, ReadOnly: false, NumQueues: 1, QueueSize: 256, BlkSize: 0, Serial: "t", Backend: backend, Size: size,
             Strict: StrictMode.Off, Verbose: false)
         { Cache = cache };

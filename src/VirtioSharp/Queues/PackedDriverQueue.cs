@@ -284,6 +284,20 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
 
     public void DisableInterrupts() => SetEventFlags(PackedRing.EventFlagsDisable);
 
+    public bool Polling { get; private set; }
+
+    public void StartPolling()
+    {
+        Polling = true;
+        DisableInterrupts(); // 2.8.10: RING_EVENT_FLAGS_DISABLE outranks the offset TryTakeUsed writes
+    }
+
+    public bool StopPolling()
+    {
+        Polling = false;
+        return EnableInterrupts();
+    }
+
     public bool EnableInterrupts()
     {
         if (EventIdx)

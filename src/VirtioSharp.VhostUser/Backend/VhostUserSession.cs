@@ -629,7 +629,41 @@ internal sealed class VhostUserSession : IDisposable
             var startIndex = v.Base;
             var found = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a, eventIdx, indirect, startIndex, out var usedIdx, out var queueError);
             SplitInflightRecord.Plan plan = default;
-            var record = packed || found is null ? null : _inflight?.Queue(v.Index);
+            var record = packed || found is null || !InflightFormatFits(v.Index, packed) ? null : _inflight?.Queue(v.Index);
+            PackedInflightRecord.Plan packedPlan = default;
+            PackedInflightRecord? packedRecord = null;
+            if (packed && found is PackedDeviceQueue unresumed && InflightFormatFits(v.Index, packed) && _inflight?.PackedQueue(v.Index) is { } pr)
+            {
+                // The front-end's base may be stale (after a crash QEMU cannot ask the dead back-end
+                // for a packed ring's position, and keeps the one it last had): the record knows better.
+                if (pr.TryReconcile((ushort)v.Num, unresumed.UsedIndex, slot => unresumed.ReadDescriptor(slot).Flags, out packedPlan, out var recordError))
+                {
+                    packedRecord = pr;
+                    if (!packedPlan.Fresh)
+                    {
+                        var resumed = packedPlan.AvailState | (uint)packedPlan.UsedState << 16;
+                        if (resumed != startIndex)
+                        {
+                            startIndex = resumed;
+                            found = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a, eventIdx, indirect, startIndex, out usedIdx, out queueError);
+                        }
+                        if (packedPlan.Resubmit.Length > 0 || packedPlan.Settled != PackedInflightRecord.Settlement.None)
+                            _log.Info($"queue {v.Index}: inflight record: {packedPlan.Resubmit.Length} request{(packedPlan.Resubmit.Length == 1 ? "" : "s")} in flight when the last back-end stopped"
+                                + packedPlan.Settled switch
+                                {
+                                    PackedInflightRecord.Settlement.Committed => ", 1 already used (its completion committed)",
+                                    PackedInflightRecord.Settlement.RolledBack => ", 1 completion not yet in the ring (rolled back)",
+                                    _ => "",
+                                }
+                                + $"; resubmitting them in the order taken, then resuming at {VringFormat.Describe(true, startIndex)}");
+                    }
+                }
+                else
+                {
+                    _inflight!.Reject(v.Index);
+                    _log.Error($"queue {v.Index}: inflight record ignored, nothing replayed: {recordError}");
+                }
+            }
             if (record is { } r)
             {
                 if (r.TryReconcile(usedIdx, (ushort)v.Num, out plan, out var recordError))
@@ -665,7 +699,11 @@ internal sealed class VhostUserSession : IDisposable
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
                 else if (record is not null && startIndex != v.Base)
                     _log.Info($"queue {v.Index}: the front-end said avail index {v.Base}; the inflight record says {startIndex}");
-                IDeviceQueue queue = record is { } tracked && found is SplitDeviceQueue split ? new InflightTrackingQueue(split, tracked, plan, usedIdx) : found;
+                else if (packedRecord is not null && startIndex != v.Base)
+                    _log.Info($"queue {v.Index}: the front-end said {VringFormat.Describe(true, v.Base)}; the inflight record says {VringFormat.Describe(true, startIndex)}");
+                IDeviceQueue queue = record is { } tracked && found is SplitDeviceQueue split ? new InflightTrackingQueue(split, tracked, plan, usedIdx)
+                    : packedRecord is { } packedTracked && found is PackedDeviceQueue packedQueue ? new PackedInflightTrackingQueue(packedQueue, packedTracked, packedPlan)
+                    : found;
                 if (_holdCompletionsMs > 0)
                     queue = new HeldCompletionsQueue(queue, _holdCompletionsMs, v.Wake);
                 v.Base = startIndex;
@@ -674,6 +712,22 @@ internal sealed class VhostUserSession : IDisposable
                 _log.Debug($"queue {v.Index}: worker running: desc 0x{a.Descriptor:x} avail 0x{a.Available:x} used 0x{a.Used:x}, avail {startIndex}, used {usedIdx}");
                 return true;
             }
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// Whether the inflight area (if any) is laid out for the ring's format; one that is not is
+    /// ignored for this queue with one log line (the features changed after it was made).
+    /// </summary>
+    private bool InflightFormatFits(int index, bool packed)
+    {
+        if (_inflight is not { } region || region.Packed == packed)
+            return true;
+        if (region.Queue(index) is not null || region.PackedQueue(index) is not null)
+        {
+            region.Reject(index);
+            _log.Error($"queue {index}: inflight record ignored, nothing replayed: the area is laid out for {(region.Packed ? "packed" : "split")} rings and the ring is {(packed ? "packed" : "split")}");
         }
         return false;
     }
@@ -700,16 +754,18 @@ internal sealed class VhostUserSession : IDisposable
     {
         if (!InflightPayload(p, out var d))
             return Verdict.Failed;
-        if (InflightRegion.CheckShape(d.NumQueues, d.QueueSize, _vrings.Length) is { } shape)
+        // vhost-user.rst: the region's layout depends on the ring format, which the features sent before say.
+        var packed = VringFormat.IsPacked(_features);
+        if (InflightRegion.CheckShape(d.NumQueues, d.QueueSize, _vrings.Length, packed) is { } shape)
             return Fail($"cannot track {shape}");
         if (_vrings.Any(v => v.Started))
             return Fail("the inflight area cannot change while rings run");
-        var region = InflightRegion.Create(d.NumQueues, d.QueueSize);
+        var region = InflightRegion.Create(d.NumQueues, d.QueueSize, packed);
         SwapInflight(region);
         Span<byte> reply = stackalloc byte[InflightDescription.Length];
         region.Description.Write(reply);
         _channel.Send(VhostUserHeader.ForReply(VhostUserRequest.GetInflightFd, InflightDescription.Length), reply, [region.Fd]);
-        _log.Info($"inflight area made: {region.Size} bytes for {d.NumQueues} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
+        _log.Info($"inflight area made: {region.Size} bytes for {d.NumQueues} {(packed ? "packed" : "split")} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
         return Verdict.Done;
     }
 
@@ -731,7 +787,7 @@ internal sealed class VhostUserSession : IDisposable
         string? error;
         try
         {
-            region = InflightRegion.Adopt(fd, d, _vrings.Length, out error);
+            region = InflightRegion.Adopt(fd, d, _vrings.Length, out error, VringFormat.IsPacked(_features));
         }
         catch (NativeCallException e)
         {
@@ -746,7 +802,7 @@ internal sealed class VhostUserSession : IDisposable
             return Verdict.Done;
         }
         SwapInflight(region);
-        _log.Info($"inflight area set: {region.Size} bytes at offset {region.Offset} for {d.NumQueues} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
+        _log.Info($"inflight area set: {region.Size} bytes at offset {region.Offset} for {d.NumQueues} {(region.Packed ? "packed" : "split")} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
         return Verdict.Done;
     }
 

@@ -115,7 +115,9 @@ public sealed partial class VmRestartTests
                     // The guest's driver chose packed rings, and every restarted back-end resumed them.
                     Assert.All(logs, l => Assert.Contains("queue 0: started: packed ring", l, StringComparison.Ordinal));
                     Assert.All(stops, s => Assert.Equal(137, s.ExitCode));
-                    Assert.True(inFlight.Sum() > 0, $"no kill found requests in flight\n{summary}");
+                    // QEMU hands each new back-end the stale base it had from the ring's start; every one
+                    // resumed where the packed inflight record said the ring stood.
+                    Assert.All(logs.Skip(1), l => Assert.Contains("the inflight record says avail slot", l, StringComparison.Ordinal));
                     Assert.All(logs, l => Assert.DoesNotContain("inflight record ignored", l, StringComparison.Ordinal));
                 }
                 else if (signal == 9)

@@ -29,6 +29,8 @@ internal sealed class HeldCompletionsQueue : IDeviceQueue, IDisposable
         _timer = new Timer(_ => wake());
     }
 
+    public IDeviceQueue Inner => _inner;
+    public VirtqueueFormat Format => _inner.Format;
     public int Index => _inner.Index;
     public ushort Size => _inner.Size;
     public bool EventIdx => _inner.EventIdx;

@@ -38,6 +38,7 @@ internal sealed class PackedInflightTrackingQueue : IDeviceQueue
     public ushort LastAvailIndex => _inner.LastAvailIndex;
     public ushort UsedIndex => _inner.UsedIndex;
     public int InFlight => _inner.InFlight;
+    public bool Polled { get => _inner.Polled; set => _inner.Polled = value; }
     /// <summary>Lists from the previous back-end not handed out yet.</summary>
     public int ResubmitPending => _resubmit.Length - _resubmitted;
 

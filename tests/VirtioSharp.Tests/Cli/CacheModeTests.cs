@@ -46,7 +46,8 @@ public sealed class CacheModeTests
         var error = new StringWriter();
         using var stop = new CancellationTokenSource();
         var run = Task.Run(() => ServeCommand.Run(FileDisk(socket, image, mode), error, stop.Token, log));
-        TestServer.Eventually(() => File.Exists(socket) || run.IsCompleted, "the socket to appear");
+        // The start-up lines follow listen(2); the socket file appears earlier, at bind(2).
+        TestServer.Eventually(() => log.Contains("QEMU: -chardev") || run.IsCompleted, "the start-up lines");
         Assert.False(run.IsCompleted, error.ToString());
 
         var (code, output, err) = await Run(IoCommand.Create(), "verify", "--socket", socket, "--offset", "1M", "--length", "3M", "--seed", "7");

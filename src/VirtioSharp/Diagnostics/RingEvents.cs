@@ -29,8 +29,12 @@ public static class RingEvents
         Flags = (ushort)((eventIdx ? 1 : 0) | (indirect ? 2 : 0)),
         Name = format,
         Section = format == "packed" ? "2.8" : "2.7",
-        Words = "A virtqueue is three areas in guest memory: the descriptor table, the driver area (available ring) and the device area (used ring).",
-        Text = $"queue {queue}: {format} ring of {size} entries; descriptor table 0x{desc:x}, available ring 0x{avail:x}, used ring 0x{used:x}{(eventIdx ? ", EVENT_IDX" : "")}{(indirect ? ", INDIRECT_DESC" : "")}",
+        Words = format == "packed"
+            ? "A packed virtqueue is one descriptor ring both sides read and write, and two small event suppression structures: the driver's (driver area) and the device's (device area)."
+            : "A virtqueue is three areas in guest memory: the descriptor table, the driver area (available ring) and the device area (used ring).",
+        Text = format == "packed"
+            ? $"queue {queue}: packed ring of {size} entries; descriptor ring 0x{desc:x}, driver event suppression 0x{avail:x}, device event suppression 0x{used:x}{(eventIdx ? ", EVENT_IDX" : "")}{(indirect ? ", INDIRECT_DESC" : "")}"
+            : $"queue {queue}: {format} ring of {size} entries; descriptor table 0x{desc:x}, available ring 0x{avail:x}, used ring 0x{used:x}{(eventIdx ? ", EVENT_IDX" : "")}{(indirect ? ", INDIRECT_DESC" : "")}",
     };
 
     public static RingEvent DescriptorWrite(int queue, int head, int index, ulong addr, uint len, ushort flags, ushort next, ulong table, string role) => new()

@@ -160,7 +160,7 @@ public sealed class RecordingTests
                 File.WriteAllText(file, string.Join('\n', good)[..^30]);
                 break;
             case "newer":
-                File.WriteAllLines(file, [good[0].Replace("\"version\":1", "\"version\":99", StringComparison.Ordinal), .. good.Skip(1)]);
+                File.WriteAllLines(file, [good[0].Replace($"\"version\":{RecordingFormat.Version}", "\"version\":99", StringComparison.Ordinal), .. good.Skip(1)]);
                 break;
             default:
                 File.WriteAllBytes(file, content.Select(c => (byte)c).ToArray());

@@ -320,5 +320,31 @@ public static class RingEvents
         Text = open ? $"front-end {number} connected" : $"front-end {number} left",
     };
 
+    /// <summary>vhost-user: the device's worker read the kick eventfd; <paramref name="count"/> is what the eventfd had added up.</summary>
+    public static RingEvent Kick(int queue, ulong count) => new()
+    {
+        Kind = RingEventKind.Notification,
+        Actor = "device",
+        Queue = queue,
+        Name = "kick",
+        Value = count,
+        Words = "Over vhost-user the driver notifies the device by writing its queue's kick eventfd. The eventfd adds writes up until the device reads it, so one read may stand for several notifications: the count shows how the driver batched.",
+        Text = count == 1
+            ? "kick eventfd read: 1 notification from the driver"
+            : $"kick eventfd read: {count} notifications from the driver since the last read (the eventfd added them up)",
+    };
+
+    /// <summary>vhost-user: the device wrote the call eventfd (its used buffer notification).</summary>
+    public static RingEvent Call(int queue, string why) => new()
+    {
+        Kind = RingEventKind.Interrupt,
+        Queue = queue,
+        Name = "raised",
+        Value = 1,
+        Reason = why,
+        Words = "Over vhost-user the device's used buffer notification is a write to the queue's call eventfd; the front-end (QEMU, or KVM through an irqfd) turns it into the guest's interrupt.",
+        Text = $"call eventfd written: used buffer notification to the driver ({why})",
+    };
+
     public static RingEvent Note(string actor, string text) => new() { Kind = RingEventKind.Note, Actor = actor, Text = text };
 }

@@ -48,8 +48,9 @@ public sealed class ServeRecordingTests
         using (var server = new BackgroundProcess("dotnet", [Repo.VblkDll, "serve", image, "--socket", socket, "--record", recording, "--record-limit", "60"]))
         {
             WaitUntilAccepting(server, socket);
-            // The probe connection above left at once; the bench's connection is the next file.
-            string[] bench = [Repo.VblkDll, "bench", "--socket", socket, "--rw", "randrw", "--iodepth", "8", "--runtime", "0.3", "--ramp", "0", .. packed ? new[] { "--packed" } : []];
+            // The probe connection above left at once; the bench's connection is the next file. Two seconds: the
+            // first requests of a recorded connection wait for the recording code to be compiled.
+            string[] bench = [Repo.VblkDll, "bench", "--socket", socket, "--rw", "randrw", "--iodepth", "8", "--runtime", "2", "--ramp", "0", .. packed ? new[] { "--packed" } : []];
             var (code, output) = Repo.Run("dotnet", bench, TimeSpan.FromMinutes(2));
             Assert.True(code == 0, $"vblk bench exited with {code}\n{output}");
             Assert.Equal(0, server.Stop(TimeSpan.FromSeconds(30)));

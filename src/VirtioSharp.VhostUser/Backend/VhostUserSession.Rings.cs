@@ -238,6 +238,8 @@ internal sealed partial class VhostUserSession
                 found.SignalNextBatch(); // as Linux's vhost does for the first used batch after a ring starts
                 if (_device.Trace is { } trace && found is SplitDeviceQueue traced)
                     traced.Record(trace, GuestAddress(memory, a.Descriptor), GuestAddress(memory, a.Available), GuestAddress(memory, a.Used), indirect);
+                else if (_device.Trace is { } packedTrace && found is PackedDeviceQueue recorded)
+                    recorded.Record(packedTrace, GuestAddress(memory, a.Descriptor), GuestAddress(memory, a.Available), GuestAddress(memory, a.Used), indirect);
                 if (found is PackedDeviceQueue p)
                     p.Breaches = _device.Breaches;
                 if (record is null && !packed && usedIdx != (ushort)v.Base)

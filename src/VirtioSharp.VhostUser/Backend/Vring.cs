@@ -26,6 +26,7 @@ internal sealed class Vring : IDisposable
     private volatile bool _stopRequested;
     private volatile bool _enabled;
     private EventFd? _call;
+    private ITraceSink? _trace; // the device's recorder while the worker runs; null when nobody records
     private EventFd? _err;
 
     public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null)
@@ -102,6 +103,7 @@ internal sealed class Vring : IDisposable
         if (Kick is null)
             throw new InvalidOperationException($"queue {Index} has no kick descriptor");
         Queue = queue;
+        _trace = _device.Trace;
         Failed = false;
         _stopRequested = false;
         _control.TryRead(out _);
@@ -153,7 +155,7 @@ internal sealed class Vring : IDisposable
             // A back-end that died after moving used idx and before signalling the call left
             // used elements the driver has not been told about; with nothing new to complete,
             // nothing else would tell it. One interrupt with no work is harmless.
-            SignalCall();
+            SignalCall("ring started: used buffers a previous back-end may not have signalled");
             // The kernel's io_uring is probed once per process; what it lacks sends the worker to poll(2).
             if (_aio != AioMode.Sync && _device.SupportsQueueIo)
             {
@@ -266,8 +268,10 @@ internal sealed class Vring : IDisposable
             }
             if (fds[1].Ready)
             {
-                kick.TryRead(out _);
+                kick.TryRead(out var count);
                 Interlocked.Increment(ref _kicks);
+                if (_trace is not null)
+                    RecordKick(count);
                 drain = true;
             }
             if (fds[2].Ready)
@@ -282,7 +286,7 @@ internal sealed class Vring : IDisposable
     private void TakeCompletions(IDeviceQueue queue)
     {
         if (_port.Drain((_device, queue), s_complete) > 0 && queue.PublishUsed())
-            SignalCall();
+            SignalCall("asynchronous completions used");
     }
 
     /// <summary>
@@ -364,8 +368,12 @@ internal sealed class Vring : IDisposable
                 }
                 else
                 {
-                    if (kick.TryRead(out _))
+                    if (kick.TryRead(out var count))
+                    {
                         Interlocked.Increment(ref _kicks);
+                        if (_trace is not null)
+                            RecordKick(count);
+                    }
                     armKick |= !more;
                 }
                 if (cqe.Result < 0 && !more)
@@ -386,7 +394,7 @@ internal sealed class Vring : IDisposable
                 drain = true;
             }
             if (completed && queue.PublishUsed())
-                SignalCall();
+                SignalCall("asynchronous completions used");
         }
     }
 
@@ -461,7 +469,7 @@ internal sealed class Vring : IDisposable
                     _completed.Wait(1); // the ring's own polls may be gone: look again soon
             }
             if (queue.PublishUsed())
-                SignalCall();
+                SignalCall("the last completions used after a host-side failure");
         }
         catch (Exception e)
         {
@@ -476,10 +484,10 @@ internal sealed class Vring : IDisposable
         switch (outcome)
         {
             case QueueOutcome.Interrupt:
-                SignalCall();
+                SignalCall("used buffers published by the drain");
                 break;
             case QueueOutcome.NeedsReset:
-                SignalCall(); // completions published before the breach still deserve a notification
+                SignalCall("the ring stops: completions published before the breach"); // they still deserve a notification
                 Failed = true;
                 var why = _device.Breaches.ResetRequested && queue.LastRingError == RingError.None
                     ? "strict mode stopped at the first driver breach"
@@ -500,19 +508,34 @@ internal sealed class Vring : IDisposable
         {
             held.ReleaseAll();
             if (queue.PublishUsed())
-                SignalCall();
+                SignalCall("held completions released");
         }
     }
 
     /// <summary>Makes the worker drain the ring again (from any thread).</summary>
     public void Wake() => _control.Signal(); // false, harmlessly, once the ring is disposed
 
-    private void SignalCall()
+    /// <summary>Writes the call eventfd; <paramref name="why"/> (a constant) is recorded while someone records.</summary>
+    private void SignalCall(string why)
     {
         Interlocked.Increment(ref _calls);
+        if (_trace is not null)
+            RecordCall(why);
         // A concurrent SET_VRING_CALL may dispose the descriptor we read; then use the new one.
         if (Volatile.Read(ref _call) is { } call && !call.Signal())
             Volatile.Read(ref _call)?.Signal();
+    }
+
+    private void RecordKick(ulong count)
+    {
+        if (_trace is { Active: true } t)
+            t.Event(RingEvents.Kick(Index, count));
+    }
+
+    private void RecordCall(string why)
+    {
+        if (_trace is { Active: true } t)
+            t.Event(RingEvents.Call(Index, why));
     }
 
     public void Dispose()

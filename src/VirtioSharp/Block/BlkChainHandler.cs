@@ -52,9 +52,7 @@ internal sealed unsafe class BlkChainHandler : IChainHandler
     /// </summary>
     private uint HandleChain(int queue, in DescriptorChain chain, IoVec[] iov, IQueueIo? io)
     {
-        var trace = _device.Trace; // a split queue reports the chain, the used element and the status byte
-        if (trace is { Active: true } && chain.Format == VirtqueueFormat.Packed)
-            TraceChain(trace, queue, chain); // a packed queue narrates its slots; the device names the buffers
+        var trace = _device.Trace; // the queue's recorder reports the chain, the used element and the status byte
 
         var started = Stopwatch.GetTimestamp();
         if (!BlkRequestParser.Parse(_device.Breaches, queue, chain, out var req))
@@ -77,18 +75,6 @@ internal sealed unsafe class BlkChainHandler : IChainHandler
         *req.Status = (byte)status;
         var written = status == BlkStatus.Ok ? req.Written + 1 : 1u;
         _device.Stats.Count(queue, req.Header.Type, status, req.DataLength, started);
-        if (trace is { Active: true } && chain.Format == VirtqueueFormat.Packed)
-            trace.Step("device", $"status byte at 0x{req.StatusAddress:x} = {(byte)status} (VIRTIO_BLK_S_{StatusName(status)})");
         return written;
-    }
-
-    private static string StatusName(BlkStatus s) => s switch { BlkStatus.Ok => "OK", BlkStatus.IoErr => "IOERR", _ => "UNSUPP" };
-
-    private static void TraceChain(ITraceSink trace, int queue, in DescriptorChain chain)
-    {
-        trace.Step("device", $"took the list with buffer id {chain.Head} from the descriptor ring of queue {queue}; its buffers:");
-        var i = 0;
-        foreach (ref readonly var b in chain.Buffers)
-            trace.Step("device", $"  buffer {i++}: addr 0x{b.Address:x} len {b.Length} {(b.Writable ? "device-writable" : "device-readable")}");
     }
 }

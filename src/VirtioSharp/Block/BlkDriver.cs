@@ -68,7 +68,8 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
             if (packed)
             {
                 var p = PackedDriverQueue.Allocate(q, size, transport.Allocator, eventIdx); // 2.8.10.1: any size up to 32768
-                p.Trace = options.Trace;
+                if (options.Trace is { } trace)
+                    p.Record(trace, indirect);
                 transport.SetupQueue(q, size, p.DescriptorTable, p.DriverArea, p.DeviceArea);
                 ring = p;
             }

@@ -12,7 +12,8 @@ namespace VirtioSharp.Diagnostics;
 public static class RecordingFormat
 {
     public const string Magic = "vblk-ring-recording";
-    public const int Version = 1;
+    /// <summary>2: packed-ring events (WrapCounter, EventSuppression, DescriptorFlags) and vhost-user kicks and calls. Version 1 files read as before.</summary>
+    public const int Version = 2;
     /// <summary>Largest recording file read back (a bound, not a promise of speed).</summary>
     public const long MaxFileBytes = 256L << 20;
 

@@ -43,6 +43,12 @@ public enum RingEventKind
     Breach,
     /// <summary>A front-end connected (Value = 1) or left (Value = 0).</summary>
     Connection,
+    /// <summary>Packed rings (2.8.1): a ring wrap counter flipped (Name "driver" or "device": whose counter; Actor: whose copy).</summary>
+    WrapCounter,
+    /// <summary>Packed rings (2.8.10, 2.8.14): an event suppression structure written or read (Name "driver" or "device"; Value = off_wrap, Flags = flags).</summary>
+    EventSuppression,
+    /// <summary>Packed rings (2.8.6): the flags of one descriptor ring slot written on their own (OldValue = before, Value = after).</summary>
+    DescriptorFlags,
 }
 
 /// <summary>

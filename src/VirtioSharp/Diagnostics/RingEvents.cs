@@ -29,8 +29,12 @@ public static class RingEvents
         Flags = (ushort)((eventIdx ? 1 : 0) | (indirect ? 2 : 0)),
         Name = format,
         Section = format == "packed" ? "2.8" : "2.7",
-        Words = "A virtqueue is three areas in guest memory: the descriptor table, the driver area (available ring) and the device area (used ring).",
-        Text = $"queue {queue}: {format} ring of {size} entries; descriptor table 0x{desc:x}, available ring 0x{avail:x}, used ring 0x{used:x}{(eventIdx ? ", EVENT_IDX" : "")}{(indirect ? ", INDIRECT_DESC" : "")}",
+        Words = format == "packed"
+            ? "A packed virtqueue is one descriptor ring both sides read and write, and two small event suppression structures: the driver's (driver area) and the device's (device area)."
+            : "A virtqueue is three areas in guest memory: the descriptor table, the driver area (available ring) and the device area (used ring).",
+        Text = format == "packed"
+            ? $"queue {queue}: packed ring of {size} entries; descriptor ring 0x{desc:x}, driver event suppression 0x{avail:x}, device event suppression 0x{used:x}{(eventIdx ? ", EVENT_IDX" : "")}{(indirect ? ", INDIRECT_DESC" : "")}"
+            : $"queue {queue}: {format} ring of {size} entries; descriptor table 0x{desc:x}, available ring 0x{avail:x}, used ring 0x{used:x}{(eventIdx ? ", EVENT_IDX" : "")}{(indirect ? ", INDIRECT_DESC" : "")}",
     };
 
     public static RingEvent DescriptorWrite(int queue, int head, int index, ulong addr, uint len, ushort flags, ushort next, ulong table, string role) => new()
@@ -314,6 +318,32 @@ public static class RingEvents
         Value = open ? 1u : 0u,
         OldValue = (ulong)number,
         Text = open ? $"front-end {number} connected" : $"front-end {number} left",
+    };
+
+    /// <summary>vhost-user: the device's worker read the kick eventfd; <paramref name="count"/> is what the eventfd had added up.</summary>
+    public static RingEvent Kick(int queue, ulong count) => new()
+    {
+        Kind = RingEventKind.Notification,
+        Actor = "device",
+        Queue = queue,
+        Name = "kick",
+        Value = count,
+        Words = "Over vhost-user the driver notifies the device by writing its queue's kick eventfd. The eventfd adds writes up until the device reads it, so one read may stand for several notifications: the count shows how the driver batched.",
+        Text = count == 1
+            ? "kick eventfd read: 1 notification from the driver"
+            : $"kick eventfd read: {count} notifications from the driver since the last read (the eventfd added them up)",
+    };
+
+    /// <summary>vhost-user: the device wrote the call eventfd (its used buffer notification).</summary>
+    public static RingEvent Call(int queue, string why) => new()
+    {
+        Kind = RingEventKind.Interrupt,
+        Queue = queue,
+        Name = "raised",
+        Value = 1,
+        Reason = why,
+        Words = "Over vhost-user the device's used buffer notification is a write to the queue's call eventfd; the front-end (QEMU, or KVM through an irqfd) turns it into the guest's interrupt.",
+        Text = $"call eventfd written: used buffer notification to the driver ({why})",
     };
 
     public static RingEvent Note(string actor, string text) => new() { Kind = RingEventKind.Note, Actor = actor, Text = text };

@@ -297,10 +297,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
         {
             var packed = PackedDeviceQueue.Create(index, (int)q.Num, _memory, q.Desc, q.Driver, q.Device, eventIdx, indirect, out error);
             if (packed is not null)
-            {
-                packed.Trace = Trace;
                 packed.Breaches = Breaches;
-            }
             queue = packed;
             if (queue is null)
             {
@@ -323,8 +320,13 @@ public sealed class VirtioMmioDevice : IMmioHandler
             NeedsReset($"queue {index}: {error}");
             return;
         }
-        if ((Trace ?? _device.Trace) is { } trace && queue is SplitDeviceQueue split)
-            split.Record(trace, q.Desc, q.Driver, q.Device, indirect); // a packed queue narrates through its Trace
+        if ((Trace ?? _device.Trace) is { } trace)
+        {
+            if (queue is SplitDeviceQueue split)
+                split.Record(trace, q.Desc, q.Driver, q.Device, indirect);
+            else if (queue is PackedDeviceQueue recorded)
+                recorded.Record(trace, q.Desc, q.Driver, q.Device, indirect);
+        }
         lock (q.Gate)
         {
             q.Queue = queue;

@@ -34,6 +34,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     private int _slotsInFlight;            // slots between the used and the available position
     private int _usedSinceEvent;           // slots used since the last PublishUsed
     private int _inFlightCount;
+    private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
 
     private PackedDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint driverEvent, nint deviceEvent, bool eventIdx, bool indirect,
         ushort availState, ushort usedState)
@@ -116,8 +117,13 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     public RingError LastRingError { get; private set; }
     public int LastRingErrorValue { get; private set; }
 
-    /// <summary>Narrates the ring's steps in the spec's words while <see cref="ITraceSink.Active"/>.</summary>
-    public ITraceSink? Trace { get; set; }
+    /// <summary>
+    /// Reports the ring's steps as events to <paramref name="sink"/> (null: stop), announcing its geometry
+    /// at the guest addresses <paramref name="descAddr"/>, <paramref name="driverAddr"/> and <paramref name="deviceAddr"/>.
+    /// </summary>
+    public void Record(ITraceSink? sink, ulong descAddr, ulong driverAddr, ulong deviceAddr, bool indirect) =>
+        _recorder = sink is null ? null : new PackedQueueRecorder(sink, _memory, Index, Size, EventIdx, indirect,
+            (nint)_desc, (nint)_driverEvent, (nint)_deviceEvent, descAddr, driverAddr, deviceAddr, announce: true);
 
     /// <summary>
     /// With strict mode on, driver requirements of 2.8 that do not break a request (the device
@@ -188,6 +194,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             if (_captured != null)
                 _captured[slots] = new PackedDescriptor(addr, len, id, flags);
             slots++;
+            _recorder?.DescriptorRead(slots - 1, slot, addr, len, id, flags);
 
             if ((flags & PackedRing.DescFIndirect) != 0)
             {
@@ -218,8 +225,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         _tokenSlots[token] = (ushort)slots;
         _slotsInFlight += slots;
         _inFlightCount++;
-        if (Trace is { Active: true } t)
-            TracePop(t, slots, id, wrap);
+        _recorder?.Popped(_nextAvail, slots, id, _availWrap, wrap, _scratch.AsSpan(0, count));
         _nextAvail = (ushort)slot;
         _availWrap = wrap;
         _capturedCount = slots;
@@ -268,16 +274,6 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         return PopResult.Chain;
     }
 
-    private void TracePop(ITraceSink t, int slots, ushort id, bool wrapAfter)
-    {
-        var flags = ReadFlags(Slot(_nextAvail));
-        var w = _availWrap ? 1 : 0;
-        t.Step("device", $"descriptor ring slot {_nextAvail}: flags {PackedRing.DescribeFlags(flags)}; AVAIL matches the Driver Ring Wrap Counter the device expects ({w}) and USED does not: available (2.8.1), read with acquire before the rest");
-        t.Step("device", $"list of {slots} slot{(slots == 1 ? "" : "s")} from slot {_nextAvail}; buffer id {id} from its last descriptor (2.8.6)");
-        if (wrapAfter != _availWrap)
-            t.Step("device", $"the list ran past the ring's last slot: the device now expects Driver Ring Wrap Counter {(wrapAfter ? 1 : 0)} (2.8.1)");
-    }
-
     /// <summary>2.8.7 / 2.8.19: checks a descriptor with VIRTQ_DESC_F_INDIRECT before its table is read.</summary>
     private ChainError IndirectError(ushort flags, int slots, uint len, out int errorDescriptor, int slot)
     {
@@ -318,8 +314,10 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             // 2.8.19: the driver sets no flag but WRITE in an indirect table (the device ignores the rest, 2.8.7).
             if ((flags & ~PackedRing.DescFWrite) != 0 && Breaches is { Strict: true } b)
                 b.Report("2.8.19", Index, i, "only VIRTQ_DESC_F_WRITE in the flags of an indirect descriptor", $"flags 0x{flags:x4} ({PackedRing.DescribeFlags(flags)}) in indirect table entry {i}");
-            AddBuffer(ref count, Unsafe.ReadUnaligned<ulong>(e), Unsafe.ReadUnaligned<uint>(e + 8), (flags & PackedRing.DescFWrite) != 0,
-                ref seenWritable, ref error, ref errorDescriptor, i);
+            var entryAddr = Unsafe.ReadUnaligned<ulong>(e);
+            var entryLen = Unsafe.ReadUnaligned<uint>(e + 8);
+            _recorder?.IndirectEntryRead(addr, i, entryAddr, entryLen, flags);
+            AddBuffer(ref count, entryAddr, entryLen, (flags & PackedRing.DescFWrite) != 0, ref seenWritable, ref error, ref errorDescriptor, i);
         }
         return count;
     }
@@ -386,13 +384,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         var next = _nextUsed + slots;
         if (next >= Size)
             next -= Size;
-        if (Trace is { Active: true } t)
-        {
-            t.Step("device", $"used descriptor written over slot {_nextUsed}: id {id}, len {written}, then flags {PackedRing.DescribeFlags(flags)} last with release: AVAIL and USED both equal the Device Ring Wrap Counter ({(_usedWrap ? 1 : 0)}), handing the slot back (2.8.1)");
-            t.Step("device", next < _nextUsed
-                ? $"skips the list's other {slots - 1} slot(s) past the ring's end: next used slot {next}, Device Ring Wrap Counter flips to {(_usedWrap ? 0 : 1)}"
-                : $"skips the list's other {slots - 1} slot(s): next used slot {next} (2.8.6)");
-        }
+        _recorder?.Used(_nextUsed, id, written, flags, _usedWrap, slots, next);
         if (next < _nextUsed || slots == Size)
             _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;
@@ -419,6 +411,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         if (_signalNext)
         {
             _signalNext = false;
+            _recorder?.PublishForced();
             return true;
         }
         var offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
@@ -433,8 +426,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             interrupt = true; // ENABLE, or a request for one descriptor the device cannot honour: notify
         else
             interrupt = PackedRing.NeedEvent(offWrap, _nextUsed, _usedWrap, count, Size);
-        if (Trace is { Active: true } t)
-            t.Step("device", $"full barrier, then the Driver Event Suppression structure: {DescribeEvent(offWrap, flags)} -> {(interrupt ? "send a used buffer notification" : "no interrupt")} (2.8.10)");
+        _recorder?.PublishDecision(offWrap, rawFlags, count, interrupt);
         return interrupt;
     }
 
@@ -450,17 +442,11 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             b.Report("2.8.14", Index, -1, $"desc_event_off below the queue size {Size}", $"desc_event_off {offWrap & 0x7fff}");
     }
 
-    /// <summary>An event suppression structure in the spec's words.</summary>
-    public static string DescribeEvent(ushort offWrap, int flags) => flags switch
+    public void DisableNotifications()
     {
-        PackedRing.EventFlagsEnable => "flags RING_EVENT_FLAGS_ENABLE",
-        PackedRing.EventFlagsDisable => "flags RING_EVENT_FLAGS_DISABLE",
-        PackedRing.EventFlagsDesc => $"flags RING_EVENT_FLAGS_DESC, desc_event_off {offWrap & 0x7fff}, desc_event_wrap {offWrap >> 15}",
-        _ => $"reserved flags {flags}",
-    };
-
-    public void DisableNotifications() =>
         Volatile.Write(ref *(ushort*)(_deviceEvent + 2), PackedRing.EventFlagsDisable); // 2.8.10: RING_EVENT_FLAGS_DISABLE
+        _recorder?.DeviceEventWritten();
+    }
 
     public bool Polled { get; set; }
 
@@ -483,6 +469,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         // Full fence: publish the request for notifications, then look at the ring again, or a
         // descriptor made available in between would be missed.
         Interlocked.MemoryBarrier();
+        _recorder?.DeviceEventWritten();
         var flags = ReadFlags(Slot(_nextAvail));
         return PackedRing.IsAvail(flags, _availWrap) || PackedRing.IsUsed(flags, _availWrap);
     }

@@ -26,6 +26,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     private bool _usedWrap = true;         // the Device Ring Wrap Counter the driver expects at _nextUsed
     private int _addedSincePublish;
     private ushort _eventFlags;            // what the driver last wrote into the Driver Event Suppression flags
+    private readonly GuestMemory _memory;
+    private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
 
     public PackedDriverQueue(int index, int size, GuestMemory memory, ulong descAddr, ulong driverAddr, ulong deviceAddr, bool eventIdx)
     {
@@ -37,6 +39,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         DescriptorTable = descAddr;
         DriverArea = driverAddr;
         DeviceArea = deviceAddr;
+        _memory = memory;
         _desc = (byte*)memory.GetPointer(descAddr, PackedQueueLayout.DescriptorRingSize(size));
         _driverEvent = (byte*)memory.GetPointer(driverAddr, PackedRing.EventSuppressionSize);
         _deviceEvent = (byte*)memory.GetPointer(deviceAddr, PackedRing.EventSuppressionSize);
@@ -120,8 +123,13 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     /// <summary>The Driver Event Suppression structure as the driver last wrote it (for tracing).</summary>
     public (ushort OffWrap, ushort Flags) DriverEvent => (Volatile.Read(ref *(ushort*)_driverEvent), Volatile.Read(ref *(ushort*)(_driverEvent + 2)));
 
-    /// <summary>Narrates the ring's steps in the spec's words while <see cref="ITraceSink.Active"/>.</summary>
-    public ITraceSink? Trace { get; set; }
+    /// <summary>Reports the ring's steps as events to <paramref name="sink"/> (null: stop); the device half announces the geometry.</summary>
+    public void Record(ITraceSink? sink, bool indirect)
+    {
+        _recorder = sink is null ? null : new PackedQueueRecorder(sink, _memory, Index, Size, EventIdx, indirect,
+            (nint)_desc, (nint)_driverEvent, (nint)_deviceEvent, DescriptorTable, DriverArea, DeviceArea, announce: false);
+        _recorder?.DriverEventWritten(); // as the constructor left it (2.8.10)
+    }
 
     private byte* Slot(int slot) => _desc + slot * PackedRing.DescriptorSize;
 
@@ -171,8 +179,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         _freeSlots -= buffers.Length;
         _addedSincePublish += buffers.Length;
         head = id;
-        if (Trace is { Active: true } t)
-            TraceAdd(t, first, buffers.Length, id, wrapBefore: (first + buffers.Length >= Size) != _availWrap);
+        _recorder?.ListWritten(first, buffers.Length, id, _availWrap);
         return true;
     }
 
@@ -187,7 +194,6 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             return false;
         var id = _freeIds[--_freeIdCount];
         var first = _nextAvail;
-        var wrapBefore = _availWrap;
         var d = Slot(_nextAvail);
         Unsafe.WriteUnaligned(d, table);
         Unsafe.WriteUnaligned(d + 8, (uint)(count * PackedRing.DescriptorSize));
@@ -199,22 +205,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         _freeSlots--;
         _addedSincePublish++;
         head = id;
-        if (Trace is { Active: true } t)
-            TraceAdd(t, first, 1, id, wrapBefore);
+        _recorder?.IndirectWritten(first, id, table, count, _availWrap);
         return true;
-    }
-
-    private void TraceAdd(ITraceSink t, int first, int slots, ushort id, bool wrapBefore)
-    {
-        for (var i = 0; i < slots; i++)
-        {
-            var slot = (first + i) % Size;
-            var d = ReadDescriptor(slot);
-            t.Step("driver", $"  descriptor ring slot {slot}: addr 0x{d.Address:x} len {d.Length} id {d.Id} flags {PackedRing.DescribeFlags(d.Flags)}");
-        }
-        t.Step("driver", $"slot {first}'s flags written last, with release, after the rest of the list (2.8.6): AVAIL = Driver Ring Wrap Counter ({(wrapBefore ? 1 : 0)}), USED its inverse; buffer id {id} hands the list to the device");
-        if (wrapBefore != _availWrap)
-            t.Step("driver", $"the list used the ring's last slot: Driver Ring Wrap Counter flips to {(_availWrap ? 1 : 0)}; the next list starts at slot {_nextAvail} (2.8.1)");
     }
 
     /// <summary>2.8.7: an indirect table of struct pvirtq_desc; only WRITE is set, ids are ignored.</summary>
@@ -260,8 +252,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             notify = true;
         else
             notify = PackedRing.NeedEvent(offWrap, _nextAvail, _availWrap, added, Size);
-        if (Trace is { Active: true } t)
-            t.Step("driver", $"full barrier, then the Device Event Suppression structure: {PackedDeviceQueue.DescribeEvent(offWrap, flags)} -> {(notify ? "notify the device" : "no notification")} (2.8.21.2)");
+        _recorder?.Published(offWrap, (ushort)flags, added, notify);
         return notify;
     }
 
@@ -294,11 +285,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         var next = _nextUsed + slots;
         if (next >= Size)
             next -= Size;
-        if (Trace is { Active: true } t)
-        {
-            t.Step("driver", $"descriptor ring slot {_nextUsed}: flags {PackedRing.DescribeFlags(flags)}; AVAIL and USED both equal the Device Ring Wrap Counter the driver expects ({(_usedWrap ? 1 : 0)}): used, read with acquire before id {id} and len {len} (2.8.22)");
-            t.Step("driver", $"buffer id {id} had {slots} slot(s): the next used descriptor will be in slot {next}{(next < _nextUsed || slots == Size ? ", after the ring's end: the expected counter flips" : "")}");
-        }
+        _recorder?.UsedTaken(_nextUsed, id, len, flags, _usedWrap, slots, next);
         if (next < _nextUsed || slots == Size)
             _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;
@@ -310,11 +297,16 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             // With interrupts disabled the offset means nothing to the device: no store, no barrier.
             Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(_nextUsed, _usedWrap));
             Interlocked.MemoryBarrier();
+            _recorder?.DriverEventWritten();
         }
         return true;
     }
 
-    public void DisableInterrupts() => SetEventFlags(PackedRing.EventFlagsDisable);
+    public void DisableInterrupts()
+    {
+        SetEventFlags(PackedRing.EventFlagsDisable);
+        _recorder?.DriverEventWritten();
+    }
 
     public bool Polling { get; private set; }
 
@@ -340,6 +332,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         else
             SetEventFlags(PackedRing.EventFlagsEnable);
         Interlocked.MemoryBarrier();
+        _recorder?.DriverEventWritten();
         return PackedRing.IsUsed(Volatile.Read(ref *(ushort*)(Slot(_nextUsed) + 14)), _usedWrap);
     }
 

@@ -55,7 +55,7 @@ public sealed unsafe class SplitQueueRecorder
         if (!_sink.Active || _walk is null)
             return;
         _sink.Event(RingEvents.DescriptorRead(_queue, _walkHead, (int)index, addr, len, flags, next, table));
-        if ((flags & SplitRing.DescFIndirect) == 0 && _walk.Count < 64)
+        if ((flags & SplitRing.DescFIndirect) == 0 && _walk.Count < RecordedChain.MaxBuffers)
             _walk.Add((addr, len, (flags & SplitRing.DescFWrite) != 0));
     }
 
@@ -65,7 +65,7 @@ public sealed unsafe class SplitQueueRecorder
             return;
         var head = _walkHead;
         _chains[head] = _walk;
-        var header = Copy(_walk, writable: false, max: 16 + DataPreview);
+        var header = RecordedChain.Copy(_memory, _walk, writable: false, max: 16 + DataPreview);
         if (header.Length >= 16)
         {
             var type = BitConverter.ToUInt32(header, 0);
@@ -83,12 +83,10 @@ public sealed unsafe class SplitQueueRecorder
         var slot = oldIdx & (_size - 1);
         if (_chains.Remove(head, out var chain))
         {
-            var last = chain.Count > 0 ? chain[^1] : default;
-            if (last.Writable && last.Len > 0 && _memory.TryTranslate(last.Addr + last.Len - 1, 1, out var host))
+            if (RecordedChain.TryStatus(_memory, chain, out var statusAddr, out var status))
             {
-                var status = *(byte*)host;
-                var data = Copy(chain, writable: true, max: Math.Min(DataPreview, (int)Math.Max(0, (long)written - 1)));
-                _sink.Event(RingEvents.Status("device", _queue, head, last.Addr + last.Len - 1, status, data));
+                var data = RecordedChain.Copy(_memory, chain, writable: true, max: Math.Min(DataPreview, (int)Math.Max(0, (long)written - 1)));
+                _sink.Event(RingEvents.Status("device", _queue, head, statusAddr, status, data));
             }
         }
         _sink.Event(RingEvents.UsedRingWrite(_queue, head, slot, written, UsedSlot(slot)));
@@ -187,24 +185,5 @@ public sealed unsafe class SplitQueueRecorder
             return;
         _sink.Event(RingEvents.FlagFlip("driver", _queue, "avail.flags", oldFlags, newFlags, "VIRTQ_AVAIL_F_NO_INTERRUPT", _avail, "2.7.7",
             "Without EVENT_IDX the driver sets NO_INTERRUPT in avail.flags while it polls the used ring, and clears it when it wants interrupts again."));
-    }
-
-    /// <summary>Copies up to <paramref name="max"/> bytes of the chain's readable or writable buffers, for display.</summary>
-    private byte[] Copy(List<(ulong Addr, uint Len, bool Writable)> chain, bool writable, int max)
-    {
-        if (max <= 0)
-            return [];
-        var result = new List<byte>(max);
-        foreach (var (addr, len, w) in chain)
-        {
-            if (w != writable || result.Count >= max)
-                continue;
-            var take = (int)Math.Min(len, (uint)(max - result.Count));
-            if (take > 0 && _memory.TryTranslate(addr, (ulong)take, out var host))
-            {
-                result.AddRange(new ReadOnlySpan<byte>((void*)host, take));
-            }
-        }
-        return result.ToArray();
     }
 }

@@ -105,6 +105,71 @@ public sealed class ExplorerBrowserTests
     }
 
     [Fact]
+    public void Packed_demo_page_lights_each_slot_and_flag_and_shows_both_wrap_counters_flipping()
+    {
+        using var dir = new TempDir();
+        // 5 slots, 3 per request: 4 requests make 12 lists' worth of slots, two laps and more.
+        Demo(dir, "--packed", "--queue-size", "5", "--depth", "1", "--trace", "all", "--record-limit", "4");
+        var events = Events(dir.File("demo.jsonl"));
+        Assert.Equal("packed", events.First(e => Kind(e) == "QueueSetup").GetProperty("name").GetString());
+        var flips = events.Where(e => Kind(e) == "WrapCounter").Select(e => (Name(e), Actor(e), Value(e))).ToHashSet();
+        foreach (var counter in new[] { "driver", "device" })
+            foreach (var keeper in new[] { "driver", "device" })
+                foreach (var v in new[] { 0L, 1L })
+                    Assert.Contains((counter, keeper, v), flips); // every copy of both counters flipped to 0 and back to 1
+
+        using var chrome = new HeadlessChromium();
+        chrome.Open(dir.File("demo.html"));
+        Assert.Empty(chrome.ConsoleErrors());
+        Assert.Empty(chrome.Loads().Resources);
+        Assert.True(chrome.Web.FindElement(By.Id("panel-avail")).GetAttribute("hidden") is not null, "a packed ring has no available ring");
+        Assert.Equal("1", chrome.Script("return document.getElementById('wrap-driver-driver').querySelector('b').textContent"));
+        Directory.CreateDirectory(Artefacts);
+        var lit = 0;
+        var firstWrap = true;
+        for (var k = 0; k < events.Count; k++)
+        {
+            if (k > 0)
+                chrome.Web.FindElement(By.Id("next")).Click();
+            var e = events[k];
+            if (Slot(e) is not { } slot)
+                continue;
+            Assert.StartsWith($"step {k + 1} / {events.Count}", Text(chrome, "pos"), StringComparison.Ordinal);
+            var hot = Hot(chrome);
+            Assert.Contains(slot, hot);
+            lit++;
+            switch (Kind(e))
+            {
+                case "DescriptorFlags":
+                    Assert.Contains($"desc-{Index(e)}-AVAIL", hot); // making a list available always flips AVAIL (2.8.1)
+                    break;
+                case "UsedRingWrite":
+                    Assert.Contains($"desc-{Index(e)}-USED", hot); // and using it always flips USED
+                    Assert.Equal(Value(e).ToString(System.Globalization.CultureInfo.InvariantCulture), Cell(chrome, Index(e), 4));
+                    break;
+                case "WrapCounter":
+                    Assert.Equal(Value(e).ToString(System.Globalization.CultureInfo.InvariantCulture),
+                        chrome.Script($"return document.getElementById('{slot}').querySelector('b').textContent"));
+                    if (firstWrap && Name(e) == "driver" && Actor(e) == "driver")
+                    {
+                        chrome.Screenshot(Path.Combine(Artefacts, "packed-wrap.png"));
+                        firstWrap = false;
+                    }
+                    break;
+                case "EventSuppression":
+                    Assert.Contains(e.TryGetProperty("w", out var w) && w.ValueKind == JsonValueKind.True ? "written by the" : "read by the", Text(chrome, slot), StringComparison.Ordinal);
+                    break;
+            }
+        }
+        Assert.True(lit > 100, $"only {lit} steps light a slot, counter or structure");
+        Assert.Empty(chrome.ConsoleErrors());
+    }
+
+    /// <summary>Column <paramref name="column"/> of descriptor ring row <paramref name="row"/>.</summary>
+    private static string Cell(HeadlessChromium c, int row, int column) =>
+        (string)c.Script($"return document.getElementById('desc-{row}').children[{column}].textContent")!;
+
+    [Fact]
     public void Guest_controlled_strings_are_shown_as_text_and_never_run()
     {
         using var dir = new TempDir();
@@ -152,9 +217,20 @@ public sealed class ExplorerBrowserTests
         Assert.Empty(chrome.ConsoleErrors());
         Assert.Empty(chrome.Loads().Resources);
         Assert.StartsWith($"step {step + 1} / {steps.Count}", Text(chrome, "pos"), StringComparison.Ordinal);
-        Assert.Contains($"avail-{Index(events[pop])}", Hot(chrome));
-        chrome.Web.FindElement(By.Id("next")).Click();
-        Assert.Contains(Slot(steps[step + 1]) ?? "", Hot(chrome).Append(""));
+        Assert.Contains(Slot(events[pop])!, Hot(chrome)); // split: the available ring slot; packed: the descriptor ring slot
+        if (Packed(events[pop]))
+            Assert.Equal(Wrap(events[pop]).ToString(System.Globalization.CultureInfo.InvariantCulture),
+                chrome.Script("return document.getElementById('wrap-driver-device').querySelector('b').textContent"));
+        // The next steps light what the recording names, up to the first used element.
+        for (var k = step + 1; k < steps.Count && k <= step + 12; k++)
+        {
+            chrome.Web.FindElement(By.Id("next")).Click();
+            Assert.StartsWith($"step {k + 1} / ", Text(chrome, "pos"), StringComparison.Ordinal);
+            if (Slot(steps[k]) is { } slot)
+                Assert.Contains(slot, Hot(chrome));
+            if (Kind(steps[k]) == "UsedRingWrite")
+                break;
+        }
         Assert.Empty(chrome.ConsoleErrors());
         Directory.CreateDirectory(Artefacts);
         chrome.Screenshot(Path.Combine(Artefacts, "guest-recording.png"));

@@ -15,9 +15,19 @@ internal static class RecordingSteps
     public static int Index(JsonElement e) => e.GetProperty("i").GetInt32();
     public static long Value(JsonElement e) => e.GetProperty("v").GetInt64();
 
+    /// <summary>Packed-ring events carry the wrap counter they used (2.8.1).</summary>
+    public static bool Packed(JsonElement e) => e.TryGetProperty("wrap", out _);
+    public static int Wrap(JsonElement e) => e.GetProperty("wrap").GetInt32();
+    public static string Name(JsonElement e) => e.GetProperty("name").GetString()!;
+    public static string Actor(JsonElement e) => e.GetProperty("a").GetString()!;
+
     /// <summary>The element id a step's slot has in the page, for the ring steps a student follows; null for others.</summary>
     public static string? Slot(JsonElement e) => Kind(e) switch
     {
+        // A packed ring is one descriptor ring: every ring step lights a row of it.
+        "DescriptorWrite" or "DescriptorRead" or "DescriptorFlags" or "AvailRingRead" or "UsedRingWrite" or "UsedRingRead" when Packed(e) => $"desc-{Index(e)}",
+        "WrapCounter" => $"wrap-{Name(e)}-{Actor(e)}",
+        "EventSuppression" => $"evs-{Name(e)}",
         "DescriptorWrite" or "DescriptorRead" when !e.TryGetProperty("tbl", out _) => $"desc-{Index(e)}",
         "AvailRingWrite" or "AvailRingRead" => $"avail-{Index(e)}",
         "UsedRingWrite" or "UsedRingRead" => $"used-{Index(e)}",

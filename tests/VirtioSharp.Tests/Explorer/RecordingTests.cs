@@ -160,7 +160,7 @@ public sealed class RecordingTests
                 File.WriteAllText(file, string.Join('\n', good)[..^30]);
                 break;
             case "newer":
-                File.WriteAllLines(file, [good[0].Replace("\"version\":1", "\"version\":99", StringComparison.Ordinal), .. good.Skip(1)]);
+                File.WriteAllLines(file, [good[0].Replace($"\"version\":{RecordingFormat.Version}", "\"version\":99", StringComparison.Ordinal), .. good.Skip(1)]);
                 break;
             default:
                 File.WriteAllBytes(file, content.Select(c => (byte)c).ToArray());
@@ -174,6 +174,44 @@ public sealed class RecordingTests
         Assert.Contains(expected, lines[0], StringComparison.Ordinal);
         Assert.DoesNotContain(" at ", lines[0], StringComparison.Ordinal);
         Assert.False(File.Exists(page), "a page was written for a bad recording");
+    }
+
+    [Fact]
+    public void View_still_reads_a_version_1_recording()
+    {
+        using var dir = new TempDir();
+        var lines = Lines(2);
+        lines[0] = lines[0].Replace($"\"version\":{RecordingFormat.Version}", "\"version\":1", StringComparison.Ordinal);
+        Assert.Contains("\"version\":1", lines[0], StringComparison.Ordinal);
+        File.WriteAllLines(dir.File("v1.jsonl"), lines);
+        var (code, output) = Repo.Run("dotnet", [Repo.VblkDll, "view", dir.File("v1.jsonl"), "--html", dir.File("page.html")], TimeSpan.FromMinutes(1));
+        Assert.True(code == 0, output);
+        Assert.True(File.Exists(dir.File("page.html")));
+    }
+
+    [Fact]
+    public void View_embeds_a_hostile_recordings_strings_escaped()
+    {
+        using var dir = new TempDir();
+        const string hostile = "</script><script>alert(1)</script><img src=x onerror=alert(2)>";
+        var recorder = new RingRecorder();
+        recorder.Event(RingEvents.QueueSetup(0, 8, 0x1000, 0x1100, 0x1104, true, false, "packed"));
+        recorder.Step("device", hostile);
+        // A guest's bytes shown with a request, and names a crafted file might carry.
+        recorder.Event(RingEvents.Request(0, 1, 0, 0, System.Text.Encoding.ASCII.GetBytes(hostile)));
+        recorder.Event(new RingEvent { Kind = RingEventKind.WrapCounter, Queue = 0, Name = "__proto__", Text = hostile, WrapCounter = 0 });
+        recorder.Finish("test");
+        File.WriteAllLines(dir.File("hostile.jsonl"), ExplorerPage.ToLines(new RecordingInfo(hostile, hostile, DateTime.UtcNow, 1), recorder.Events, hostile, 0));
+        var (code, output) = Repo.Run("dotnet", [Repo.VblkDll, "view", dir.File("hostile.jsonl"), "--html", dir.File("page.html")], TimeSpan.FromMinutes(1));
+        Assert.True(code == 0, output);
+        var html = File.ReadAllText(dir.File("page.html"));
+        const string open = "id=\"recording\">";
+        var start = html.IndexOf(open, StringComparison.Ordinal) + open.Length;
+        var data = html[start..html.IndexOf("</script>", start, StringComparison.Ordinal)];
+        Assert.Contains("__proto__", data, StringComparison.Ordinal); // the whole recording is inside the element
+        Assert.DoesNotContain("<", data, StringComparison.Ordinal); // nothing in the embedded recording can open or close an element
+        Assert.DoesNotContain(">", data, StringComparison.Ordinal);
+        Assert.Contains("\\u003cscript\\u003e", data, StringComparison.OrdinalIgnoreCase); // the encoder writes \\u003C
     }
 
     [Fact]

@@ -14,7 +14,8 @@ public class AllocationTests
     [InlineData("memory", false)]
     [InlineData("file", false)] // reads and flushes through the worker's io_uring
     [InlineData("file", true)] // and each request kept in the inflight record
-    public void RequestsAllocateNothingOnTheDeviceSide(string disk, bool inflight)
+    [InlineData("memory", false, true)] // packed rings: their recorder hooks cost nothing while nobody records
+    public void RequestsAllocateNothingOnTheDeviceSide(string disk, bool inflight, bool packed = false)
     {
         using var dir = new TempDir();
         IBlockBackend? file = null;
@@ -25,7 +26,7 @@ public class AllocationTests
         }
         using var server = new TestServer(backend: file);
         using var fe = server.Connect();
-        fe.Negotiate();
+        fe.Negotiate(packed: packed);
         if (inflight)
         {
             var (fd, d) = fe.GetInflightFd(2, 256);
@@ -33,7 +34,7 @@ public class AllocationTests
                 fe.SetInflightFd(fd, d);
         }
         fe.SetMemTable();
-        var q = fe.SetupQueue(0);
+        var q = fe.SetupQueue(0, packed: packed);
         var buffer = new byte[4096];
         for (var i = 0; i < 2000; i++) // warm up: tiered compilation, first-call stubs
             q.Request(Type(i), (ulong)(i % 64) * 8, Type(i) == BlkRequestType.Flush ? [] : buffer);

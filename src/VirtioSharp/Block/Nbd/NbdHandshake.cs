@@ -76,16 +76,34 @@ internal static class NbdHandshake
         }
         try
         {
-            using var cts = new CancellationTokenSource(timeout);
-            socket.ConnectAsync(endpoint, cts.Token).AsTask().GetAwaiter().GetResult();
+            // A non-blocking connect and poll, not ConnectAsync: one asynchronous operation would
+            // register the descriptor with .NET's epoll thread for good, and that thread would then
+            // wake for every batch of replies our own receiver reads.
+            socket.Blocking = false;
+            try
+            {
+                socket.Connect(endpoint);
+            }
+            catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
+            {
+                if (!socket.Poll(timeout, SelectMode.SelectWrite))
+                    throw new NbdException($"{uri}: cannot connect: no answer in time");
+                var error = (int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error)!; // a SocketError
+                if (error != 0)
+                    throw new SocketException(error);
+            }
             socket.Blocking = true;
             return socket;
         }
-        catch (Exception e) when (e is SocketException or OperationCanceledException)
+        catch (SocketException e)
         {
             socket.Dispose();
-            var why = e is OperationCanceledException ? "no answer in time" : e.Message;
-            throw new NbdException($"{uri}: cannot connect: {why}");
+            throw new NbdException($"{uri}: cannot connect: {e.Message}");
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
         }
     }
 

@@ -41,6 +41,12 @@ public static class ServeCommand
         and the guest sees an I/O error; the back-end keeps serving and later requests succeed
         once the cluster is back.
 
+        A disk that grows or shrinks while served is reported to the guest as a configuration
+        change (vhost-user: VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, which QEMU's vhost-user-blk
+        passes on; Linux then shows the new size). An rbd: image is watched (rbd resize is
+        noticed at once); for an image file, send SIGHUP after resizing it (truncate -s,
+        qemu-img resize).
+
         One front-end is served at a time; when it disconnects the back-end waits for the next
         one on the same socket. SIGINT or SIGTERM stops it after flushing the image.
 
@@ -241,6 +247,16 @@ public static class ServeCommand
                 context.Cancel = true;
                 foreach (var line in metrics.Describe())
                     log.Info(line);
+            });
+            // SIGHUP: look at the disk's size again (an image file resized while served).
+            var served = backend;
+            using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
+            {
+                context.Cancel = true;
+                if (served is not IResizableBackend resizable)
+                    log.Info($"SIGHUP: {served.Description} cannot change size while served");
+                else if (!resizable.RefreshCapacity())
+                    log.Info($"SIGHUP: {served.Description} is still {served.Capacity} bytes");
             });
             Tell(notifier, $"READY=1\nSTATUS=serving {backend.Description} on {socketPath}", log);
             signals.Wait(log, stop);

@@ -20,6 +20,7 @@ internal sealed class VhostUserSession : IDisposable
         VhostUserFeatures.Bit(VhostUserFeatures.Mq)
         | VhostUserFeatures.Bit(VhostUserFeatures.ReplyAck)
         | VhostUserFeatures.Bit(VhostUserFeatures.Config)
+        | VhostUserFeatures.Bit(VhostUserFeatures.BackendReq)
         | VhostUserFeatures.Bit(VhostUserFeatures.ResetDevice)
         | VhostUserFeatures.Bit(VhostUserFeatures.ConfigureMemSlots)
         | VhostUserFeatures.Bit(VhostUserFeatures.InflightShmfd);
@@ -41,6 +42,8 @@ internal sealed class VhostUserSession : IDisposable
     private string _why = "";
     private InflightRegion? _inflight;
     private readonly int _holdCompletionsMs;
+    private BackendRequestChannel? _backendChannel; // swapped under _backendLock
+    private readonly Lock _backendLock = new();
 
     /// <summary>How long the rest of a message may take once it has begun, and how long a reply may wait to be sent.</summary>
     public static readonly TimeSpan DefaultMessageTimeout = TimeSpan.FromSeconds(5);
@@ -60,6 +63,7 @@ internal sealed class VhostUserSession : IDisposable
         _vrings = new Vring[device.NumQueues];
         for (var i = 0; i < _vrings.Length; i++)
             _vrings[i] = new Vring(i, device, log, aio, pollers?[i]);
+        device.ConfigChanged += OnConfigChanged;
     }
 
     public ulong Features => _features;
@@ -235,6 +239,8 @@ internal sealed class VhostUserSession : IDisposable
                 return GetConfig(p);
             case VhostUserRequest.SetConfig:
                 return SetConfig(p);
+            case VhostUserRequest.SetBackendReqFd:
+                return Size(p, 0) ? SetBackendReqFd() : Verdict.Failed;
             default:
                 return Fail($"request {(uint)request} ({request.SpecName()}) is not supported by this back-end");
         }
@@ -242,7 +248,7 @@ internal sealed class VhostUserSession : IDisposable
 
     private static bool FdsAllowed(VhostUserRequest r) => r is VhostUserRequest.SetMemTable or VhostUserRequest.AddMemReg
         or VhostUserRequest.RemMemReg or VhostUserRequest.SetVringKick or VhostUserRequest.SetVringCall or VhostUserRequest.SetVringErr
-        or VhostUserRequest.SetInflightFd;
+        or VhostUserRequest.SetInflightFd or VhostUserRequest.SetBackendReqFd;
 
     private bool Size(ReadOnlySpan<byte> payload, int expected)
     {
@@ -758,6 +764,92 @@ internal sealed class VhostUserSession : IDisposable
             old.Dispose();
     }
 
+    // --- the back-end's channel and configuration changes (vhost-user.rst, "Back-end communication") ---
+
+    /// <summary>SET_BACKEND_REQ_FD: one end of a stream socket pair, for the back-end's own requests.</summary>
+    private Verdict SetBackendReqFd()
+    {
+        if (!VhostUserFeatures.Has(_protocolFeatures, VhostUserFeatures.BackendReq))
+            return Fail("VHOST_USER_PROTOCOL_F_BACKEND_REQ was not negotiated");
+        if (_channel.FdCount != 1)
+            return Fail($"expected one socket, {_channel.FdCount} descriptor(s) came");
+        var fd = _channel.TakeFd(0);
+        UnixFdSocket socket;
+        try
+        {
+            socket = UnixFdSocket.AdoptConnected(fd);
+        }
+        catch (IOException e)
+        {
+            fd.Dispose();
+            return Fail(e.Message);
+        }
+        SwapBackendChannel(new BackendRequestChannel(socket, _messageTimeout));
+        _log.Debug("back-end request channel set: configuration changes will be sent to the front-end");
+        return Verdict.Done;
+    }
+
+    private void SwapBackendChannel(BackendRequestChannel? channel)
+    {
+        BackendRequestChannel? old;
+        lock (_backendLock)
+        {
+            old = _backendChannel;
+            _backendChannel = channel;
+        }
+        old?.Dispose();
+    }
+
+    /// <summary>
+    /// The device changed its configuration space (a disk resized), on the thread that noticed it,
+    /// never this session's message thread: QEMU answers a config-change message only after it has
+    /// read the new config with GET_CONFIG, which that thread serves. The front-end is told with
+    /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG when it agreed to CONFIG and BACKEND_REQ and gave a
+    /// channel; otherwise the log says the guest was not told.
+    /// </summary>
+    private void OnConfigChanged()
+    {
+        var protocol = Volatile.Read(ref _protocolFeatures);
+        BackendRequestChannel? channel;
+        lock (_backendLock)
+            channel = _backendChannel;
+        string? missing = null;
+        if (!VhostUserFeatures.Has(protocol, VhostUserFeatures.Config))
+            missing = "VHOST_USER_PROTOCOL_F_CONFIG was not negotiated";
+        else if (!VhostUserFeatures.Has(protocol, VhostUserFeatures.BackendReq))
+            missing = "the front-end did not negotiate VHOST_USER_PROTOCOL_F_BACKEND_REQ";
+        else if (channel is null)
+            missing = "the front-end sent no VHOST_USER_SET_BACKEND_REQ_FD";
+        if (missing is not null)
+        {
+            _log.Warn($"the configuration changed but the guest was not told: {missing}; it sees the new capacity only when its driver reads the configuration again (after a reset or reconnect)");
+            return;
+        }
+        var needReply = VhostUserFeatures.Has(protocol, VhostUserFeatures.ReplyAck);
+        var outcome = channel!.NotifyConfigChange(needReply, out var detail);
+        switch (outcome)
+        {
+            case BackendRequestOutcome.Acknowledged:
+                _log.Info("configuration change sent to the front-end (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), acknowledged");
+                break;
+            case BackendRequestOutcome.Sent:
+                _log.Info("configuration change sent to the front-end (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, no reply asked: REPLY_ACK not negotiated)");
+                break;
+            case BackendRequestOutcome.Refused:
+                _log.Warn($"configuration change sent to the front-end, which refused it: {detail}");
+                break;
+            default:
+                _log.Warn($"configuration change not delivered: {detail}; the back-end request channel is closed");
+                lock (_backendLock)
+                {
+                    if (_backendChannel == channel)
+                        _backendChannel = null;
+                }
+                channel.Dispose();
+                break;
+        }
+    }
+
     // --- config space ---
 
     private Verdict GetConfig(ReadOnlySpan<byte> p)
@@ -809,6 +901,8 @@ internal sealed class VhostUserSession : IDisposable
     /// <summary>Stops every ring and releases every descriptor and mapping of this connection.</summary>
     public void Dispose()
     {
+        _device.ConfigChanged -= OnConfigChanged;
+        SwapBackendChannel(null);
         foreach (var v in _vrings)
         {
             var wasStarted = v.Started;

@@ -21,7 +21,10 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     private readonly byte[] _serial = new byte[BlkLayout.IdBytes];
     private readonly IoVec[][] _iovScratch; // per queue, sized by its worker for the ring it drains
     private readonly BlkDiscardSegment[][] _segmentScratch; // per queue: segments copied out of guest memory once
-    private readonly ulong _capacitySectors;
+    private ulong _capacitySectors; // read once per request (Volatile); changes when the backend is resized
+    private readonly Lock _configLock = new(); // config bytes and generation change together
+    private uint _configGeneration;
+    private BlkConfig _configRecord;
     private readonly bool _readOnly;
     private readonly BlkInFlight?[] _inFlight; // per queue, made by its worker on first asynchronous use
     private readonly int _iovPerSlot;
@@ -71,7 +74,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             features |= VirtioFeatures.Bit(VirtioFeatures.RingPacked);
         DeviceFeatures = features;
 
-        Config = new BlkConfig
+        _configRecord = new BlkConfig
         {
             Capacity = _capacitySectors,
             SizeMax = _options.SizeMax,
@@ -85,7 +88,7 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             MaxWriteZeroesSeg = _options.MaxWriteZeroesSegments,
             WriteZeroesMayUnmap = 1,
         };
-        _config = Config.ToBytes();
+        _config = _configRecord.ToBytes();
         Stats = new BlkStats(_options.NumQueues);
         _iovScratch = new IoVec[_options.NumQueues][];
         for (var i = 0; i < _iovScratch.Length; i++)
@@ -101,6 +104,8 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         _iovPerSlot = (int)Math.Clamp(segMax + 1, 2u, 257u);
         if (_options.Limits is { Any: true } limits)
             _throttle = new BlkThrottle(limits, _options.NumQueues);
+        if (backend is IResizableBackend resizable)
+            resizable.CapacityChanged += OnCapacityChanged;
     }
 
     public uint DeviceId => 2; // 5.2.1
@@ -108,7 +113,14 @@ public sealed unsafe class BlkDevice : IVirtioDevice
     public int NumQueues => _options.NumQueues;
     public ushort MaxQueueSize => (ushort)_options.QueueSize;
     public int ConfigSize => _config.Length;
-    public BlkConfig Config { get; }
+    /// <summary>The configuration space now (its capacity changes when the backend is resized).</summary>
+    public BlkConfig Config => Volatile.Read(ref _configRecord);
+    /// <summary>2.5.1 / 4.2.2: changes whenever the configuration space does.</summary>
+    public uint ConfigGeneration => Volatile.Read(ref _configGeneration);
+    /// <summary>Raised after the configuration space changed (a resize), on the thread that noticed it.</summary>
+    public event Action? ConfigChanged;
+    /// <summary>The disk's size in 512-byte sectors now.</summary>
+    public ulong CapacitySectors => Volatile.Read(ref _capacitySectors);
     public BreachReporter Breaches { get; }
     public ILogSink? Log => _options.Log;
     public ITraceSink? Trace => _options.Trace;
@@ -123,7 +135,33 @@ public sealed unsafe class BlkDevice : IVirtioDevice
         // Reads past the end of config space return zeroes (4.2.2: device-specific reads).
         destination.Clear();
         if (offset >= 0 && offset < _config.Length)
-            _config.AsSpan(offset, Math.Min(destination.Length, _config.Length - offset)).CopyTo(destination);
+        {
+            lock (_configLock) // a resize never shows half a capacity
+                _config.AsSpan(offset, Math.Min(destination.Length, _config.Length - offset)).CopyTo(destination);
+        }
+    }
+
+    /// <summary>
+    /// The backend's size changed: 5.2.4 capacity (whole blocks of blk_size, in sectors) is updated
+    /// for the config space and for the bounds check of every later request at once, the
+    /// generation moves (2.5.1), and <see cref="ConfigChanged"/> tells the transport to notify
+    /// the driver (4.2.2 InterruptStatus bit 1; vhost-user's config-change message).
+    /// </summary>
+    private void OnCapacityChanged(ulong bytes)
+    {
+        var blkSize = Math.Max(_configRecord.BlkSize, BlkLayout.SectorSize);
+        var sectors = (bytes - bytes % blkSize) >> BlkLayout.SectorShift;
+        lock (_configLock)
+        {
+            if (sectors == _capacitySectors)
+                return;
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(_config.AsSpan(BlkConfig.OffCapacity), sectors);
+            Volatile.Write(ref _configRecord, _configRecord with { Capacity = sectors });
+            Volatile.Write(ref _capacitySectors, sectors);
+            _configGeneration++;
+        }
+        Log.Info($"capacity is now {sectors} sectors ({sectors << BlkLayout.SectorShift} bytes); config generation {ConfigGeneration}");
+        ConfigChanged?.Invoke();
     }
 
     public void WriteConfig(int offset, ReadOnlySpan<byte> source)
@@ -496,11 +534,12 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             Breaches.Report("5.2.3", queue, req.Head, $"data segments of at most size_max {Config.SizeMax} bytes", $"a segment of {longest} bytes");
             return BlkStatus.IoErr;
         }
-        // 5.2.6.1: no read or write beyond capacity (overflow-safe).
+        // 5.2.6.1: no read or write beyond capacity (overflow-safe), as it is now (a resize may move it).
         var sectors = req.DataLength >> BlkLayout.SectorShift;
-        if (req.Header.Sector > _capacitySectors || sectors > _capacitySectors - req.Header.Sector)
+        var capacity = Volatile.Read(ref _capacitySectors);
+        if (req.Header.Sector > capacity || sectors > capacity - req.Header.Sector)
         {
-            Breaches.Report("5.2.6.1", queue, req.Head, $"sectors within capacity {_capacitySectors}", $"sector {req.Header.Sector} + {sectors}");
+            Breaches.Report("5.2.6.1", queue, req.Head, $"sectors within capacity {capacity}", $"sector {req.Header.Sector} + {sectors}");
             return BlkStatus.IoErr;
         }
         return BlkStatus.Ok;
@@ -550,12 +589,13 @@ public sealed unsafe class BlkDevice : IVirtioDevice
             }
         }
         var maxSectors = discard ? Config.MaxDiscardSectors : Config.MaxWriteZeroesSectors;
+        var capacity = Volatile.Read(ref _capacitySectors);
         for (var s = 0; s < segments.Length; s++)
         {
             var seg = segments[s];
-            if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
+            if (seg.NumSectors > maxSectors || seg.Sector > capacity || seg.NumSectors > capacity - seg.Sector)
             {
-                Breaches.Report("5.2.6.1", req.Queue, req.Head, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors (config {(discard ? "max_discard_sectors" : "max_write_zeroes_sectors")})",
+                Breaches.Report("5.2.6.1", req.Queue, req.Head, $"segment within capacity {capacity} and at most {maxSectors} sectors (config {(discard ? "max_discard_sectors" : "max_write_zeroes_sectors")})",
                     $"sector {seg.Sector} + {seg.NumSectors} in segment {s}");
                 return BlkStatus.IoErr;
             }

@@ -31,6 +31,19 @@ public interface IVirtioDevice
     /// <summary>Where ring events go while someone records or narrates; transports hand it to their queues.</summary>
     ITraceSink? Trace => null;
 
+    /// <summary>2.5.1: a number that changes whenever the configuration space does (4.2.2 ConfigGeneration).</summary>
+    uint ConfigGeneration => 0;
+
+    /// <summary>
+    /// Raised, on any thread, after the device changed its configuration space by itself (a disk
+    /// resized): the transport sends the driver a configuration change notification (2.5.2).
+    /// </summary>
+    event Action? ConfigChanged
+    {
+        add { }
+        remove { }
+    }
+
     void ReadConfig(int offset, Span<byte> destination);
     /// <summary>Config writes (5.2.4: writeback only, and we do not offer CONFIG_WCE): accepted and ignored.</summary>
     void WriteConfig(int offset, ReadOnlySpan<byte> source);

@@ -78,6 +78,7 @@ internal sealed class HeldCompletionsQueue : IDeviceQueue, IDisposable
     }
 
     public void DisableNotifications() => _inner.DisableNotifications();
+    public bool Polled { get => _inner.Polled; set => _inner.Polled = value; }
     public void SignalNextBatch() => _inner.SignalNextBatch();
     public bool HasAvailable => _inner.HasAvailable;
     public bool EnableNotifications() => _inner.EnableNotifications();

@@ -20,7 +20,7 @@ internal sealed unsafe class BlkRequestExecutor(BlkDevice device, IBlockBackend 
                     var n = BlkRequest.BuildIoVec(ref req, iov, writable: true, req.DataLength);
                     if (trace is { Active: true })
                         trace.Event(RingEvents.Backend(req.Queue, req.Head, "read", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
-                    if (!backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                    if (!backend.Read(req.Queue, req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     req.Written = (uint)req.DataLength;
                     return BlkStatus.Ok;
@@ -30,7 +30,7 @@ internal sealed unsafe class BlkRequestExecutor(BlkDevice device, IBlockBackend 
                     var n = BlkRequest.BuildIoVec(ref req, iov, writable: false, req.DataLength);
                     if (trace is { Active: true })
                         trace.Event(RingEvents.Backend(req.Queue, req.Head, "write", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
-                    if (!backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                    if (!backend.Write(req.Queue, req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
                     if (!device.Negotiated(BlkFeatures.Flush) && !backend.Flush())

@@ -406,8 +406,16 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     public void DisableNotifications() =>
         Volatile.Write(ref *(ushort*)(_deviceEvent + 2), PackedRing.EventFlagsDisable); // 2.8.10: RING_EVENT_FLAGS_DISABLE
 
+    public bool Polled { get; set; }
+
     public bool EnableNotifications()
     {
+        if (Polled)
+        {
+            // Notifications stay off: the worker looks at the ring before it sleeps.
+            var seen = ReadFlags(Slot(_nextAvail));
+            return PackedRing.IsAvail(seen, _availWrap) || PackedRing.IsUsed(seen, _availWrap);
+        }
         if (EventIdx)
         {
             // 2.8.10: notify me when the descriptor at my position is made available.

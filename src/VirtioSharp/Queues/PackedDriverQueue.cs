@@ -25,6 +25,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     private ushort _nextUsed;
     private bool _usedWrap = true;         // the Device Ring Wrap Counter the driver expects at _nextUsed
     private int _addedSincePublish;
+    private ushort _eventFlags;            // what the driver last wrote into the Driver Event Suppression flags
 
     public PackedDriverQueue(int index, int size, GuestMemory memory, ulong descAddr, ulong driverAddr, ulong deviceAddr, bool eventIdx)
     {
@@ -51,10 +52,10 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         {
             // 2.8.10: interrupt me when the first descriptor is used.
             Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(0, true));
-            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsDesc);
+            SetEventFlags(PackedRing.EventFlagsDesc);
         }
         else
-            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsEnable);
+            SetEventFlags(PackedRing.EventFlagsEnable);
     }
 
     /// <summary>Lays the queue out contiguously in memory from <paramref name="allocator"/>.</summary>
@@ -270,29 +271,50 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;
         head = id;
-        if (EventIdx)
+        if (_eventFlags == PackedRing.EventFlagsDesc)
         {
             // 2.8.10: interrupt me when the next descriptor is used; then a full barrier before the
             // next look at the ring, or a descriptor used meanwhile is neither seen nor signalled.
+            // With interrupts disabled the offset means nothing to the device: no store, no barrier.
             Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(_nextUsed, _usedWrap));
             Interlocked.MemoryBarrier();
         }
         return true;
     }
 
-    public void DisableInterrupts() =>
-        Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsDisable);
+    public void DisableInterrupts() => SetEventFlags(PackedRing.EventFlagsDisable);
+
+    public bool Polling { get; private set; }
+
+    public void StartPolling()
+    {
+        Polling = true;
+        DisableInterrupts(); // 2.8.10: RING_EVENT_FLAGS_DISABLE outranks the offset TryTakeUsed writes
+    }
+
+    public bool StopPolling()
+    {
+        Polling = false;
+        return EnableInterrupts();
+    }
 
     public bool EnableInterrupts()
     {
         if (EventIdx)
         {
             Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(_nextUsed, _usedWrap));
-            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsDesc);
+            SetEventFlags(PackedRing.EventFlagsDesc);
         }
         else
-            Volatile.Write(ref *(ushort*)(_driverEvent + 2), PackedRing.EventFlagsEnable);
+            SetEventFlags(PackedRing.EventFlagsEnable);
         Interlocked.MemoryBarrier();
         return PackedRing.IsUsed(Volatile.Read(ref *(ushort*)(Slot(_nextUsed) + 14)), _usedWrap);
+    }
+
+    /// <summary>2.8.10: writes the Driver Event Suppression flags, keeping a copy so the hot path need not read them back.</summary>
+    private void SetEventFlags(ushort flags)
+    {
+        _eventFlags = flags;
+        Volatile.Write(ref *(ushort*)(_driverEvent + 2), flags);
     }
 }

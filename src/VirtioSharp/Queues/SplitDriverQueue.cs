@@ -21,6 +21,7 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
     private ushort _availShadow;
     private ushort _availPublished;
     private ushort _lastUsed;
+    private bool _interruptsOff;           // DisableInterrupts was called and EnableInterrupts not since
     private readonly GuestMemory _memory;
     private SplitQueueRecorder? _recorder; // null unless someone records
 
@@ -213,7 +214,10 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         head = (ushort)id;
         FreeChain(head);
         _recorder?.UsedTaken(head, length, (ushort)(_lastUsed - 1));
-        if (EventIdx)
+        // With interrupts off or while polling, used_event stays where it was: no store and no
+        // barrier per element (the device may interrupt once more when it passes it; 2.7.7 makes
+        // that harmless).
+        if (EventIdx && !_interruptsOff && !Polling)
         {
             Volatile.Write(ref UsedEvent, _lastUsed); // 2.7.7: interrupt me when the next one is used
             _recorder?.UsedEvent(_lastUsed);
@@ -254,11 +258,13 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         _freeHead = 0;
         _free = Size;
         _availShadow = _availPublished = _lastUsed = 0;
+        _interruptsOff = false;
         Interlocked.MemoryBarrier(); // the zeroed ring is visible before the device is told its addresses
     }
 
     public void DisableInterrupts()
     {
+        _interruptsOff = true;
         if (!EventIdx)
         {
             _recorder?.AvailFlags(AvailFlags, SplitRing.AvailFNoInterrupt);
@@ -266,8 +272,32 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         }
     }
 
+    public bool Polling { get; private set; }
+
+    public void StartPolling()
+    {
+        Polling = true;
+        if (EventIdx)
+        {
+            // 2.7.7.2: the device interrupts when used idx passes used_event; one behind what the
+            // driver has taken is passed only after a full wrap of the index (one spurious
+            // interrupt in 65536, which a polling driver ignores).
+            Volatile.Write(ref UsedEvent, (ushort)(_lastUsed - 1));
+            _recorder?.UsedEvent((ushort)(_lastUsed - 1));
+        }
+        else
+            DisableInterrupts();
+    }
+
+    public bool StopPolling()
+    {
+        Polling = false;
+        return EnableInterrupts();
+    }
+
     public bool EnableInterrupts()
     {
+        _interruptsOff = false;
         if (EventIdx)
         {
             Volatile.Write(ref UsedEvent, _lastUsed);

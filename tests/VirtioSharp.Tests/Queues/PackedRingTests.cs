@@ -206,6 +206,30 @@ public sealed class PackedQueuePairTests
     }
 
     [Fact]
+    public void With_interrupts_disabled_the_driver_leaves_its_event_structure_alone_and_rearms_it_on_enable_2_8_10()
+    {
+        using var pair = new PackedQueuePair(4, eventIdx: true);
+        pair.Driver.DisableInterrupts();
+        var disabled = pair.Driver.DriverEvent;
+        Assert.Equal(PackedRing.EventFlagsDisable, disabled.Flags);
+        for (var i = 0; i < 6; i++) // past the end of the ring: the counter flips, the structure stays
+        {
+            Assert.True(pair.Add(1, 1, false));
+            Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var chain));
+            pair.Device.AddUsed(chain.Head, 1);
+            Assert.False(pair.Device.PublishUsed()); // RING_EVENT_FLAGS_DISABLE
+            Assert.True(pair.Driver.TryTakeUsed(out _, out _, out _));
+            Assert.Equal(disabled, pair.Driver.DriverEvent);
+        }
+        Assert.False(pair.Driver.EnableInterrupts());
+        Assert.Equal((PackedRing.OffWrap(2, false), PackedRing.EventFlagsDesc), pair.Driver.DriverEvent); // slot 2 of lap 0
+        Assert.True(pair.Add(1, 1, false));
+        Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var next));
+        pair.Device.AddUsed(next.Head, 1);
+        Assert.True(pair.Device.PublishUsed()); // the descriptor the driver named
+    }
+
+    [Fact]
     public void The_used_descriptor_overwrites_the_first_slot_of_the_list_with_id_and_len_2_8_6()
     {
         using var pair = new PackedQueuePair(8, eventIdx: false);

@@ -214,6 +214,29 @@ public sealed class SplitDriverQueueTests
     }
 
     [Fact]
+    public void With_interrupts_disabled_TryTakeUsed_leaves_used_event_and_EnableInterrupts_rearms_it_2_7_7_1()
+    {
+        using var ring = new RingBuilder(8);
+        var q = ring.Driver(eventIdx: true);
+        q.DisableInterrupts();
+        Assert.True(q.TryAdd([W(0x4000_1000, 8)], out var a));
+        Assert.True(q.TryAdd([W(0x4000_1000, 8)], out var b));
+        q.Publish();
+        DeviceReturns(ring, a, 0);
+        DeviceReturns(ring, b, 0);
+        Assert.True(q.TryTakeUsed(out _, out _, out _));
+        Assert.True(q.TryTakeUsed(out _, out _, out _));
+        Assert.Equal(0, ring.UsedEvent); // no store (and no barrier) per element while interrupts are off
+        Assert.False(q.EnableInterrupts());
+        Assert.Equal(2, ring.UsedEvent); // interrupt me when the next element is used
+        Assert.True(q.TryAdd([W(0x4000_1000, 8)], out var c));
+        q.Publish();
+        DeviceReturns(ring, c, 0);
+        Assert.True(q.TryTakeUsed(out _, out _, out _));
+        Assert.Equal(3, ring.UsedEvent); // enabled again: it follows every element
+    }
+
+    [Fact]
     public void Interrupt_suppression_without_EVENT_IDX_uses_VIRTQ_AVAIL_F_NO_INTERRUPT_2_7_7_1()
     {
         using var ring = new RingBuilder(8);

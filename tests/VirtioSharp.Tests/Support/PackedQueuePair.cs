@@ -218,7 +218,7 @@ public sealed class PackedQueuePair : IDisposable
             if (DriverAsleep)
             {
                 DriverAsleep = false;
-                Driver.DisableInterrupts();
+                DisableDriverInterrupts();
             }
         }
     }
@@ -239,16 +239,40 @@ public sealed class PackedQueuePair : IDisposable
             Fail($"used len {length} for id {id}, device wrote {r.Written}");
         _slotsOut -= r.Slots;
         Completed++;
-        if (EventIdx && Driver.DriverEvent.OffWrap != PackedRing.OffWrap(Driver.NextUsed, Driver.UsedWrapCounter))
+        if (EventIdx && _interruptsOn && Driver.DriverEvent.OffWrap != PackedRing.OffWrap(Driver.NextUsed, Driver.UsedWrapCounter))
             Fail("2.8.10: the driver's event offset does not name its next used slot");
+        if (!_interruptsOn && Driver.DriverEvent != (_eventWhenDisabled, PackedRing.EventFlagsDisable))
+            Fail("2.8.10: the Driver Event Suppression structure changed while interrupts were disabled"); // no store per descriptor then
+    }
+
+    private bool _interruptsOn = true;     // the driver starts with interrupts enabled
+    private ushort _eventWhenDisabled;
+
+    private void DisableDriverInterrupts()
+    {
+        Driver.DisableInterrupts();
+        _interruptsOn = false;
+        _eventWhenDisabled = Driver.DriverEvent.OffWrap;
+        if (Driver.DriverEvent.Flags != PackedRing.EventFlagsDisable)
+            Fail("2.8.10: DisableInterrupts did not write RING_EVENT_FLAGS_DISABLE");
+    }
+
+    private bool EnableDriverInterrupts()
+    {
+        _interruptsOn = true;
+        var more = Driver.EnableInterrupts();
+        var expected = EventIdx ? (PackedRing.OffWrap(Driver.NextUsed, Driver.UsedWrapCounter), PackedRing.EventFlagsDesc) : (Driver.DriverEvent.OffWrap, PackedRing.EventFlagsEnable);
+        if (Driver.DriverEvent != expected)
+            Fail($"2.8.10: EnableInterrupts left the Driver Event Suppression structure at {Driver.DriverEvent}");
+        return more;
     }
 
     public void DriverSleep()
     {
         if (DriverAsleep)
             return;
-        if (Driver.EnableInterrupts())
-            Driver.DisableInterrupts();
+        if (EnableDriverInterrupts())
+            DisableDriverInterrupts();
         else
             DriverAsleep = true;
     }
@@ -296,7 +320,7 @@ public sealed class PackedQueuePair : IDisposable
         if (DriverAsleep)
         {
             DriverAsleep = false;
-            Driver.DisableInterrupts();
+            DisableDriverInterrupts();
         }
         while (Completed < _used)
             Step(RingStep.Take, 0);

@@ -201,7 +201,7 @@ public sealed class QueuePair : IDisposable
             if (DriverAsleep)
             {
                 DriverAsleep = false;
-                Driver.DisableInterrupts();
+                DisableDriverInterrupts();
             }
         }
     }
@@ -223,16 +223,37 @@ public sealed class QueuePair : IDisposable
         _descriptorsOut -= r.Buffers.Length;
         _taken++;
         Completed++;
-        if (EventIdx && _ring.UsedEvent != _taken)
+        if (EventIdx && _interruptsOn && _ring.UsedEvent != _taken)
             Fail($"used_event {_ring.UsedEvent} after taking {_taken}"); // 2.7.7.1: interrupt me at the next used element
+        if (EventIdx && !_interruptsOn && _ring.UsedEvent != _eventWhenDisabled)
+            Fail($"used_event moved from {_eventWhenDisabled} to {_ring.UsedEvent} while interrupts were off"); // no store per element then
+    }
+
+    private bool _interruptsOn = true;     // the driver starts with interrupts enabled
+    private ushort _eventWhenDisabled;
+
+    private void DisableDriverInterrupts()
+    {
+        Driver.DisableInterrupts();
+        _interruptsOn = false;
+        _eventWhenDisabled = _ring.UsedEvent;
+    }
+
+    private bool EnableDriverInterrupts()
+    {
+        _interruptsOn = true;
+        var more = Driver.EnableInterrupts();
+        if (EventIdx && _ring.UsedEvent != _taken)
+            Fail($"used_event {_ring.UsedEvent} after enabling interrupts with {_taken} taken"); // 2.7.7.1
+        return more;
     }
 
     public void DriverSleep()
     {
         if (DriverAsleep)
             return;
-        if (Driver.EnableInterrupts())
-            Driver.DisableInterrupts();
+        if (EnableDriverInterrupts())
+            DisableDriverInterrupts();
         else
             DriverAsleep = true;
     }
@@ -288,7 +309,7 @@ public sealed class QueuePair : IDisposable
         if (DriverAsleep)
         {
             DriverAsleep = false;
-            Driver.DisableInterrupts();
+            DisableDriverInterrupts();
         }
         while (_ring.UsedIdx != _taken)
             Step(RingStep.Take, 0);

@@ -25,7 +25,7 @@ public sealed class RbdGuestFixture : IDisposable
             server.WaitForSocket(socket, TimeSpan.FromSeconds(60));
             const string jobs = "write-read,discard,fio,ext4,resize";
             LinuxGuest.Run? run = null;
-            var boot = new Thread(() => run = LinuxGuest.Boot(socket, jobs, vcpus: 2, queues: 2, WorkDir, $"vblk.discard_zeroes=1 vblk.resize_mib={ResizedMiB}"));
+            var boot = new Thread(() => run = LinuxGuest.Boot(socket, jobs, vcpus: 2, queues: 2, WorkDir, $"vblk.discard_zeroes=1 vblk.resize_mib={ResizedMiB}", timeoutSeconds: 420));
             boot.Start();
             ResizeWhenAsked(LinuxGuest.ConsoleLog(WorkDir, jobs), boot);
             boot.Join();

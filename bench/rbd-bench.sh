@@ -4,10 +4,14 @@
 # qemu-storage-daemon with QEMU's rbd driver. Both run on a throwaway single-node cluster
 # (scripts/ceph-cluster.sh) and take turns on the same image, alternating which goes first.
 # Prints every run with IOPS, p99 and the back-end's CPU per request (utime + stime from
-# /proc/PID/stat, librbd's threads included), then means and vblk/qsd ratios.
+# /proc/PID/stat, librbd's threads included), then means and vblk/qsd ratios. vblk serve runs
+# twice: with its default --ceph-io-timeout (30 s: a request fails once the cluster has not
+# answered for that long) as "vblk", and with --ceph-io-timeout 0 (wait for ever, as QEMU's rbd
+# driver does) as "vblk-t0".
 #
 #   bench/rbd-bench.sh                      # 5 s per run, 3 rounds
 #   RUNTIME=10 ROUNDS=4 bench/rbd-bench.sh
+#   WORKLOADS="randread:4K:1 randwrite:4K:1" BACKENDS="qsd vblk-t0" bench/rbd-bench.sh
 #
 # Needs qemu-storage-daemon (qemu-system-common) with its rbd driver (qemu-block-extra), the
 # Ceph packages scripts/ceph-cluster.sh names, and the .NET SDK.
@@ -23,6 +27,8 @@ qemu-storage-daemon --blockdev driver=rbd,...,cache.direct=on (librbd's cache of
 4 KiB random read and write at depth 1 and 32. Every run is printed, then means and ratios.
 
 Settings come from the environment:
+  WORKLOADS=...  space-separated RW:BS:DEPTH (default: randread and randwrite, 4K, depths 1 and 32)
+  BACKENDS=...   any of qsd vblk vblk-t0 (default all three; vblk-t0 is --ceph-io-timeout 0)
   RUNTIME=S      seconds measured per run (default 5)
   RAMP=S         warm-up seconds per run (default 1)
   ROUNDS=N       rounds (default 3)
@@ -39,6 +45,8 @@ RUNTIME=${RUNTIME:-5}
 RAMP=${RAMP:-1}
 ROUNDS=${ROUNDS:-3}
 IMAGE_SIZE=${IMAGE_SIZE:-256M}
+read -r -a backends <<<"${BACKENDS:-qsd vblk vblk-t0}"
+read -r -a workloads <<<"${WORKLOADS:-randread:4K:1 randread:4K:32 randwrite:4K:1 randwrite:4K:32}"
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -82,10 +90,19 @@ wait_socket() {
 qsd_pid=$!
 pids+=("$qsd_pid")
 wait_socket "$work/qsd.sock"
-dotnet "$vblk_dll" serve rbd:rbd/bench --ceph-conf "$conf" --socket "$work/vblk.sock" >"$work/vblk.log" 2>&1 &
-vblk_pid=$!
-pids+=("$vblk_pid")
-wait_socket "$work/vblk.sock"
+declare -A pid_of=([qsd]=$qsd_pid)
+for be in "${backends[@]}"; do
+    case $be in
+        qsd) continue ;;
+        vblk) extra=() ;;
+        vblk-t0) extra=(--ceph-io-timeout 0) ;;
+        *) echo "rbd-bench: unknown back-end $be (qsd, vblk, vblk-t0)" >&2; exit 2 ;;
+    esac
+    dotnet "$vblk_dll" serve rbd:rbd/bench --ceph-conf "$conf" --socket "$work/$be.sock" "${extra[@]}" >"$work/$be.log" 2>&1 &
+    pid_of[$be]=$!
+    pids+=("$!")
+    wait_socket "$work/$be.sock"
+done
 
 # utime + stime of a process, in clock ticks (fields 14 and 15 after the command name).
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
@@ -98,16 +115,10 @@ json_field() { # file section key
         inside && /^  }/ { inside = 0 }' "$1"
 }
 
-workloads=(
-    "randread 4K 1"
-    "randread 4K 32"
-    "randwrite 4K 1"
-    "randwrite 4K 32"
-)
 results=$work/results.txt
 : >"$results"
 
-echo "# rbd-bench $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "# rbd-bench $(date -u +%Y-%m-%dT%H:%MZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $(uname -sr), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "# $("$qsd" --version | head -1), $(ceph --version | cut -d' ' -f1-3), .NET $(dotnet --version)"
 echo "# cluster: 1 mon + 1 OSD (memstore) on 127.0.0.1, pool rbd size 1, 8 PGs, cephx; rbd cache off; image $IMAGE_SIZE, filled"
@@ -115,11 +126,14 @@ echo "# runtime ${RUNTIME}s (+${RAMP}s ramp) per run, ${ROUNDS} rounds; back-end
 echo
 printf '%-18s %-5s %5s %10s %9s %9s %11s\n' workload be round IOPS p50us p99us be-cpu-us
 for w in "${workloads[@]}"; do
-    read -r rw bs depth <<<"$w"
+    IFS=: read -r rw bs depth <<<"$w"
     for round in $(seq 1 "$ROUNDS"); do
-        if ((round % 2)); then order="qsd vblk"; else order="vblk qsd"; fi
-        for be in $order; do
-            pid=$([[ $be == qsd ]] && echo "$qsd_pid" || echo "$vblk_pid")
+        # Each round starts with a different back-end: the order rotates.
+        n=${#backends[@]}
+        order=()
+        for ((i = 0; i < n; i++)); do order+=("${backends[(i + round - 1) % n]}"); done
+        for be in "${order[@]}"; do
+            pid=${pid_of[$be]}
             out=$work/run.json
             # The ramp runs as its own short bench so the CPU count covers only the measured part.
             dotnet "$vblk_dll" bench --socket "$work/$be.sock" --rw "$rw" --bs "$bs" --iodepth "$depth" \
@@ -142,14 +156,22 @@ for w in "${workloads[@]}"; do
 done
 
 echo
+echo "# $(date -u +%H:%MZ), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# mean over rounds; ratio = vblk serve / qemu-storage-daemon (IOPS: higher is better; p99 and CPU: lower is better)"
-printf '%-18s %9s %9s %6s %9s %9s %6s %8s %8s %6s\n' workload qsd-IOPS vblk-IOPS ratio qsd-p99 vblk-p99 ratio qsd-cpu vblk-cpu ratio
+printf '%-18s %-8s %9s %9s %6s %9s %9s %6s %8s %8s %6s\n' workload be qsd-IOPS be-IOPS ratio qsd-p99 be-p99 ratio qsd-cpu be-cpu ratio
 awk '
-    { key = $1; n[key "|" $2]++; iops[key "|" $2] += $3; p99[key "|" $2] += $4; cpu[key "|" $2] += $5; if (!(key in seen)) { seen[key] = 1; order[++k] = key } }
+    { key = $1; n[key "|" $2]++; iops[key "|" $2] += $3; p99[key "|" $2] += $4; cpu[key "|" $2] += $5; be[$2] = 1; if (!(key in seen)) { seen[key] = 1; order[++k] = key } }
     END {
         for (i = 1; i <= k; i++) {
-            key = order[i]; q = key "|qsd"; v = key "|vblk"
-            qi = iops[q] / n[q]; vi = iops[v] / n[v]; qp = p99[q] / n[q]; vp = p99[v] / n[v]; qc = cpu[q] / n[q]; vc = cpu[v] / n[v]
-            printf "%-18s %9.0f %9.0f %6.2f %9.1f %9.1f %6.2f %8.1f %8.1f %6.2f\n", key, qi, vi, (qi > 0 ? vi / qi : 0), qp, vp, (qp > 0 ? vp / qp : 0), qc, vc, (qc > 0 ? vc / qc : 0)
+            key = order[i]; q = key "|qsd"
+            if (!n[q]) continue
+            qi = iops[q] / n[q]; qp = p99[q] / n[q]; qc = cpu[q] / n[q]
+            for (b in be) {
+                if (b == "qsd") continue
+                v = key "|" b
+                if (!n[v]) continue
+                vi = iops[v] / n[v]; vp = p99[v] / n[v]; vc = cpu[v] / n[v]
+                printf "%-18s %-8s %9.0f %9.0f %6.2f %9.1f %9.1f %6.2f %8.1f %8.1f %6.2f\n", key, b, qi, vi, (qi > 0 ? vi / qi : 0), qp, vp, (qp > 0 ? vp / qp : 0), qc, vc, (qc > 0 ? vc / qc : 0)
+            }
         }
     }' "$results"

@@ -30,7 +30,7 @@ verdict per job.  Exit status 0 only if every job passed.
 
   --socket PATH        vhost-user-blk back-end socket (must already exist)
   --jobs LIST          guest jobs, e.g. write-read,discard,fio,ext4
-                       (write-read read-pattern ext4 discard fio readonly packed
+                       (write-read read-pattern ext4 discard fio readonly packed resize
                         fio-randread-qd1 fio-randread-qd32 fio-randwrite-qd32
                         fio-seqread-qd8; see scripts/guest-init)
   --vcpus N            guest vCPUs (default 2)

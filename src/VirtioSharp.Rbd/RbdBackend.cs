@@ -17,19 +17,23 @@ namespace VirtioSharp.Rbd;
 /// answer within <see cref="RbdOptions.IoTimeoutSeconds"/> fails (librados returns
 /// -ETIMEDOUT), which the guest sees as VIRTIO_BLK_S_IOERR; the worker never waits longer.
 /// </summary>
-public sealed unsafe class RbdBackend : IAsyncBlockBackend
+public sealed unsafe class RbdBackend : IAsyncBlockBackend, IResizableBackend
 {
     private readonly RbdImage _image;
     private readonly nint _raw;
+    private readonly ILogSink? _log;
+    private readonly Lock _refreshLock = new();
     private readonly RbdResizeWatch? _resize;
+    private ulong _capacity;
 
     private RbdBackend(RbdImage image, ulong capacity, ILogSink? log)
     {
         _image = image;
         _raw = image.Handle.Raw;
-        Capacity = capacity;
+        _log = log;
+        _capacity = capacity;
         if (image.Spec.Snapshot is null) // a snapshot never changes size
-            _resize = RbdResizeWatch.TryStart(image, capacity, log);
+            _resize = RbdResizeWatch.Start(image, () => RefreshCapacity(), log);
     }
 
     /// <summary>Connects and opens the image; an <see cref="RbdException"/> with one clear line when it cannot.</summary>
@@ -54,7 +58,36 @@ public sealed unsafe class RbdBackend : IAsyncBlockBackend
         }
     }
 
-    public ulong Capacity { get; }
+    /// <summary>The image's size in whole 512-byte sectors, as last read (it follows a resize).</summary>
+    public ulong Capacity => Volatile.Read(ref _capacity);
+
+    /// <summary>Raised on the resize watch's thread (or the caller of <see cref="RefreshCapacity"/>) after the image was resized.</summary>
+    public event Action<ulong>? CapacityChanged;
+
+    /// <summary>Reads the image's size (librbd refreshes its header first when it changed); true when it differs from <see cref="Capacity"/>.</summary>
+    public bool RefreshCapacity()
+    {
+        // One refresh at a time, so listeners hear the sizes in the order they were read.
+        lock (_refreshLock)
+        {
+            var size = _image.CurrentSize();
+            if (size < 0)
+            {
+                _log.Warn($"rbd {_image.Spec}: cannot read the image's size: {VirtioSharp.Native.Errno.Describe((int)-size)}");
+                return false;
+            }
+            // 5.2.4: capacity is in 512-byte sectors; a ragged tail is not exposed.
+            var now = (ulong)size & ~(ulong)(BlkLayout.SectorSize - 1);
+            var old = _capacity;
+            if (now == old)
+                return false;
+            Volatile.Write(ref _capacity, now);
+            _log.Info($"rbd {_image.Spec} was resized from {old} to {now} bytes");
+            CapacityChanged?.Invoke(now);
+            return true;
+        }
+    }
+
     public uint BlockSize => 512;
     public bool ReadOnly => _image.ReadOnly;
     public bool SupportsDiscard => !ReadOnly;

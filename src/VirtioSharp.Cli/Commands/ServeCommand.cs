@@ -37,6 +37,12 @@ public static class ServeCommand
         and the guest sees an I/O error; the back-end keeps serving and later requests succeed
         once the cluster is back.
 
+        A disk that grows or shrinks while served is reported to the guest as a configuration
+        change (vhost-user: VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, which QEMU's vhost-user-blk
+        passes on; Linux then shows the new size). An rbd: image is watched (rbd resize is
+        noticed at once); for an image file, send SIGHUP after resizing it (truncate -s,
+        qemu-img resize).
+
         One front-end is served at a time; when it disconnects the back-end waits for the next
         one on the same socket. SIGINT or SIGTERM stops it after flushing the image.
 

@@ -74,6 +74,16 @@ internal static class ServeRunner
                 foreach (var line in metrics.Describe())
                     log.Info(line);
             });
+            // SIGHUP: look at the disk's size again (an image file resized while served).
+            var served = backend;
+            using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, context =>
+            {
+                context.Cancel = true;
+                if (served is not IResizableBackend resizable)
+                    log.Info($"SIGHUP: {served.Description} cannot change size while served");
+                else if (!resizable.RefreshCapacity())
+                    log.Info($"SIGHUP: {served.Description} is still {served.Capacity} bytes");
+            });
             Tell(notifier, $"READY=1\nSTATUS=serving {backend.Description} on {socketPath}", log);
             signals.Wait(log, stop);
             Tell(notifier, "STOPPING=1", log);

@@ -20,6 +20,7 @@ internal sealed partial class VhostUserSession : IDisposable
         VhostUserFeatures.Bit(VhostUserFeatures.Mq)
         | VhostUserFeatures.Bit(VhostUserFeatures.ReplyAck)
         | VhostUserFeatures.Bit(VhostUserFeatures.Config)
+        | VhostUserFeatures.Bit(VhostUserFeatures.BackendReq)
         | VhostUserFeatures.Bit(VhostUserFeatures.ResetDevice)
         | VhostUserFeatures.Bit(VhostUserFeatures.ConfigureMemSlots)
         | VhostUserFeatures.Bit(VhostUserFeatures.InflightShmfd);
@@ -41,6 +42,8 @@ internal sealed partial class VhostUserSession : IDisposable
     private string _why = "";
     private InflightRegion? _inflight;
     private readonly int _holdCompletionsMs;
+    private BackendRequestChannel? _backendChannel; // swapped under _backendLock
+    private readonly Lock _backendLock = new();
 
     /// <summary>How long the rest of a message may take once it has begun, and how long a reply may wait to be sent.</summary>
     public static readonly TimeSpan DefaultMessageTimeout = TimeSpan.FromSeconds(5);
@@ -60,6 +63,7 @@ internal sealed partial class VhostUserSession : IDisposable
         _vrings = new Vring[device.NumQueues];
         for (var i = 0; i < _vrings.Length; i++)
             _vrings[i] = new Vring(i, device, log, aio, pollers?[i]);
+        device.ConfigChanged += OnConfigChanged;
     }
 
     public ulong Features => _features;
@@ -235,6 +239,8 @@ internal sealed partial class VhostUserSession : IDisposable
                 return GetConfig(p);
             case VhostUserRequest.SetConfig:
                 return SetConfig(p);
+            case VhostUserRequest.SetBackendReqFd:
+                return Size(p, 0) ? SetBackendReqFd() : Verdict.Failed;
             default:
                 return Fail($"request {(uint)request} ({request.SpecName()}) is not supported by this back-end");
         }
@@ -242,7 +248,7 @@ internal sealed partial class VhostUserSession : IDisposable
 
     private static bool FdsAllowed(VhostUserRequest r) => r is VhostUserRequest.SetMemTable or VhostUserRequest.AddMemReg
         or VhostUserRequest.RemMemReg or VhostUserRequest.SetVringKick or VhostUserRequest.SetVringCall or VhostUserRequest.SetVringErr
-        or VhostUserRequest.SetInflightFd;
+        or VhostUserRequest.SetInflightFd or VhostUserRequest.SetBackendReqFd;
 
     private bool Size(ReadOnlySpan<byte> payload, int expected)
     {
@@ -267,6 +273,8 @@ internal sealed partial class VhostUserSession : IDisposable
     /// <summary>Stops every ring and releases every descriptor and mapping of this connection.</summary>
     public void Dispose()
     {
+        _device.ConfigChanged -= OnConfigChanged;
+        SwapBackendChannel(null);
         foreach (var v in _vrings)
         {
             var wasStarted = v.Started;

@@ -42,6 +42,13 @@ public readonly record struct VhostUserHeader(VhostUserRequest Request, uint Fla
     public static VhostUserHeader ForRequest(VhostUserRequest request, int size, bool needReply = false) =>
         new(request, Version | (needReply ? NeedReplyFlag : 0), (uint)size);
 
+    /// <summary>A request from the back-end, on the channel of VHOST_USER_SET_BACKEND_REQ_FD (same header, its own numbers).</summary>
+    public static VhostUserHeader ForBackendRequest(VhostUserBackendRequest request, int size, bool needReply = false) =>
+        new((VhostUserRequest)(uint)request, Version | (needReply ? NeedReplyFlag : 0), (uint)size);
+
+    /// <summary>The request field read as a back-end message type (on the back-end's channel).</summary>
+    public VhostUserBackendRequest BackendRequest => (VhostUserBackendRequest)(uint)Request;
+
     /// <summary>The back-end's reply to <paramref name="request"/>.</summary>
     public static VhostUserHeader ForReply(VhostUserRequest request, int size) => new(request, Version | ReplyFlag, (uint)size);
 

@@ -17,7 +17,10 @@ public sealed class BlkDevice : IVirtioDevice
     private readonly BlkDeviceOptions _options;
     private readonly byte[] _config;
     private readonly byte[] _serial = new byte[BlkLayout.IdBytes];
-    private readonly ulong _capacitySectors;
+    private ulong _capacitySectors; // read once per request (Volatile); changes when the backend is resized
+    private readonly Lock _configLock = new(); // config bytes and generation change together
+    private uint _configGeneration;
+    private BlkConfig _configRecord;
     private readonly bool _readOnly;
     private readonly BlkThrottle? _throttle;
     private readonly BlkAsyncRequests _asyncRequests;
@@ -62,7 +65,7 @@ public sealed class BlkDevice : IVirtioDevice
             features |= VirtioFeatures.Bit(VirtioFeatures.RingPacked);
         DeviceFeatures = features;
 
-        Config = new BlkConfig
+        _configRecord = new BlkConfig
         {
             Capacity = _capacitySectors,
             SizeMax = _options.SizeMax,
@@ -76,7 +79,7 @@ public sealed class BlkDevice : IVirtioDevice
             MaxWriteZeroesSeg = _options.MaxWriteZeroesSegments,
             WriteZeroesMayUnmap = 1,
         };
-        _config = Config.ToBytes();
+        _config = _configRecord.ToBytes();
         Stats = new BlkStats(_options.NumQueues);
         var maxSegments = (int)Math.Max(Config.MaxDiscardSeg, Config.MaxWriteZeroesSeg);
         // A driver keeps to seg_max data segments (5.2.6.1); the slot has room for one more
@@ -85,11 +88,13 @@ public sealed class BlkDevice : IVirtioDevice
         var iovPerSlot = (int)Math.Clamp(segMax + 1, 2u, 257u);
         if (_options.Limits is { Any: true } limits)
             _throttle = new BlkThrottle(limits, _options.NumQueues);
-        var validator = new BlkRequestValidator(this, _options.NumQueues, maxSegments, _capacitySectors, _readOnly);
+        var validator = new BlkRequestValidator(this, _options.NumQueues, maxSegments, _readOnly);
         _asyncRequests = new BlkAsyncRequests(this, backend, validator, _options.NumQueues, iovPerSlot);
         var executor = new BlkRequestExecutor(this, backend, _serial, validator);
         _drainer = new QueueDrainer(_options.NumQueues, Breaches,
             new BlkChainHandler(this, validator, executor, _asyncRequests, _throttle, _options.NumQueues));
+        if (backend is IResizableBackend resizable)
+            resizable.CapacityChanged += OnCapacityChanged;
     }
 
     public uint DeviceId => 2; // 5.2.1
@@ -97,7 +102,14 @@ public sealed class BlkDevice : IVirtioDevice
     public int NumQueues => _options.NumQueues;
     public ushort MaxQueueSize => (ushort)_options.QueueSize;
     public int ConfigSize => _config.Length;
-    public BlkConfig Config { get; }
+    /// <summary>The configuration space now (its capacity changes when the backend is resized).</summary>
+    public BlkConfig Config => Volatile.Read(ref _configRecord);
+    /// <summary>2.5.1 / 4.2.2: changes whenever the configuration space does.</summary>
+    public uint ConfigGeneration => Volatile.Read(ref _configGeneration);
+    /// <summary>Raised after the configuration space changed (a resize), on the thread that noticed it.</summary>
+    public event Action? ConfigChanged;
+    /// <summary>The disk's size in 512-byte sectors now.</summary>
+    public ulong CapacitySectors => Volatile.Read(ref _capacitySectors);
     public BreachReporter Breaches { get; }
     public ILogSink? Log => _options.Log;
     public ITraceSink? Trace => _options.Trace;
@@ -112,7 +124,33 @@ public sealed class BlkDevice : IVirtioDevice
         // Reads past the end of config space return zeroes (4.2.2: device-specific reads).
         destination.Clear();
         if (offset >= 0 && offset < _config.Length)
-            _config.AsSpan(offset, Math.Min(destination.Length, _config.Length - offset)).CopyTo(destination);
+        {
+            lock (_configLock) // a resize never shows half a capacity
+                _config.AsSpan(offset, Math.Min(destination.Length, _config.Length - offset)).CopyTo(destination);
+        }
+    }
+
+    /// <summary>
+    /// The backend's size changed: 5.2.4 capacity (whole blocks of blk_size, in sectors) is updated
+    /// for the config space and for the bounds check of every later request at once, the
+    /// generation moves (2.5.1), and <see cref="ConfigChanged"/> tells the transport to notify
+    /// the driver (4.2.2 InterruptStatus bit 1; vhost-user's config-change message).
+    /// </summary>
+    private void OnCapacityChanged(ulong bytes)
+    {
+        var blkSize = Math.Max(_configRecord.BlkSize, BlkLayout.SectorSize);
+        var sectors = (bytes - bytes % blkSize) >> BlkLayout.SectorShift;
+        lock (_configLock)
+        {
+            if (sectors == _capacitySectors)
+                return;
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(_config.AsSpan(BlkConfig.OffCapacity), sectors);
+            Volatile.Write(ref _configRecord, _configRecord with { Capacity = sectors });
+            Volatile.Write(ref _capacitySectors, sectors);
+            _configGeneration++;
+        }
+        Log.Info($"capacity is now {sectors} sectors ({sectors << BlkLayout.SectorShift} bytes); config generation {ConfigGeneration}");
+        ConfigChanged?.Invoke();
     }
 
     public void WriteConfig(int offset, ReadOnlySpan<byte> source)

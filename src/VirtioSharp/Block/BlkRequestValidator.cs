@@ -13,13 +13,11 @@ internal sealed class BlkRequestValidator
 {
     private readonly BlkDevice _device;
     private readonly BlkDiscardSegment[][] _segmentScratch; // per queue: segments copied out of guest memory once
-    private readonly ulong _capacitySectors;
     private readonly bool _readOnly;
 
-    public BlkRequestValidator(BlkDevice device, int numQueues, int maxSegments, ulong capacitySectors, bool readOnly)
+    public BlkRequestValidator(BlkDevice device, int numQueues, int maxSegments, bool readOnly)
     {
         _device = device;
-        _capacitySectors = capacitySectors;
         _readOnly = readOnly;
         _segmentScratch = new BlkDiscardSegment[numQueues][];
         for (var i = 0; i < _segmentScratch.Length; i++)
@@ -125,11 +123,12 @@ internal sealed class BlkRequestValidator
             Breaches.Report("5.2.3", queue, req.Head, $"data segments of at most size_max {Config.SizeMax} bytes", $"a segment of {longest} bytes");
             return BlkStatus.IoErr;
         }
-        // 5.2.6.1: no read or write beyond capacity (overflow-safe).
+        // 5.2.6.1: no read or write beyond capacity (overflow-safe), as it is now (a resize may move it).
         var sectors = req.DataLength >> BlkLayout.SectorShift;
-        if (req.Header.Sector > _capacitySectors || sectors > _capacitySectors - req.Header.Sector)
+        var capacity = _device.CapacitySectors;
+        if (req.Header.Sector > capacity || sectors > capacity - req.Header.Sector)
         {
-            Breaches.Report("5.2.6.1", queue, req.Head, $"sectors within capacity {_capacitySectors}", $"sector {req.Header.Sector} + {sectors}");
+            Breaches.Report("5.2.6.1", queue, req.Head, $"sectors within capacity {capacity}", $"sector {req.Header.Sector} + {sectors}");
             return BlkStatus.IoErr;
         }
         return BlkStatus.Ok;
@@ -179,12 +178,13 @@ internal sealed class BlkRequestValidator
             }
         }
         var maxSectors = discard ? Config.MaxDiscardSectors : Config.MaxWriteZeroesSectors;
+        var capacity = _device.CapacitySectors;
         for (var s = 0; s < segments.Length; s++)
         {
             var seg = segments[s];
-            if (seg.NumSectors > maxSectors || seg.Sector > _capacitySectors || seg.NumSectors > _capacitySectors - seg.Sector)
+            if (seg.NumSectors > maxSectors || seg.Sector > capacity || seg.NumSectors > capacity - seg.Sector)
             {
-                Breaches.Report("5.2.6.1", req.Queue, req.Head, $"segment within capacity {_capacitySectors} and at most {maxSectors} sectors (config {(discard ? "max_discard_sectors" : "max_write_zeroes_sectors")})",
+                Breaches.Report("5.2.6.1", req.Queue, req.Head, $"segment within capacity {capacity} and at most {maxSectors} sectors (config {(discard ? "max_discard_sectors" : "max_write_zeroes_sectors")})",
                     $"sector {seg.Sector} + {seg.NumSectors} in segment {s}");
                 return BlkStatus.IoErr;
             }

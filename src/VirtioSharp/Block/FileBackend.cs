@@ -21,7 +21,7 @@ namespace VirtioSharp.Block;
 /// direct I/O to the same file also takes. Both kinds are counted.
 /// </para>
 /// </summary>
-public sealed unsafe class FileBackend : IAsyncBlockBackend
+public sealed unsafe class FileBackend : IAsyncBlockBackend, IResizableBackend
 {
     private const int MaxIov = 1024; // IOV_MAX on Linux
     /// <summary>Bytes of each queue's bounce buffer; larger unaligned transfers go through it in pieces.</summary>
@@ -42,7 +42,7 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend
         Path = path;
         FileLength = length;
         // Capacity is whole sectors (5.2.4: capacity in 512-byte sectors); a ragged tail is not exposed.
-        Capacity = length & ~(ulong)(BlkLayout.SectorSize - 1);
+        _capacity = length & ~(ulong)(BlkLayout.SectorSize - 1);
         ReadOnly = readOnly;
         BlockSize = blockSize;
         CacheMode = cache;
@@ -112,7 +112,37 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend
     public string Path { get; }
     /// <summary>The image file's length when opened; <see cref="Capacity"/> leaves out a partial last sector.</summary>
     public ulong FileLength { get; }
-    public ulong Capacity { get; }
+    /// <summary>Whole sectors of the file, as last looked at (<see cref="RefreshCapacity"/>).</summary>
+    public ulong Capacity => Volatile.Read(ref _capacity);
+    private ulong _capacity;
+    private readonly Lock _refreshLock = new();
+
+    /// <summary>Raised by <see cref="RefreshCapacity"/> when the file's length changed.</summary>
+    public event Action<ulong>? CapacityChanged;
+
+    /// <summary>Looks at the file's length now (after someone resized it); true when the capacity changed.</summary>
+    public bool RefreshCapacity()
+    {
+        lock (_refreshLock) // listeners hear the sizes in the order they were read
+        {
+            long length;
+            try
+            {
+                length = RandomAccess.GetLength(_handle);
+            }
+            catch (IOException)
+            {
+                return false;
+            }
+            var now = (ulong)length & ~(ulong)(BlkLayout.SectorSize - 1);
+            if (now == _capacity)
+                return false;
+            Volatile.Write(ref _capacity, now);
+            CapacityChanged?.Invoke(now);
+            return true;
+        }
+    }
+
     public uint BlockSize { get; }
     public bool ReadOnly { get; }
     public bool SupportsDiscard => !ReadOnly;

@@ -31,6 +31,19 @@ public interface IVirtioDevice
     /// <summary>Where ring events go while someone records or narrates; transports hand it to their queues.</summary>
     ITraceSink? Trace => null;
 
+    /// <summary>2.5.1: a number that changes whenever the configuration space does (4.2.2 ConfigGeneration).</summary>
+    uint ConfigGeneration => 0;
+
+    /// <summary>
+    /// Raised, on any thread, after the device changed its configuration space by itself (a disk
+    /// resized): the transport sends the driver a configuration change notification (2.5.2).
+    /// </summary>
+    event Action? ConfigChanged
+    {
+        add { }
+        remove { }
+    }
+
     /// <summary>
     /// Most operations of one queue the device keeps in flight through <see cref="IQueueIo"/>
     /// (a worker sizes its kernel ring by it, bounded by the queue size); 0 when it starts none.

@@ -41,6 +41,17 @@ public sealed class VirtioMmioDevice : IMmioHandler
         _queues = new QueueRegs[device.NumQueues];
         for (var i = 0; i < _queues.Length; i++)
             _queues[i] = new QueueRegs();
+        device.ConfigChanged += OnConfigChanged;
+    }
+
+    /// <summary>
+    /// The device changed its configuration space (a resized disk): ConfigGeneration already reads
+    /// the new value; a driver that is running hears of it through InterruptStatus bit 1 (4.2.2).
+    /// </summary>
+    private void OnConfigChanged()
+    {
+        if ((Status & DeviceStatus.DriverOk) != 0)
+            RaiseInterrupt(MmioRegisters.InterruptConfigChange);
     }
 
     public uint Size => MmioRegisters.RegionSize;
@@ -98,7 +109,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
                 },
                 MmioRegisters.QueueNumMax => q is null ? 0u : _device.MaxQueueSize,
                 MmioRegisters.QueueReady => q is { Ready: true } ? 1u : 0u,
-                MmioRegisters.ConfigGeneration => 0u, // config space never changes under the driver
+                MmioRegisters.ConfigGeneration => _device.ConfigGeneration, // 4.2.2: moves when the config space changes
                 MmioRegisters.ShmLenLow or MmioRegisters.ShmLenHigh => 0xffffffff, // 4.2.2: no shared memory regions
                 _ => 0,
             };

@@ -99,6 +99,31 @@ public sealed unsafe class UnixFdSocket : IDisposable
         }
     }
 
+    /// <summary>
+    /// Takes ownership of <paramref name="handle"/>, a descriptor a peer passed us (SCM_RIGHTS) as one
+    /// end of a connection, after checking it is an AF_UNIX stream socket; anything else is an
+    /// <see cref="IOException"/> with one line and the handle stays the caller's to close.
+    /// </summary>
+    public static UnixFdSocket AdoptConnected(SafeFdHandle handle)
+    {
+        int type = 0;
+        var length = (uint)sizeof(int);
+        if (Interop.GetSockOpt(handle, Interop.SOL_SOCKET, Interop.SO_TYPE, &type, &length) != 0)
+        {
+            var errno = Marshal.GetLastPInvokeError();
+            throw new IOException(errno == 88 ? "the descriptor is not a socket" : $"the descriptor: {Errno.Describe(errno)}");
+        }
+        var address = new SockAddrUn();
+        var addressLength = (uint)sizeof(SockAddrUn);
+        if (Interop.GetSockName(handle, &address, &addressLength) != 0)
+            throw new IOException($"getsockname failed: {Errno.Describe(Marshal.GetLastPInvokeError())}");
+        if (address.Family != Interop.AF_UNIX)
+            throw new IOException($"the descriptor is not a Unix socket (address family {address.Family})");
+        if (type != Interop.SOCK_STREAM)
+            throw new IOException($"the descriptor is not a stream socket (type {type})");
+        return new UnixFdSocket(handle);
+    }
+
     /// <summary>Connects to a listening socket.</summary>
     public static UnixFdSocket Connect(string path)
     {

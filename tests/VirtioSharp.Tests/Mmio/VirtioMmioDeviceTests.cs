@@ -424,3 +424,42 @@ public sealed class VirtioMmioDeviceTests
         Assert.Equal((uint)capacity, h.Mmio.Read(R.Config + 0, 4));
     }
 }
+
+/// <summary>A disk resized while the driver runs: 4.2.2 ConfigGeneration and InterruptStatus bit 1, 5.2.4 capacity.</summary>
+public sealed class MmioConfigChangeTests
+{
+    [Fact]
+    public void A_resize_moves_ConfigGeneration_raises_the_config_change_interrupt_and_the_new_capacity_is_served_4_2_2()
+    {
+        var disk = new ResizableBackend(1 << 20, 4 << 20);
+        using var h = new MmioHarness(backend: disk);
+        h.Initialize(VirtioFeatures.Bit(VirtioFeatures.Version1) | VirtioFeatures.Bit(BlkFeatures.Flush));
+        var generation = h.Read(R.ConfigGeneration);
+        Assert.Equal(2048u, h.Read(R.Config)); // capacity low word, in sectors
+        var interrupts = h.Interrupts;
+
+        disk.Resize(3 << 20);
+
+        Assert.NotEqual(generation, h.Read(R.ConfigGeneration));
+        Assert.Equal(R.InterruptConfigChange, h.Read(R.InterruptStatus) & R.InterruptConfigChange);
+        Assert.True(h.Interrupts > interrupts, "no interrupt raised for the configuration change");
+        Assert.Equal(6144u, h.Read(R.Config));
+        Assert.Equal(0u, h.Read(R.Config + 4));
+        Assert.Equal(6144UL, h.Blk.CapacitySectors);
+        h.Write(R.InterruptAck, R.InterruptConfigChange);
+        Assert.Equal(0u, h.Read(R.InterruptStatus) & R.InterruptConfigChange);
+    }
+
+    [Fact]
+    public void Before_DRIVER_OK_a_resize_moves_ConfigGeneration_but_raises_no_interrupt()
+    {
+        var disk = new ResizableBackend(1 << 20, 4 << 20);
+        using var h = new MmioHarness(backend: disk);
+        h.Initialize(VirtioFeatures.Bit(VirtioFeatures.Version1), driverOk: false);
+        var generation = h.Read(R.ConfigGeneration);
+        disk.Resize(2 << 20);
+        Assert.NotEqual(generation, h.Read(R.ConfigGeneration));
+        Assert.Equal(0u, h.Read(R.InterruptStatus));
+        Assert.Equal(4096u, h.Read(R.Config));
+    }
+}

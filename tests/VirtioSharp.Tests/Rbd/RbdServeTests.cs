@@ -147,10 +147,11 @@ public sealed class RbdServeTests(CephCluster ceph) : IClassFixture<CephCluster>
         while (!server.Output.Contains("was resized", StringComparison.Ordinal) && Environment.TickCount64 < deadline)
             await Task.Delay(100);
         Assert.Contains($"rbd rbd/{image} was resized from {8 * MiB} to {12 * MiB} bytes", server.Output);
-        // The guest keeps the size it started with (no config-change message without the back-end channel).
+        // The device's configuration follows at once: a front-end that connects now reads the new capacity.
+        Assert.Contains($"capacity is now {12 * MiB / 512} sectors", server.Output);
         var (code, output, error) = await Run(IoCommand.Create(), "--socket", dir.File("vblk.sock"), "info");
         Assert.True(code == 0, error);
-        Assert.Contains($"capacity          {8 * MiB} bytes", output);
+        Assert.Contains($"capacity          {12 * MiB} bytes", output);
         AssertStopped(server);
     }
 

@@ -6,7 +6,9 @@ namespace VirtioSharp.Tests.Rbd;
 /// One boot of the real Linux test guest (its virtio_blk driver, 2 vCPUs, 2 queues) against
 /// <c>vblk serve rbd:...</c> on a throwaway Ceph cluster; the image is then exported with Ceph's
 /// own <c>rbd export</c> and checked on the host. Disk layout (scripts/guest-init): ext4 in
-/// [0,64) MiB, the pattern at 64 MiB, discard [80,84), write-zeroes [84,88), fio [96,128).
+/// [0,64) MiB, the pattern at 64 MiB, discard [80,84), write-zeroes [84,88), fio [96,128); last,
+/// the image is grown with <c>rbd resize</c> from 256 to <see cref="ResizedMiB"/> MiB while the
+/// guest waits for the new size, and it writes a pattern in the new last MiB.
 /// </summary>
 public sealed class RbdGuestFixture : IDisposable
 {
@@ -21,13 +23,39 @@ public sealed class RbdGuestFixture : IDisposable
             "--socket", socket, "--num-queues", "2", "--strict=fail"]))
         {
             server.WaitForSocket(socket, TimeSpan.FromSeconds(60));
-            Guest = LinuxGuest.Boot(socket, "write-read,discard,fio,ext4", vcpus: 2, queues: 2, WorkDir, "vblk.discard_zeroes=1");
+            const string jobs = "write-read,discard,fio,ext4,resize";
+            LinuxGuest.Run? run = null;
+            var boot = new Thread(() => run = LinuxGuest.Boot(socket, jobs, vcpus: 2, queues: 2, WorkDir, $"vblk.discard_zeroes=1 vblk.resize_mib={ResizedMiB}", timeoutSeconds: 420));
+            boot.Start();
+            ResizeWhenAsked(LinuxGuest.ConsoleLog(WorkDir, jobs), boot);
+            boot.Join();
+            Guest = run!;
             ServerExit = server.Stop(TimeSpan.FromSeconds(60));
             ServerLog = server.Output;
         }
         Image = Path.Combine(WorkDir, "exported.raw");
         Ceph.Rbd("export", "rbd/guest", Image);
     }
+
+    public const int ResizedMiB = 320;
+
+    /// <summary>Grows the image with Ceph's own tool once the guest's resize job says it waits.</summary>
+    private void ResizeWhenAsked(string console, Thread boot)
+    {
+        while (boot.IsAlive)
+        {
+            if (File.Exists(console) && File.ReadAllText(console).Contains("VBLK-RESIZE-READY", StringComparison.Ordinal))
+            {
+                Ceph.Rbd("resize", "--size", $"{ResizedMiB}M", "rbd/guest");
+                Resized = true;
+                return;
+            }
+            Thread.Sleep(200);
+        }
+    }
+
+    /// <summary>The guest asked for the resize and <c>rbd resize</c> ran.</summary>
+    public bool Resized { get; private set; }
 
     public CephCluster Ceph { get; }
     public string WorkDir { get; }
@@ -74,6 +102,17 @@ public sealed class VmOnRbdTests(RbdGuestFixture vm) : IClassFixture<RbdGuestFix
         Assert.Equal(LinuxGuest.Pattern(64, 1), LinuxGuest.ReadImage(vm.Image, 64L << 20, 1 << 20));
         var zeroes = LinuxGuest.ReadImage(vm.Image, 80L << 20, 8 << 20);
         Assert.True(Array.TrueForAll(zeroes, b => b == 0), "the discarded and write-zeroed range [80,88) MiB holds non-zero bytes");
+    }
+
+    [Fact]
+    public void Guest_sees_an_rbd_resize_as_a_config_change_and_writes_in_the_new_area()
+    {
+        Assert.True(vm.Resized, $"the guest never asked for the resize\n{vm.Guest.Output}");
+        Pass(vm.Guest, "resize");
+        Assert.Contains("was resized from 268435456 to 335544320 bytes", vm.ServerLog);
+        Assert.Contains("configuration change sent to the front-end (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), acknowledged", vm.ServerLog);
+        Assert.Equal((long)RbdGuestFixture.ResizedMiB << 20, new FileInfo(vm.Image).Length);
+        Assert.Equal(LinuxGuest.Pattern(RbdGuestFixture.ResizedMiB - 1, 1), LinuxGuest.ReadImage(vm.Image, (long)(RbdGuestFixture.ResizedMiB - 1) << 20, 1 << 20));
     }
 
     [Fact]

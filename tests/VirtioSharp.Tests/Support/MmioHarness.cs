@@ -16,10 +16,10 @@ public sealed class MmioHarness : IDisposable
     private int _interrupts;
     private int _notified;
 
-    public MmioHarness(BlkDeviceOptions? options = null, int queueSize = 16)
+    public MmioHarness(BlkDeviceOptions? options = null, int queueSize = 16, IBlockBackend? backend = null)
     {
         Log = new ListLogSink();
-        Backend = new MemoryBackend(1 << 20);
+        Backend = backend ?? new MemoryBackend(1 << 20);
         Blk = new BlkDevice(Backend, (options ?? new BlkDeviceOptions()) with { QueueSize = 64, Log = Log });
         Ring = new RingBuilder(queueSize, 4 << 20);
         Mmio = new VirtioMmioDevice(Blk, Ring.Memory)
@@ -30,7 +30,7 @@ public sealed class MmioHarness : IDisposable
     }
 
     public ListLogSink Log { get; }
-    public MemoryBackend Backend { get; }
+    public IBlockBackend Backend { get; }
     public BlkDevice Blk { get; }
     public RingBuilder Ring { get; }
     public VirtioMmioDevice Mmio { get; }

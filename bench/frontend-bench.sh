@@ -32,6 +32,12 @@ Settings come from the environment:
                  cold = the raw image with the page cache dropped before every run
                  (echo 1 > /proc/sys/vm/drop_caches), so reads go to the disk until
                  they warm it again
+                 Cache modes, each side with the matching settings and aio=io_uring for qsd
+                 (the same two images; qsd's extra exports open them with locking=off):
+                 writeback = vblk serve --cache writeback, qsd cache.direct=off
+                 direct    = vblk serve --cache none,      qsd cache.direct=on
+                 unsafe    = vblk serve --cache unsafe,    qsd cache.direct=off,cache.no-flush=on
+                 e.g. DEVICES="writeback direct unsafe"
   SERVE_ARGS=..  extra arguments for both `vblk serve` back-ends (e.g. "--poll-us 50")
   BENCH_ARGS=..  extra arguments for every `vblk bench` run (e.g. "--poll-us 50")
 USAGE
@@ -51,9 +57,9 @@ IMAGE_SIZE=${IMAGE_SIZE:-1G}
 if [[ -w /proc/sys/vm/drop_caches ]]; then DEVICES=${DEVICES:-"null file cold"}; else DEVICES=${DEVICES:-"null file"}; fi
 for dev in $DEVICES; do
     case "$dev" in
-        null|file) ;;
+        null|file|writeback|direct|unsafe) ;;
         cold) [[ -w /proc/sys/vm/drop_caches ]] || { echo "frontend-bench: cold needs root (drop_caches)" >&2; exit 2; } ;;
-        *) echo "frontend-bench: unknown device $dev (null, file, cold)" >&2; exit 2 ;;
+        *) echo "frontend-bench: unknown device $dev (null, file, cold, writeback, direct, unsafe)" >&2; exit 2 ;;
     esac
 done
 
@@ -134,6 +140,22 @@ start_qsd qsd-null --blockdev "driver=null-co,node-name=disk0,size=$null_bytes,r
 start_qsd qsd-file --blockdev "driver=file,node-name=file0,filename=$image" --blockdev "driver=raw,node-name=disk0,file=file0"
 start_vblk vblk-null --backend null --size "$null_bytes"
 start_vblk vblk-file "$work/disk2.raw"
+want() { [[ " $DEVICES " == *" $1 "* ]]; }
+file_node() { # cache options of qsd's file node
+    echo "driver=file,node-name=file0,filename=$image,aio=io_uring,locking=off,$1"
+}
+if want writeback; then
+    start_qsd qsd-writeback --blockdev "$(file_node cache.direct=off)" --blockdev "driver=raw,node-name=disk0,file=file0"
+    start_vblk vblk-writeback "$work/disk2.raw" --cache writeback
+fi
+if want direct; then
+    start_qsd qsd-direct --blockdev "$(file_node cache.direct=on)" --blockdev "driver=raw,node-name=disk0,file=file0"
+    start_vblk vblk-direct "$work/disk2.raw" --cache none
+fi
+if want unsafe; then
+    start_qsd qsd-unsafe --blockdev "$(file_node cache.direct=off,cache.no-flush=on)" --blockdev "driver=raw,node-name=disk0,file=file0,cache.no-flush=on"
+    start_vblk vblk-unsafe "$work/disk2.raw" --cache unsafe
+fi
 
 workloads=(
     "randread 4K 1"
@@ -158,6 +180,7 @@ echo "# $(uname -sr), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut
 echo "# $("$qsd" --version | head -1), .NET $(dotnet --version)"
 echo "# runtime ${RUNTIME}s (+${RAMP}s ramp) per run, ${ROUNDS} rounds, image $IMAGE_SIZE; devices: $DEVICES"
 echo "# vblk serve extra arguments: '${SERVE_ARGS}'; vblk bench extra arguments: '${BENCH_ARGS}'"
+echo "# images on $(findmnt -no FSTYPE -T "$work") ($(findmnt -no SOURCE -T "$work")); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 printf '%-16s %-5s %-10s %5s %10s %9s %9s %9s %8s %9s\n' workload dev backend round IOPS MB/s p50us p99us fe-cpu-us be-cpu-s/M
 for w in "${workloads[@]}"; do
@@ -169,7 +192,7 @@ for w in "${workloads[@]}"; do
             for be in $order; do
                 out=$work/run.json
                 sock=$work/$be-$dev.sock
-                if [[ $dev == file ]]; then
+                if [[ $dev == file || $dev == writeback || $dev == unsafe ]]; then
                     cat "$image" "$work/disk2.raw" >/dev/null # warm again after a cold run
                 fi
                 if [[ $dev == cold ]]; then

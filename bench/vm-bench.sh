@@ -49,6 +49,8 @@ by round when --rounds > 1, qsd first in odd rounds, ours first in even ones).
                         the repo root.  Placeholders: {image} {socket} {size}
                         (bytes) {queues}.  Example:
                         --ours "./vblk serve {image} --socket {socket} --num-queues {queues}"
+                        The polling variant, paired with qsd like any other:
+                        --paired --ours "./vblk serve {image} --socket {socket} --num-queues {queues} --poll-us 50"
   --ours-null TEMPLATE  the same for the null device; default: --ours with
                         {image} replaced by "--backend null --size {size}"
   --devices LIST        file,null (default both)

@@ -106,6 +106,11 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         public ulong Buffer;          // shared-memory address (zero-copy)
         public byte[]? Managed;       // managed buffer (copying)
         public ulong Rng;
+        public int Queue;             // the virtqueue this worker submits on
+        // Workers of different queues run on different threads: keep their counters apart.
+#pragma warning disable CS0169, IDE0051 // padding, never read
+        private readonly long _pad0, _pad1, _pad2, _pad3, _pad4, _pad5, _pad6, _pad7;
+#pragma warning restore CS0169, IDE0051
     }
 
     public async Task<int> RunAsync(CancellationToken cancel)
@@ -135,7 +140,8 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var fill = new Random(s.Seed);
         for (var i = 0; i < workers.Length; i++)
         {
-            var w = new Worker { Rng = (ulong)(s.Seed * 7919 + i + 1) * 0x9E3779B97F4A7C15UL };
+            // A queue's workers are made together (and so lie together in memory); each submits on its own queue.
+            var w = new Worker { Rng = (ulong)(s.Seed * 7919 + i + 1) * 0x9E3779B97F4A7C15UL, Queue = i / s.IoDepth };
             if (s.ZeroCopy)
             {
                 w.Buffer = session.Transport.Allocator.Allocate(s.BlockSize, 4096);
@@ -290,7 +296,7 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
                 var ok = true;
                 if (w.Managed is null)
                 {
-                    var status = await driver.SubmitDirectAsync(read ? BlkRequestType.In : BlkRequestType.Out,
+                    var status = await driver.SubmitDirectAsync(w.Queue, read ? BlkRequestType.In : BlkRequestType.Out,
                         block * sectorsPerBlock, w.Buffer, (uint)bs, cancel).ConfigureAwait(false);
                     ok = status == BlkStatus.Ok;
                 }

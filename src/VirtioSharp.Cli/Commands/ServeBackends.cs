@@ -33,25 +33,38 @@ internal static class ServeBackends
                 throw new UsageException($"--aio io_uring is for a file image; --backend {s.Backend} does no file I/O");
             return "";
         }
+        var mode = ((FileBackend)backend).CacheMode;
+        var cacheNote = mode == FileCacheMode.Writeback ? "" : $"; cache {FileCacheModes.Name(mode)}{(mode == FileCacheMode.Unsafe ? " (flushes not synced)" : " (O_DIRECT)")}";
         if (s.Aio == AioMode.Sync)
-            return "; file I/O synchronous per queue (--aio sync)";
+            return $"{cacheNote}; file I/O synchronous per queue (--aio sync)";
         // Probed once: a ring, the opcodes the workers queue, and multishot poll (Linux 5.13).
         try
         {
             if (!AioChoice.UseIoUring(s.Aio, true, VirtioSharp.Native.IoUringSupport.Probed, out var why))
-                return $"; file I/O synchronous per queue ({why})";
+                return $"{cacheNote}; file I/O synchronous per queue ({why})";
         }
         catch (InvalidOperationException e)
         {
             throw new UsageException(e.Message);
         }
-        return $"; reads and flushes through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize)} in flight per queue";
+        var file = (FileBackend)backend;
+        var depth = Math.Min(BlkDevice.MaxAsyncPerQueue, s.QueueSize);
+        return mode switch
+        {
+            FileCacheMode.None => $"{cacheNote}, {file.Alignment!.Value.Offset}-byte alignment from {file.Alignment.Value.Source}; reads, writes and flushes through io_uring, up to {depth} in flight per queue",
+            FileCacheMode.Unsafe => $"{cacheNote}; reads through io_uring, up to {depth} in flight per queue",
+            _ => $"; reads and flushes through io_uring, up to {depth} in flight per queue",
+        };
     }
 
     public static IBlockBackend Open(ServeSettings s, ILogSink log)
     {
-        if (s.BlkSize < BlkLayout.SectorSize || s.BlkSize > 65536 || (s.BlkSize & (s.BlkSize - 1)) != 0)
+        // BlkSize 0: not given (512, or the file system's logical block size with --cache none).
+        if (s.BlkSize != 0 && (s.BlkSize < BlkLayout.SectorSize || s.BlkSize > 65536 || (s.BlkSize & (s.BlkSize - 1)) != 0))
             throw new UsageException($"--blk-size {s.BlkSize} must be a power of two between 512 and 65536");
+        var blkSize = s.BlkSize == 0 ? BlkLayout.SectorSize : s.BlkSize;
+        if (s.Cache is not null && (s.Backend != "file" || (s.Image is not null && (NbdUri.LooksLikeNbd(s.Image) || RbdImageSpec.Matches(s.Image)))))
+            throw new UsageException(CacheRefusal(s));
         if (s.Backend == "file" && s.Image is not null && NbdUri.LooksLikeNbd(s.Image))
         {
             if (s.Size is not null)
@@ -74,7 +87,10 @@ internal static class ServeBackends
                 throw new UsageException("IMAGE is missing (or choose --backend memory or null with --size)");
             if (s.Size is not null)
                 throw new UsageException("--size is for --backend memory or null; a file image has its own size");
-            return FileBackend.Open(s.Image, s.ReadOnly, s.BlkSize);
+            var file = FileBackend.Open(s.Image, s.ReadOnly, s.BlkSize, s.Cache ?? FileCacheMode.Writeback, s.NumQueues);
+            if (file.Alignment is { } a && file.BlockSize < a.Offset)
+                log.Warn($"--blk-size {file.BlockSize} is below the file system's logical block size {a.Offset}: requests not aligned to it go through the page cache");
+            return file;
         }
         if (s.Image is not null)
             throw new UsageException($"--backend {s.Backend} takes no IMAGE");
@@ -82,9 +98,19 @@ internal static class ServeBackends
             throw new UsageException($"--backend {s.Backend} needs --size");
         if (!Sizes.TryParse(s.Size, out var bytes) || bytes == 0 || bytes % (ulong)BlkLayout.SectorSize != 0)
             throw new UsageException($"--size '{s.Size}' is not a positive multiple of 512 bytes (use a number with an optional K, M or G suffix)");
-        if (bytes % s.BlkSize != 0)
-            throw new UsageException($"--size {bytes} is not a multiple of --blk-size {s.BlkSize}");
-        return s.Backend == "memory" ? new MemoryBackend(bytes, s.ReadOnly, s.BlkSize) : new NullBackend(bytes, s.ReadOnly, s.BlkSize);
+        if (bytes % blkSize != 0)
+            throw new UsageException($"--size {bytes} is not a multiple of --blk-size {blkSize}");
+        return s.Backend == "memory" ? new MemoryBackend(bytes, s.ReadOnly, blkSize) : new NullBackend(bytes, s.ReadOnly, blkSize);
+    }
+
+    /// <summary>--cache with a backend that has no page cache of ours to choose: one line naming what to use instead.</summary>
+    private static string CacheRefusal(ServeSettings s)
+    {
+        if (s.Image is not null && NbdUri.LooksLikeNbd(s.Image))
+            return "--cache is for a file image; an NBD export is cached (or not) by its server";
+        if (s.Image is not null && RbdImageSpec.Matches(s.Image))
+            return "--cache is for a file image; an rbd: image takes its cache from ceph.conf (rbd cache)";
+        return $"--cache is for a file image; --backend {s.Backend} has no page cache to choose";
     }
 
     private static RbdBackend OpenRbd(ServeSettings s, ILogSink log)
@@ -95,10 +121,11 @@ internal static class ServeBackends
             throw new UsageException("--size is for --backend memory or null; an RBD image has its own size");
         var spec = RbdImageSpec.Parse(s.Image!);
         var backend = RbdBackend.Open(spec, s.Ceph with { ReadOnly = s.ReadOnly }, log);
-        if (backend.Capacity % s.BlkSize != 0)
+        var blkSize = s.BlkSize == 0 ? BlkLayout.SectorSize : s.BlkSize;
+        if (backend.Capacity % blkSize != 0)
         {
             backend.Dispose();
-            throw new UsageException($"image '{spec}' is {backend.Capacity} bytes, not a multiple of --blk-size {s.BlkSize}");
+            throw new UsageException($"image '{spec}' is {backend.Capacity} bytes, not a multiple of --blk-size {blkSize}");
         }
         return backend;
     }

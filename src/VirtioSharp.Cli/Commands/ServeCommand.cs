@@ -58,14 +58,27 @@ public static class ServeCommand
         var readOnly = new Option<bool>("--read-only") { Description = "Expose the disk read-only (VIRTIO_BLK_F_RO)" };
         var numQueues = new Option<int>("--num-queues") { Description = "Request queues offered (1..64); QEMU's num-queues must not exceed it", DefaultValueFactory = _ => 1 };
         var queueSize = new Option<int>("--queue-size") { Description = "Largest ring the front-end may use (power of two, 4..32768); QEMU's queue-size must not exceed it", DefaultValueFactory = _ => 256 };
-        var blkSize = new Option<uint>("--blk-size") { Description = "Logical block size reported to the guest (512..65536, power of two)", DefaultValueFactory = _ => 512 };
+        var blkSize = new Option<uint?>("--blk-size") { Description = "Logical block size reported to the guest (512..65536, power of two); default 512, or with --cache none the file system's logical block size" };
+        var cache = new Option<string?>("--cache")
+        {
+            Description = "Host page cache use of a file image, as QEMU's cache modes: writeback (buffered I/O, the default), none (O_DIRECT: "
+                + "no page cache, aligned requests go straight to the disk, reads and writes many in flight through io_uring; unaligned guest buffers "
+                + "are copied through an aligned per-queue buffer), unsafe (buffered, and FLUSH is acknowledged without fdatasync: a host crash loses data). "
+                + "Only for file images",
+        };
+        cache.Validators.Add(r =>
+        {
+            var value = r.GetValueOrDefault<string?>();
+            if (value is not null && !FileCacheModes.TryParse(value, out _))
+                r.AddError($"--cache '{value}' is not a cache mode: use writeback, none or unsafe");
+        });
         var serial = new Option<string>("--serial") { Description = "Serial number the guest reads with GET_ID (at most 20 bytes)", DefaultValueFactory = _ => "virtiosharp" };
         var backend = new Option<string>("--backend") { Description = "Storage: file (IMAGE), memory (a RAM disk of --size), null (reads zeroes, drops writes)", DefaultValueFactory = _ => "file" };
         backend.AcceptOnlyFromAmong("file", "memory", "null");
         var size = new Option<string?>("--size") { Description = "Disk size for --backend memory or null, in bytes or with K, M, G suffix (e.g. 64M)" };
         var aio = new Option<string>("--aio")
         {
-            Description = "File I/O per queue: io_uring (up to 256 reads and flushes in flight, completed in any order; writes stay synchronous), sync (one request at a time), auto (io_uring where the kernel allows it)",
+            Description = "File I/O per queue: io_uring (up to 256 reads and flushes in flight, completed in any order; writes too with --cache none, otherwise synchronous), sync (one request at a time), auto (io_uring where the kernel allows it)",
             DefaultValueFactory = _ => "auto",
         };
         aio.AcceptOnlyFromAmong("auto", "io_uring", "sync");
@@ -113,7 +126,7 @@ public static class ServeCommand
             Hidden = true,
         };
 
-        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio,
+        var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, cache,
             nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit, noPacked, holdCompletions };
         foreach (var option in limits.All)
             command.Options.Add(option);
@@ -131,7 +144,7 @@ public static class ServeCommand
             }
             var settings = new ServeSettings(
                 result.GetValue(image), result.GetValue(socket), result.GetValue(readOnly), result.GetValue(numQueues),
-                result.GetValue(queueSize), result.GetValue(blkSize), result.GetValue(serial)!, result.GetValue(backend)!,
+                result.GetValue(queueSize), result.GetValue(blkSize) ?? 0, result.GetValue(serial)!, result.GetValue(backend)!,
                 result.GetValue(size), StrictOption.Parse(result, strict), result.GetValue(verbose), ParseAio(result.GetValue(aio)!),
                 result.GetValue(nbdConnections), result.GetValue(nbdTimeout),
                 parsedLimits, result.GetValue(pollUs), result.GetValue(metrics),
@@ -144,6 +157,7 @@ public static class ServeCommand
                     IoTimeoutSeconds = result.GetValue(cephIoTimeout),
                     ConnectTimeoutSeconds = result.GetValue(cephConnectTimeout),
                 },
+                Cache = result.GetValue(cache) is { } mode && FileCacheModes.TryParse(mode, out var parsed) ? parsed : null,
                 OfferPacked = !result.GetValue(noPacked),
                 HoldCompletionsMs = result.GetValue(holdCompletions),
             };

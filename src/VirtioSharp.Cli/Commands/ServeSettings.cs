@@ -15,6 +15,9 @@ public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly,
     /// <summary>How to reach Ceph for an rbd: IMAGE (ReadOnly comes from the settings' own flag).</summary>
     public RbdOptions Ceph { get; init; } = new();
 
+    /// <summary>--cache: how a file image uses the page cache; null when not given (writeback for a file, refused for other backends).</summary>
+    public FileCacheMode? Cache { get; init; }
+
     /// <summary>Offer VIRTIO_F_RING_PACKED (2.8); --no-packed turns it off.</summary>
     public bool OfferPacked { get; init; } = true;
 

@@ -20,7 +20,7 @@ internal sealed class ServeMetrics : IDisposable
     private readonly BlkDevice _device;
     private readonly VhostUserBlkServer _server;
     private readonly CollectorRegistry _registry = Prometheus.Metrics.NewCustomRegistry();
-    private readonly Counter _requests, _bytes, _errors, _pollWindows, _pollHits, _sleeps, _throttled;
+    private readonly Counter _requests, _bytes, _errors, _pollWindows, _pollHits, _sleeps, _throttled, _bounced, _pageCached, _syncs;
     private readonly Gauge _inFlight, _pollWindow;
     private readonly Histogram _latency;
     private readonly long[][] _latencySeen;
@@ -44,6 +44,9 @@ internal sealed class ServeMetrics : IDisposable
         _sleeps = f.CreateCounter("vblk_sleeps_total", "Times a queue worker went to sleep", "queue");
         _pollWindow = f.CreateGauge("vblk_poll_window_seconds", "A queue worker's current polling window (adapted)", "queue");
         _throttled = f.CreateCounter("vblk_throttled_seconds_total", "Time a queue's requests waited for the disk's limits", "queue");
+        _bounced = f.CreateCounter("vblk_bounced_requests_total", "Requests copied through the aligned bounce buffer (--cache none, unaligned guest buffers)", "queue");
+        _pageCached = f.CreateCounter("vblk_page_cache_requests_total", "Requests done through the page cache (--cache none, offset or length not aligned)", "queue");
+        _syncs = f.CreateCounter("vblk_fdatasyncs_total", "fdatasync calls made for flushes and stable writes (none with --cache unsafe)");
         _latencySeen = new long[device.NumQueues][];
         for (var q = 0; q < _latencySeen.Length; q++)
             _latencySeen[q] = new long[BlkStats.LatencyBuckets + 1];
@@ -108,7 +111,14 @@ internal sealed class ServeMetrics : IDisposable
                 _sleeps.WithLabels(label).IncTo(p.Sleeps);
                 _pollWindow.WithLabels(label).Set(p.WindowMicroseconds * 1e-6);
                 _throttled.WithLabels(label).IncTo(throttle?.ThrottledSeconds(q) ?? 0);
+                if (_device.Backend is FileBackend file)
+                {
+                    _bounced.WithLabels(label).IncTo(file.BouncedOn(q));
+                    _pageCached.WithLabels(label).IncTo(file.PageCachedOn(q));
+                }
             }
+            if (_device.Backend is FileBackend f)
+                _syncs.IncTo(f.Syncs);
         }
     }
 
@@ -128,8 +138,12 @@ internal sealed class ServeMetrics : IDisposable
             line.Append(CultureInfo.InvariantCulture, $"polling {p.Windows} windows, {p.Hits} found work, {p.Sleeps} sleeps, window {p.WindowMicroseconds:0.#} us");
             if (_device.Throttle is { } t)
                 line.Append(CultureInfo.InvariantCulture, $"; throttled {t.ThrottledSeconds(q):0.000} s in {t.Waits(q)} waits");
+            if (_device.Backend is FileBackend { Alignment: not null } file)
+                line.Append(CultureInfo.InvariantCulture, $"; {file.BouncedOn(q)} bounced, {file.PageCachedOn(q)} through the page cache");
             yield return line.ToString();
         }
+        if (_device.Backend is FileBackend synced)
+            yield return string.Create(CultureInfo.InvariantCulture, $"image: {synced.Syncs} fdatasync calls (cache {FileCacheModes.Name(synced.CacheMode)})");
     }
 
     private static string Percentile(long[] buckets, double percent)

@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using VirtioSharp.Block;
 using VirtioSharp.Memory;
 
 namespace VirtioSharp.Rbd.Native;

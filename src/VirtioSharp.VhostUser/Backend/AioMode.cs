@@ -9,7 +9,8 @@ public enum AioMode
     /// io_uring: each queue keeps up to <see cref="Devices.IVirtioDevice.MaxQueueIoInFlight"/> reads
     /// and flushes in the host kernel at once and completes them in any order, and the worker sleeps
     /// on the kick and on those completions in one io_uring_enter(2). Which requests go there is the
-    /// device's choice. Refused at start when the kernel has no usable io_uring.
+    /// device's choice (writes too on an O_DIRECT image, --cache none). Refused at start when the
+    /// kernel has no usable io_uring.
     /// </summary>
     IoUring,
     /// <summary>Each queue's worker calls preadv/pwritev/fdatasync itself: one request of a queue in the kernel at a time.</summary>

@@ -29,6 +29,8 @@ internal sealed class HeldCompletionsQueue : IDeviceQueue, IDisposable
         _timer = new Timer(_ => wake());
     }
 
+    public IDeviceQueue Inner => _inner;
+    public VirtqueueFormat Format => _inner.Format;
     public int Index => _inner.Index;
     public ushort Size => _inner.Size;
     public bool EventIdx => _inner.EventIdx;
@@ -78,6 +80,7 @@ internal sealed class HeldCompletionsQueue : IDeviceQueue, IDisposable
     }
 
     public void DisableNotifications() => _inner.DisableNotifications();
+    public bool Polled { get => _inner.Polled; set => _inner.Polled = value; }
     public void SignalNextBatch() => _inner.SignalNextBatch();
     public bool HasAvailable => _inner.HasAvailable;
     public bool EnableNotifications() => _inner.EnableNotifications();

@@ -61,6 +61,7 @@ internal sealed class InflightTrackingQueue : IDeviceQueue
 
     public bool PublishUsed() => _inner.PublishUsed();
     public void DisableNotifications() => _inner.DisableNotifications();
+    public bool Polled { get => _inner.Polled; set => _inner.Polled = value; }
     public void SignalNextBatch() => _inner.SignalNextBatch();
     public bool HasAvailable => _resubmitted < _resubmit.Length || _inner.HasAvailable;
 

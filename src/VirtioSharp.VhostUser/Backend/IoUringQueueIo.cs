@@ -24,6 +24,9 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
     public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) =>
         ring.QueueReadV(fd, iov, count, offset, tag) || (SubmitQueued() && ring.QueueReadV(fd, iov, count, offset, tag));
 
+    public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) =>
+        ring.QueueWriteV(fd, iov, count, offset, tag) || (SubmitQueued() && ring.QueueWriteV(fd, iov, count, offset, tag));
+
     public bool TryStartFlush(int fd, ushort tag) =>
         ring.QueueFDataSync(fd, tag) || (SubmitQueued() && ring.QueueFDataSync(fd, tag));
 

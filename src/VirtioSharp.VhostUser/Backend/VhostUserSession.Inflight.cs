@@ -24,16 +24,18 @@ internal sealed partial class VhostUserSession
     {
         if (!InflightPayload(p, out var d))
             return Verdict.Failed;
-        if (InflightRegion.CheckShape(d.NumQueues, d.QueueSize, _vrings.Length) is { } shape)
+        // vhost-user.rst: the region's layout depends on the ring format, which the features sent before say.
+        var packed = VringFormat.IsPacked(_features);
+        if (InflightRegion.CheckShape(d.NumQueues, d.QueueSize, _vrings.Length, packed) is { } shape)
             return Fail($"cannot track {shape}");
         if (_vrings.Any(v => v.Started))
             return Fail("the inflight area cannot change while rings run");
-        var region = InflightRegion.Create(d.NumQueues, d.QueueSize);
+        var region = InflightRegion.Create(d.NumQueues, d.QueueSize, packed);
         SwapInflight(region);
         Span<byte> reply = stackalloc byte[InflightDescription.Length];
         region.Description.Write(reply);
         _channel.Send(VhostUserHeader.ForReply(VhostUserRequest.GetInflightFd, InflightDescription.Length), reply, [region.Fd]);
-        _log.Info($"inflight area made: {region.Size} bytes for {d.NumQueues} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
+        _log.Info($"inflight area made: {region.Size} bytes for {d.NumQueues} {(packed ? "packed" : "split")} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
         return Verdict.Done;
     }
 
@@ -55,7 +57,7 @@ internal sealed partial class VhostUserSession
         string? error;
         try
         {
-            region = InflightRegion.Adopt(fd, d, _vrings.Length, out error);
+            region = InflightRegion.Adopt(fd, d, _vrings.Length, out error, VringFormat.IsPacked(_features));
         }
         catch (NativeCallException e)
         {
@@ -70,7 +72,7 @@ internal sealed partial class VhostUserSession
             return Verdict.Done;
         }
         SwapInflight(region);
-        _log.Info($"inflight area set: {region.Size} bytes at offset {region.Offset} for {d.NumQueues} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
+        _log.Info($"inflight area set: {region.Size} bytes at offset {region.Offset} for {d.NumQueues} {(region.Packed ? "packed" : "split")} queue{(d.NumQueues == 1 ? "" : "s")} of {d.QueueSize}");
         return Verdict.Done;
     }
 

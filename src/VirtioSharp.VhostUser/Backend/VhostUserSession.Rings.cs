@@ -174,7 +174,41 @@ internal sealed partial class VhostUserSession
             var startIndex = v.Base;
             var found = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a, eventIdx, indirect, startIndex, out var usedIdx, out var queueError);
             SplitInflightRecord.Plan plan = default;
-            var record = packed || found is null ? null : _inflight?.Queue(v.Index);
+            var record = packed || found is null || !InflightFormatFits(v.Index, packed) ? null : _inflight?.Queue(v.Index);
+            PackedInflightRecord.Plan packedPlan = default;
+            PackedInflightRecord? packedRecord = null;
+            if (packed && found is PackedDeviceQueue unresumed && InflightFormatFits(v.Index, packed) && _inflight?.PackedQueue(v.Index) is { } pr)
+            {
+                // The front-end's base may be stale (after a crash QEMU cannot ask the dead back-end
+                // for a packed ring's position, and keeps the one it last had): the record knows better.
+                if (pr.TryReconcile((ushort)v.Num, unresumed.UsedIndex, slot => unresumed.ReadDescriptor(slot).Flags, out packedPlan, out var recordError))
+                {
+                    packedRecord = pr;
+                    if (!packedPlan.Fresh)
+                    {
+                        var resumed = packedPlan.AvailState | (uint)packedPlan.UsedState << 16;
+                        if (resumed != startIndex)
+                        {
+                            startIndex = resumed;
+                            found = VringFormat.Create(packed, v.Index, (int)v.Num, memory, a, eventIdx, indirect, startIndex, out usedIdx, out queueError);
+                        }
+                        if (packedPlan.Resubmit.Length > 0 || packedPlan.Settled != PackedInflightRecord.Settlement.None)
+                            _log.Info($"queue {v.Index}: inflight record: {packedPlan.Resubmit.Length} request{(packedPlan.Resubmit.Length == 1 ? "" : "s")} in flight when the last back-end stopped"
+                                + packedPlan.Settled switch
+                                {
+                                    PackedInflightRecord.Settlement.Committed => ", 1 already used (its completion committed)",
+                                    PackedInflightRecord.Settlement.RolledBack => ", 1 completion not yet in the ring (rolled back)",
+                                    _ => "",
+                                }
+                                + $"; resubmitting them in the order taken, then resuming at {VringFormat.Describe(true, startIndex)}");
+                    }
+                }
+                else
+                {
+                    _inflight!.Reject(v.Index);
+                    _log.Error($"queue {v.Index}: inflight record ignored, nothing replayed: {recordError}");
+                }
+            }
             if (record is { } r)
             {
                 if (r.TryReconcile(usedIdx, (ushort)v.Num, out plan, out var recordError))
@@ -210,7 +244,11 @@ internal sealed partial class VhostUserSession
                     _log.Warn($"queue {v.Index}: used index {usedIdx} differs from the available base {v.Base}; requests between them were taken before and are not replayed");
                 else if (record is not null && startIndex != v.Base)
                     _log.Info($"queue {v.Index}: the front-end said avail index {v.Base}; the inflight record says {startIndex}");
-                IDeviceQueue queue = record is { } tracked && found is SplitDeviceQueue split ? new InflightTrackingQueue(split, tracked, plan, usedIdx) : found;
+                else if (packedRecord is not null && startIndex != v.Base)
+                    _log.Info($"queue {v.Index}: the front-end said {VringFormat.Describe(true, v.Base)}; the inflight record says {VringFormat.Describe(true, startIndex)}");
+                IDeviceQueue queue = record is { } tracked && found is SplitDeviceQueue split ? new InflightTrackingQueue(split, tracked, plan, usedIdx)
+                    : packedRecord is { } packedTracked && found is PackedDeviceQueue packedQueue ? new PackedInflightTrackingQueue(packedQueue, packedTracked, packedPlan)
+                    : found;
                 if (_holdCompletionsMs > 0)
                     queue = new HeldCompletionsQueue(queue, _holdCompletionsMs, v.Wake);
                 v.Base = startIndex;
@@ -219,6 +257,22 @@ internal sealed partial class VhostUserSession
                 _log.Debug($"queue {v.Index}: worker running: desc 0x{a.Descriptor:x} avail 0x{a.Available:x} used 0x{a.Used:x}, avail {startIndex}, used {usedIdx}");
                 return true;
             }
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// Whether the inflight area (if any) is laid out for the ring's format; one that is not is
+    /// ignored for this queue with one log line (the features changed after it was made).
+    /// </summary>
+    private bool InflightFormatFits(int index, bool packed)
+    {
+        if (_inflight is not { } region || region.Packed == packed)
+            return true;
+        if (region.Queue(index) is not null || region.PackedQueue(index) is not null)
+        {
+            region.Reject(index);
+            _log.Error($"queue {index}: inflight record ignored, nothing replayed: the area is laid out for {(region.Packed ? "packed" : "split")} rings and the ring is {(packed ? "packed" : "split")}");
         }
         return false;
     }

@@ -393,15 +393,18 @@ internal sealed class Vring : IDisposable
     /// <summary>
     /// After a drain, looks at the ring (and at the completions of <paramref name="ring"/>) for up
     /// to the poller's window before the worker sleeps, with the driver's notifications off
-    /// (2.7.10) so it does not pay for a kick the worker would not need. True when it found work;
-    /// false when the worker should sleep, notifications back on.
+    /// (2.7.10) so it does not pay for a kick the worker would not need. When it finds work the
+    /// queue stays <see cref="IDeviceQueue.Polled"/>: the next drain leaves notifications off too,
+    /// since the worker comes back here before it sleeps. True when it found work; false when the
+    /// worker should sleep, notifications back on.
     /// </summary>
     private bool PollRing(IDeviceQueue queue, IoUring? ring)
     {
         var until = Poller.Begin();
         if (Stopwatch.GetTimestamp() >= until)
-            return queue.EnableNotifications(); // a drain held back by the limits left them off
+            return Unpolled(queue); // a drain held back by the limits left them off
         queue.DisableNotifications();
+        queue.Polled = true;
         ring?.SubmitAndReap(); // what the drain queued goes to the kernel now
         var reap = ring != null && _device.QueueIoInFlight(queue.Index) > 0;
         var spins = 0;
@@ -417,12 +420,19 @@ internal sealed class Vring : IDisposable
             Thread.SpinWait(4);
         }
         while (!_stopRequested && _enabled && Stopwatch.GetTimestamp() < until);
-        if (queue.EnableNotifications())
+        if (Unpolled(queue))
         {
             Poller.Hit();
             return true;
         }
         return false;
+    }
+
+    /// <summary>Ends polling: notifications on again (2.7.10); true if chains arrived meanwhile.</summary>
+    private static bool Unpolled(IDeviceQueue queue)
+    {
+        queue.Polled = false;
+        return queue.EnableNotifications();
     }
 
     /// <summary>After a host-side failure: waits for the I/O still in flight, so no completion lands after memory is unmapped.</summary>

@@ -48,9 +48,13 @@ internal static unsafe class VringFormat
     }
 
     /// <summary>Where a stopped ring stands, as GET_VRING_BASE reports it and SET_VRING_BASE resumes it.</summary>
-    public static uint BaseOf(IDeviceQueue queue) => queue is PackedDeviceQueue p
-        ? p.LastAvailIndex | (uint)p.UsedIndex << 16
-        : queue.LastAvailIndex;
+    public static uint BaseOf(IDeviceQueue queue) => queue switch
+    {
+        PackedDeviceQueue p => p.LastAvailIndex | (uint)p.UsedIndex << 16,
+        PackedInflightTrackingQueue t => t.LastAvailIndex | (uint)t.UsedIndex << 16,
+        HeldCompletionsQueue h => BaseOf(h.Inner),
+        _ => queue.LastAvailIndex, // a packed ring stopped with nothing in flight: used = avail
+    };
 
     /// <summary>The base in words for logs.</summary>
     public static string Describe(bool packed, uint vringBase) => packed

@@ -68,14 +68,34 @@ internal sealed unsafe class FrontendQueue : IDisposable
     private void Run()
     {
         var seen = UsedIndex;
+        IInterruptHandler? polled = null; // the handler told that this thread polls (no interrupts meanwhile)
         while (true)
         {
-            if (Poller.Enabled && WatchUsed(seen))
+            if (Poller.Enabled)
             {
-                // The back-end used more buffers while we looked: no sleep, no eventfd read.
-                seen = UsedIndex;
-                _handler()?.OnUsedBuffers(Index);
-                continue;
+                if (polled is null && _handler() is { } h)
+                {
+                    h.SetPolling(Index, true);
+                    polled = h;
+                }
+                if (WatchUsed(seen))
+                {
+                    // The back-end used more buffers while we looked: no sleep, no eventfd read.
+                    seen = UsedIndex;
+                    _handler()?.OnUsedBuffers(Index);
+                    continue;
+                }
+                if (_stopping)
+                    return; // perhaps stopped from this thread (an inline completion): the ring may be gone
+                // Interrupts on again before sleeping; what was used meanwhile is reaped first.
+                var arrived = polled?.SetPolling(Index, false) == true;
+                polled = null;
+                if (arrived)
+                {
+                    seen = UsedIndex;
+                    _handler()?.OnUsedBuffers(Index);
+                    continue;
+                }
             }
             // Poll, then read: the descriptor is shared with the back-end, which may make it non-blocking.
             Poller.Sleeping();

@@ -1,4 +1,3 @@
-using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Driver;

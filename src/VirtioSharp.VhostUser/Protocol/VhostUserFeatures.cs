@@ -1,3 +1,5 @@
+using VirtioSharp.Devices;
+
 namespace VirtioSharp.VhostUser.Protocol;
 
 /// <summary>vhost-user's own feature bits: the one virtio bit it borrows and the protocol feature bits.</summary>
@@ -26,8 +28,8 @@ public static class VhostUserFeatures
     public const int ConfigureMemSlots = 15;
     public const int Status = 16;
 
-    public static ulong Bit(int bit) => 1UL << bit;
-    public static bool Has(ulong features, int bit) => (features & (1UL << bit)) != 0;
+    public static ulong Bit(int bit) => VirtioFeatures.Bit(bit);
+    public static bool Has(ulong features, int bit) => VirtioFeatures.Has(features, bit);
 
     public static string ProtocolName(int bit) => bit switch
     {
@@ -51,14 +53,5 @@ public static class VhostUserFeatures
         _ => $"bit {bit}",
     };
 
-    public static string DescribeProtocol(ulong features)
-    {
-        var names = new List<string>();
-        for (var bit = 0; bit < 64; bit++)
-        {
-            if (Has(features, bit))
-                names.Add(ProtocolName(bit));
-        }
-        return names.Count == 0 ? "(none)" : string.Join(" ", names);
-    }
+    public static string DescribeProtocol(ulong features) => VirtioFeatures.Describe(features, ProtocolName);
 }

@@ -36,10 +36,10 @@ internal sealed unsafe class BlkAsyncRequests
     /// <summary>
     /// Starts a validated request on an <see cref="IAsyncBlockBackend"/>, which completes it later
     /// through <paramref name="io"/>. False leaves the request to <see cref="BlkRequestExecutor.Execute"/>: what the
-    /// backend refuses (the file backend takes reads and flushes only: a buffered write lands in
-    /// the page cache without waiting for the disk, and io_uring runs buffered writes to one file
-    /// on its worker threads one at a time, so handing them over buys no concurrency and costs a
-    /// hand-off, docs/benchmarks.md, section 2.1), GET_ID, discard and write-zeroes of more than
+    /// backend refuses (the file backend takes writes only with O_DIRECT, --cache none: a buffered
+    /// write lands in the page cache without waiting for the disk, and io_uring runs buffered
+    /// writes to one file on its worker threads one at a time, so handing them over buys no
+    /// concurrency and costs a hand-off, docs/benchmarks.md, section 2.1), GET_ID, discard and write-zeroes of more than
     /// one segment, more data buffers than a slot holds, or no free slot.
     /// </summary>
     public bool TryStart(int queue, ref BlkRequest req, IQueueIo io)
@@ -150,8 +150,8 @@ internal sealed unsafe class BlkAsyncRequests
             status = result >= 0 || result == -Native.Errno.EINVAL ? BlkStatus.Ok : BlkStatus.IoErr;
         else if (result < 0)
             status = BlkStatus.IoErr;
-        else if (type == BlkRequestType.In && (uint)result < entry.Length)
-            status = FinishShortTransfer(inFlight, entry, (uint)result) ? BlkStatus.Ok : BlkStatus.IoErr;
+        else if ((type == BlkRequestType.In || (type == BlkRequestType.Out && result > 0)) && (uint)result < entry.Length)
+            status = FinishShortTransfer(queue.Index, inFlight, entry, (uint)result, write: type == BlkRequestType.Out) ? BlkStatus.Ok : BlkStatus.IoErr;
         else
             status = BlkStatus.Ok;
         _async?.Completed(new BlkIo { Kind = KindOf(type), Tag = tag, Queue = queue.Index, Offset = entry.Offset, Length = entry.Length });
@@ -174,10 +174,11 @@ internal sealed unsafe class BlkAsyncRequests
     };
 
     /// <summary>
-    /// A read that moved fewer bytes than asked (the end of a file that shrank): the rest goes
-    /// through the backend synchronously, which zero-fills past the end of the file.
+    /// A read or write that moved fewer bytes than asked (the end of a file that shrank, a disk
+    /// running out of room): the rest goes through the backend synchronously, which zero-fills a
+    /// read past the end of the file and reports a write that cannot go on.
     /// </summary>
-    private bool FinishShortTransfer(BlkInFlight inFlight, in BlkInFlight.Entry entry, uint done)
+    private bool FinishShortTransfer(int queue, BlkInFlight inFlight, in BlkInFlight.Entry entry, uint done, bool write)
     {
         var iov = inFlight.IovSpan(entry.Slot)[..entry.IovCount];
         var skip = (nuint)done;
@@ -189,6 +190,6 @@ internal sealed unsafe class BlkAsyncRequests
         iov[first] = new IoVec(iov[first].Base + (nint)skip, iov[first].Length - skip);
         var rest = iov[first..];
         var offset = entry.Offset + done;
-        return _backend.Read(offset, rest);
+        return write ? _backend.Write(queue, offset, rest) : _backend.Read(queue, offset, rest);
     }
 }

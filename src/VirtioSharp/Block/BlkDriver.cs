@@ -200,6 +200,13 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
     public ValueTask<BlkStatus> SubmitDirectAsync(BlkRequestType type, ulong sector, ulong dataAddress, uint dataLength, CancellationToken cancel = default) =>
         Submit(type, sector, default, default, dataLength, cancel, dataAddress);
 
+    /// <summary>
+    /// Zero-copy I/O on virtqueue <paramref name="queue"/> (modulo <see cref="QueueCount"/>), for a
+    /// caller that keeps its requests on one queue so that queues share nothing.
+    /// </summary>
+    public ValueTask<BlkStatus> SubmitDirectAsync(int queue, BlkRequestType type, ulong sector, ulong dataAddress, uint dataLength, CancellationToken cancel = default) =>
+        Submit(type, sector, default, default, dataLength, cancel, dataAddress, (int)((uint)queue % (uint)_queues.Length));
+
     /// <summary>A seekable <see cref="Stream"/> over the disk.</summary>
     public Stream AsStream() => new BlkStream(this);
 
@@ -232,10 +239,10 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<BlkStatus> Submit(BlkRequestType type, ulong sector, ReadOnlyMemory<byte> source, Memory<byte> destination,
-        uint length, CancellationToken cancel, ulong direct = 0)
+        uint length, CancellationToken cancel, ulong direct = 0, int queue = -1)
     {
         ThrowIfBroken();
-        var ctx = PickQueue();
+        var ctx = queue < 0 ? PickQueue() : _queues[queue];
         await ctx.Capacity.WaitAsync(cancel).ConfigureAwait(false);
         BlkRequestSlot slot;
         try
@@ -410,6 +417,27 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         }
     }
 
+    /// <summary>
+    /// The transport watches <paramref name="queue"/>'s used ring itself (<paramref name="polling"/>):
+    /// no interrupts until it stops. On stopping, true if used buffers arrived meanwhile, to be
+    /// reaped (<see cref="OnUsedBuffers"/>) before the transport sleeps.
+    /// </summary>
+    public bool SetPolling(int queue, bool polling)
+    {
+        if ((uint)queue >= (uint)_queues.Length)
+            return false;
+        var ctx = _queues[queue];
+        lock (ctx.Lock)
+        {
+            if (polling)
+            {
+                ctx.Queue.StartPolling();
+                return false;
+            }
+            return ctx.Queue.Polling && ctx.Queue.StopPolling();
+        }
+    }
+
     private void Reap(BlkQueueContext ctx)
     {
         var completed = ctx.Completed;
@@ -427,9 +455,10 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
                             broken = "device moved used idx more than the queue size ahead (2.7.8)";
                         else if (error == UsedError.UnknownId)
                             broken = $"device returned used id {head}, which is not an outstanding request";
-                        else if (ctx.Queue.EnableInterrupts())
+                        else if (!ctx.Queue.Polling && ctx.Queue.EnableInterrupts())
                             continue; // 2.7.10: used_event is published behind a full fence, then the ring re-checked;
-                                      // without it a buffer used meanwhile is never signalled and its caller waits forever
+                                      // without it a buffer used meanwhile is never signalled and its caller waits forever.
+                                      // A polling transport looks at the ring again itself (SetPolling).
                         break;
                     }
                     // The device is not trusted: the id must name a request this driver tracks.

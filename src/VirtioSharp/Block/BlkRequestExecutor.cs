@@ -19,8 +19,8 @@ internal sealed unsafe class BlkRequestExecutor(BlkDevice device, IBlockBackend 
                 {
                     var n = BlkRequest.BuildIoVec(ref req, iov, writable: true, req.DataLength);
                     if (trace is { Active: true })
-                        trace.Event(RingEvents.Backend(req.Queue, req.Head, "read", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend read: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {backend.Description}, straight into guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
-                    if (!backend.Read(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        TraceTransfer(trace, ref req, write: false, n);
+                    if (!backend.Read(req.Queue, req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     req.Written = (uint)req.DataLength;
                     return BlkStatus.Ok;
@@ -29,8 +29,8 @@ internal sealed unsafe class BlkRequestExecutor(BlkDevice device, IBlockBackend 
                 {
                     var n = BlkRequest.BuildIoVec(ref req, iov, writable: false, req.DataLength);
                     if (trace is { Active: true })
-                        trace.Event(RingEvents.Backend(req.Queue, req.Head, "write", req.Header.Sector << BlkLayout.SectorShift, req.DataLength, $"backend write: {req.DataLength} bytes at offset {req.Header.Sector << BlkLayout.SectorShift} of the {backend.Description}, straight from guest RAM ({n} iovec{(n == 1 ? "" : "s")})"));
-                    if (!backend.Write(req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
+                        TraceTransfer(trace, ref req, write: true, n);
+                    if (!backend.Write(req.Queue, req.Header.Sector << BlkLayout.SectorShift, iov.AsSpan(0, n)))
                         return BlkStatus.IoErr;
                     // 5.2.6.2: FLUSH offered but not negotiated means every write is stable at completion.
                     if (!device.Negotiated(BlkFeatures.Flush) && !backend.Flush())
@@ -59,6 +59,15 @@ internal sealed unsafe class BlkRequestExecutor(BlkDevice device, IBlockBackend 
             default:
                 return BlkStatus.Unsupp;
         }
+    }
+
+    /// <summary>Narrates a read or write going straight between the backend and guest RAM.</summary>
+    private void TraceTransfer(ITraceSink trace, ref BlkRequest req, bool write, int iovecs)
+    {
+        var offset = req.Header.Sector << BlkLayout.SectorShift;
+        var what = write ? "write" : "read";
+        trace.Event(RingEvents.Backend(req.Queue, req.Head, what, offset, req.DataLength,
+            $"backend {what}: {req.DataLength} bytes at offset {offset} of the {backend.Description}, straight {(write ? "from" : "into")} guest RAM ({iovecs} iovec{(iovecs == 1 ? "" : "s")})"));
     }
 
     /// <summary>Runs the segments ValidateSegments copied out and checked.</summary>

@@ -1,17 +1,35 @@
+using System.Runtime.InteropServices;
+
 namespace VirtioSharp.Block;
 
 /// <summary>
 /// Request counters of one device, by type and outcome. Each queue counts in its own shard with
 /// plain stores (a queue is drained by one thread at a time), so the per-request path takes no
-/// atomic operation and queues never share a cache line; readers sum the shards.
+/// atomic operation and queues never share a cache line (the shards are made together, so what
+/// they write is padded by a cache line on each side); readers sum the shards.
 /// </summary>
 public sealed class BlkStats
 {
+    private const int Types = 16;
+    private const int PadLongs = 8; // 64 bytes after each array's last counter
+
     private sealed class Shard
     {
-        public readonly long[] ByType = new long[16];
-        public readonly long[] Latency = new long[LatencyBuckets + 1];
-        public long BytesRead, BytesWritten, IoErr, Unsupp, Malformed, Async, LatencyNanos;
+        public readonly long[] ByType = new long[Types + PadLongs];
+        public readonly long[] Latency = new long[LatencyBuckets + 1 + PadLongs];
+        public Counters C;
+    }
+
+    [StructLayout(LayoutKind.Explicit, Size = 192)]
+    private struct Counters
+    {
+        [FieldOffset(64)] public long BytesRead;
+        [FieldOffset(72)] public long BytesWritten;
+        [FieldOffset(80)] public long IoErr;
+        [FieldOffset(88)] public long Unsupp;
+        [FieldOffset(96)] public long Malformed;
+        [FieldOffset(104)] public long Async;
+        [FieldOffset(112)] public long LatencyNanos;
     }
 
     /// <summary>Latency buckets: bucket i counts requests that took at most 2^i microseconds; one more counts the rest.</summary>
@@ -39,15 +57,15 @@ public sealed class BlkStats
         var us = (ulong)Math.Max(1, ticks / TicksPerMicrosecond);
         var bucket = Math.Min(LatencyBuckets, 64 - System.Numerics.BitOperations.LeadingZeroCount(us - 1));
         Volatile.Write(ref s.Latency[bucket], s.Latency[bucket] + 1);
-        Volatile.Write(ref s.LatencyNanos, s.LatencyNanos + ticks * 1_000_000_000 / System.Diagnostics.Stopwatch.Frequency);
+        Volatile.Write(ref s.C.LatencyNanos, s.C.LatencyNanos + ticks * 1_000_000_000 / System.Diagnostics.Stopwatch.Frequency);
         Volatile.Write(ref s.ByType[type < 15 ? type : 15], s.ByType[type < 15 ? type : 15] + 1);
         switch (status)
         {
-            case BlkStatus.IoErr: Volatile.Write(ref s.IoErr, s.IoErr + 1); break;
-            case BlkStatus.Unsupp: Volatile.Write(ref s.Unsupp, s.Unsupp + 1); break;
+            case BlkStatus.IoErr: Volatile.Write(ref s.C.IoErr, s.C.IoErr + 1); break;
+            case BlkStatus.Unsupp: Volatile.Write(ref s.C.Unsupp, s.C.Unsupp + 1); break;
             default:
-                if (type == (uint)BlkRequestType.In) Volatile.Write(ref s.BytesRead, s.BytesRead + (long)bytes);
-                else if (type == (uint)BlkRequestType.Out) Volatile.Write(ref s.BytesWritten, s.BytesWritten + (long)bytes);
+                if (type == (uint)BlkRequestType.In) Volatile.Write(ref s.C.BytesRead, s.C.BytesRead + (long)bytes);
+                else if (type == (uint)BlkRequestType.Out) Volatile.Write(ref s.C.BytesWritten, s.C.BytesWritten + (long)bytes);
                 break;
         }
     }
@@ -56,13 +74,13 @@ public sealed class BlkStats
     internal void CountAsync(int queue)
     {
         var s = _shards[queue];
-        Volatile.Write(ref s.Async, s.Async + 1);
+        Volatile.Write(ref s.C.Async, s.C.Async + 1);
     }
 
     internal void CountMalformed(int queue)
     {
         var s = _shards[queue];
-        Volatile.Write(ref s.Malformed, s.Malformed + 1);
+        Volatile.Write(ref s.C.Malformed, s.C.Malformed + 1);
     }
 
     private long Sum(Func<Shard, long> field)
@@ -74,13 +92,13 @@ public sealed class BlkStats
     }
 
     public long Requests(BlkRequestType type) => Sum(s => Volatile.Read(ref s.ByType[(int)type]));
-    public long BytesRead => Sum(s => Volatile.Read(ref s.BytesRead));
-    public long BytesWritten => Sum(s => Volatile.Read(ref s.BytesWritten));
-    public long IoErrors => Sum(s => Volatile.Read(ref s.IoErr));
-    public long Unsupported => Sum(s => Volatile.Read(ref s.Unsupp));
-    public long Malformed => Sum(s => Volatile.Read(ref s.Malformed));
+    public long BytesRead => Sum(s => Volatile.Read(ref s.C.BytesRead));
+    public long BytesWritten => Sum(s => Volatile.Read(ref s.C.BytesWritten));
+    public long IoErrors => Sum(s => Volatile.Read(ref s.C.IoErr));
+    public long Unsupported => Sum(s => Volatile.Read(ref s.C.Unsupp));
+    public long Malformed => Sum(s => Volatile.Read(ref s.C.Malformed));
     /// <summary>Requests whose I/O ran asynchronously (in flight alongside others of the same queue).</summary>
-    public long AsyncCompleted => Sum(s => Volatile.Read(ref s.Async));
+    public long AsyncCompleted => Sum(s => Volatile.Read(ref s.C.Async));
 
     public int Queues => _shards.Length;
 
@@ -88,14 +106,14 @@ public sealed class BlkStats
     public QueueSnapshot Snapshot(int queue)
     {
         var s = _shards[queue];
-        var byType = new long[s.ByType.Length];
+        var byType = new long[Types];
         for (var i = 0; i < byType.Length; i++)
             byType[i] = Volatile.Read(ref s.ByType[i]);
-        var latency = new long[s.Latency.Length];
+        var latency = new long[LatencyBuckets + 1];
         for (var i = 0; i < latency.Length; i++)
             latency[i] = Volatile.Read(ref s.Latency[i]);
-        return new QueueSnapshot(byType, Volatile.Read(ref s.BytesRead), Volatile.Read(ref s.BytesWritten), Volatile.Read(ref s.IoErr),
-            Volatile.Read(ref s.Unsupp), Volatile.Read(ref s.Malformed), Volatile.Read(ref s.Async), latency, Volatile.Read(ref s.LatencyNanos) * 1e-9);
+        return new QueueSnapshot(byType, Volatile.Read(ref s.C.BytesRead), Volatile.Read(ref s.C.BytesWritten), Volatile.Read(ref s.C.IoErr),
+            Volatile.Read(ref s.C.Unsupp), Volatile.Read(ref s.C.Malformed), Volatile.Read(ref s.C.Async), latency, Volatile.Read(ref s.C.LatencyNanos) * 1e-9);
     }
 
     /// <summary>A queue's counters: requests by type (index = VIRTIO_BLK_T_*), bytes, errors by status, latency buckets (see <see cref="LatencyBound"/>).</summary>
@@ -109,7 +127,7 @@ public sealed class BlkStats
             long t = 0;
             foreach (var s in _shards)
             {
-                for (var i = 0; i < s.ByType.Length; i++)
+                for (var i = 0; i < Types; i++)
                     t += Volatile.Read(ref s.ByType[i]);
             }
             return t;

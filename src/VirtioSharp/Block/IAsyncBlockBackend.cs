@@ -60,7 +60,8 @@ public readonly unsafe struct BlkIo
 /// </list>
 /// The result is a negative errno for a failure; otherwise, for a read, the bytes that arrived
 /// (fewer than asked: the rest is read through the synchronous <see cref="IBlockBackend.Read"/>),
-/// and for every other kind any value &gt;= 0. The worker leaves, and guest memory is unmapped,
+/// for a write 0 or the bytes written (a positive count short of the length: the rest is written
+/// through the synchronous <see cref="IBlockBackend.Write"/>), and for every other kind any value &gt;= 0. The worker leaves, and guest memory is unmapped,
 /// only once every started operation has completed, so a backend must complete each one in
 /// bounded time: a remote backend fails it (-EIO, -ETIMEDOUT) after its documented timeout.
 /// The synchronous <see cref="IBlockBackend"/> methods stay the fallback: what

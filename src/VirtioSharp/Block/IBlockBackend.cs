@@ -20,6 +20,15 @@ public interface IBlockBackend : IDisposable
 
     bool Read(ulong offset, ReadOnlySpan<IoVec> iov);
     bool Write(ulong offset, ReadOnlySpan<IoVec> iov);
+    /// <summary>
+    /// <see cref="Read(ulong, ReadOnlySpan{IoVec})"/> on behalf of queue <paramref name="queue"/>'s
+    /// worker, so a backend can use per-queue scratch (a bounce buffer) without a lock.
+    /// </summary>
+    bool Read(int queue, ulong offset, ReadOnlySpan<IoVec> iov) => Read(offset, iov);
+
+    /// <summary><see cref="Write(ulong, ReadOnlySpan{IoVec})"/> on behalf of queue <paramref name="queue"/>'s worker.</summary>
+    bool Write(int queue, ulong offset, ReadOnlySpan<IoVec> iov) => Write(offset, iov);
+
     bool Flush();
     bool Discard(ulong offset, ulong length);
     bool WriteZeroes(ulong offset, ulong length, bool mayUnmap);

@@ -58,6 +58,21 @@ public sealed unsafe class CompletionPort : IDisposable
     /// </summary>
     public bool Post(int tag, int result)
     {
+        if (!PostDeferred(tag, result, out var wake))
+            return false;
+        if (wake)
+            _wake();
+        return true;
+    }
+
+    /// <summary>
+    /// <see cref="Post"/> without the wake-up, for a thread that completes several operations in a
+    /// row: <paramref name="wake"/> says this post found the port empty, and then the caller must
+    /// call <see cref="Wake"/> once it has posted the rest, and before it waits for anything.
+    /// </summary>
+    public bool PostDeferred(int tag, int result, out bool wake)
+    {
+        wake = false;
         if ((uint)tag >= (uint)_next.Length || Interlocked.Exchange(ref _posted[tag], 1) != 0)
         {
             Interlocked.Increment(ref _stray);
@@ -73,10 +88,12 @@ public sealed unsafe class CompletionPort : IDisposable
         while (Interlocked.CompareExchange(ref _top, tag, top) != top); // full fence: result and next are visible first
         // Only the post that found the port empty wakes the worker: every later one is taken by
         // the drain that wake-up leads to, or itself finds the port emptied and wakes again.
-        if (top == Empty)
-            _wake();
+        wake = top == Empty;
         return true;
     }
+
+    /// <summary>Rouses the worker (after <see cref="PostDeferred"/> said so); a spare wake-up costs a drain that finds nothing.</summary>
+    public void Wake() => _wake();
 
     /// <summary>
     /// An opaque pointer that names (this port, <paramref name="tag"/>) for a C library's callback

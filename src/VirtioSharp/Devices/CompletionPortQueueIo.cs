@@ -10,6 +10,8 @@ public sealed unsafe class CompletionPortQueueIo(CompletionPort port) : IQueueIo
 {
     public bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag) => false;
 
+    public bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) => false;
+
     public bool TryStartFlush(int fd, ushort tag) => false;
 
     public CompletionPort Completions => port;

@@ -16,6 +16,13 @@ public unsafe interface IQueueIo
     /// <summary>Starts preadv on the worker's ring; false when it cannot be taken now or there is no ring.</summary>
     bool TryStartRead(int fd, IoVec* iov, int count, ulong offset, ushort tag);
 
+    /// <summary>
+    /// Starts pwritev on the worker's ring; false when it cannot be taken now or there is no ring.
+    /// Only for a descriptor whose writes the kernel can run concurrently (O_DIRECT): buffered
+    /// writes to one file are serialised in the kernel and gain nothing from the ring.
+    /// </summary>
+    bool TryStartWrite(int fd, IoVec* iov, int count, ulong offset, ushort tag) => false;
+
     /// <summary>Starts fdatasync on the worker's ring; false when it cannot be taken now or there is no ring.</summary>
     bool TryStartFlush(int fd, ushort tag);
 

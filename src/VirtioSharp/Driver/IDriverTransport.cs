@@ -12,6 +12,13 @@ public interface IInterruptHandler
     void OnConfigChange();
     /// <summary>The device is gone (connection closed); every outstanding request must fail.</summary>
     void OnDeviceLost(string reason);
+    /// <summary>
+    /// The transport watches <paramref name="queue"/>'s used ring itself while
+    /// <paramref name="polling"/> and needs no interrupt. When it stops, true means used buffers
+    /// arrived meanwhile: it calls <see cref="OnUsedBuffers"/> instead of sleeping. A handler that
+    /// leaves interrupts on answers false.
+    /// </summary>
+    bool SetPolling(int queue, bool polling) => false;
 }
 
 /// <summary>

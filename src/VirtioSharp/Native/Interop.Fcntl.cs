@@ -24,4 +24,16 @@ internal static partial class Interop
     /// <summary>fcntl(2) for commands that take an int (F_ADD_SEALS).</summary>
     [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
     internal static partial int Fcntl(SafeFdHandle fd, int command, int argument);
+
+    internal const int F_GETFL = 3;
+    internal const int F_SETFL = 4;
+    internal const int O_NONBLOCK = 0x800;
+
+    /// <summary>fcntl(2) F_GETFL on a socket owned by a <see cref="System.Net.Sockets.Socket"/>.</summary>
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int Fcntl(System.Net.Sockets.SafeSocketHandle fd, int command);
+
+    /// <summary>fcntl(2) F_SETFL on a socket owned by a <see cref="System.Net.Sockets.Socket"/> (NBD: blocking receives).</summary>
+    [LibraryImport(Libc, EntryPoint = "fcntl", SetLastError = true)]
+    internal static partial int Fcntl(System.Net.Sockets.SafeSocketHandle fd, int command, int argument);
 }

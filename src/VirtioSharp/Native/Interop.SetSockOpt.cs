@@ -18,4 +18,8 @@ internal static partial class Interop
     /// <summary>setsockopt(2).</summary>
     [LibraryImport(Libc, EntryPoint = "setsockopt", SetLastError = true)]
     internal static unsafe partial int SetSockOpt(SafeFdHandle socket, int level, int name, void* value, uint length);
+
+    /// <summary>setsockopt(2) on a socket owned by a <see cref="System.Net.Sockets.Socket"/> (NBD: SO_RCVTIMEO).</summary>
+    [LibraryImport(Libc, EntryPoint = "setsockopt", SetLastError = true)]
+    internal static unsafe partial int SetSockOpt(System.Net.Sockets.SafeSocketHandle socket, int level, int name, void* value, uint length);
 }

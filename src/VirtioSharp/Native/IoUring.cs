@@ -21,6 +21,7 @@ public sealed unsafe class IoUring : IDisposable
     private const long IORING_OFF_SQES = 0x10000000;
     private const uint IORING_ENTER_GETEVENTS = 1u << 0;
     private const byte IORING_OP_READV = 1;
+    private const byte IORING_OP_WRITEV = 2;
     private const byte IORING_OP_FSYNC = 3;
     private const byte IORING_OP_POLL_ADD = 6;
     private const byte IORING_OP_TIMEOUT = 11;
@@ -175,6 +176,24 @@ public sealed unsafe class IoUring : IDisposable
         if (!TryNextSqe(out var sqe))
             return false;
         sqe->Opcode = IORING_OP_READV;
+        sqe->Fd = fd;
+        sqe->Off = offset;
+        sqe->Addr = (ulong)iov;
+        sqe->Len = (uint)count;
+        sqe->UserData = userData;
+        return true;
+    }
+
+    /// <summary>
+    /// Queues pwritev(<paramref name="fd"/>, <paramref name="iov"/>, <paramref name="count"/>, <paramref name="offset"/>)
+    /// (IORING_OP_WRITEV came with READV in Linux 5.1). The iovec array and the buffers stay valid
+    /// until the completion arrives. False when the submission queue is full.
+    /// </summary>
+    public bool QueueWriteV(int fd, void* iov, int count, ulong offset, ulong userData)
+    {
+        if (!TryNextSqe(out var sqe))
+            return false;
+        sqe->Opcode = IORING_OP_WRITEV;
         sqe->Fd = fd;
         sqe->Off = offset;
         sqe->Addr = (ulong)iov;

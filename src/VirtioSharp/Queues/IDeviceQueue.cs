@@ -29,6 +29,13 @@ public interface IDeviceQueue
     /// <summary>Asks for notifications again; true if more chains arrived meanwhile (drain again).</summary>
     bool EnableNotifications();
     /// <summary>
+    /// The worker polls the ring after each drain: while set, <see cref="EnableNotifications"/>
+    /// leaves notifications off and only reports whether chains arrived, so a driver that
+    /// publishes meanwhile does not notify a worker that is looking anyway (2.7.10, 2.8.10: the
+    /// suppression is a hint the device may keep). The worker clears it before it sleeps.
+    /// </summary>
+    bool Polled { get; set; }
+    /// <summary>
     /// The next available index the device will read (its position in the ring). Packed rings
     /// give the slot in bits 0-14 and the Driver Ring Wrap Counter the device expects in bit 15.
     /// </summary>

@@ -38,6 +38,15 @@ public interface IDriverQueue
     void DisableInterrupts();
     /// <summary>Asks for interrupts again; true if used buffers arrived meanwhile.</summary>
     bool EnableInterrupts();
+    /// <summary>
+    /// The driver watches the used ring itself (polling): interrupts stay off, and taking a used
+    /// buffer no longer asks for the next one (2.7.7, 2.8.10), until <see cref="StopPolling"/>.
+    /// </summary>
+    void StartPolling();
+    /// <summary>Ends polling: interrupts on again; true if used buffers arrived meanwhile (take them before sleeping).</summary>
+    bool StopPolling();
+    /// <summary>Between <see cref="StartPolling"/> and <see cref="StopPolling"/>.</summary>
+    bool Polling { get; }
     /// <summary>Starts the ring afresh at its addresses (a new device behind the transport); nothing stays outstanding.</summary>
     void Restart() => throw new NotSupportedException($"{GetType().Name} cannot restart its ring");
 }

@@ -19,6 +19,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     private readonly GuestMemory _memory;
     private readonly bool _indirect;
     private readonly ChainBuffer[] _scratch;
+    private PackedDescriptor[]? _captured; // the last list's descriptors as read, while someone keeps a record of them
+    private int _capturedCount;
     // A chain in flight is known by a token below the queue size (the buffer id itself when
     // it is below the size and free): its buffer id and how many ring slots it took.
     private readonly ushort[] _tokenId;
@@ -125,6 +127,16 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     public bool IsInFlight(ushort token) => token < Size && _tokenSlots[token] != 0;
 
+    /// <summary>
+    /// Keeps a copy of each list's descriptors as <see cref="TryPop"/> reads them (one array made
+    /// here, nothing per request), for a record that must outlive the ring's slots: a used
+    /// descriptor may be written over the slots of a list still in flight (2.8.6).
+    /// </summary>
+    public void CaptureLists() => _captured ??= new PackedDescriptor[Size];
+
+    /// <summary>The descriptors of the list the last successful <see cref="TryPop"/> took (after <see cref="CaptureLists"/>).</summary>
+    public ReadOnlySpan<PackedDescriptor> LastList => _captured.AsSpan(0, _capturedCount);
+
     /// <summary>The buffer id (2.8.6) of a chain in flight.</summary>
     public ushort BufferId(ushort token) => token < Size ? _tokenId[token] : (ushort)0;
 
@@ -173,6 +185,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             var addr = Unsafe.ReadUnaligned<ulong>(d);
             var len = Unsafe.ReadUnaligned<uint>(d + 8);
             id = Unsafe.ReadUnaligned<ushort>(d + 12);
+            if (_captured != null)
+                _captured[slots] = new PackedDescriptor(addr, len, id, flags);
             slots++;
 
             if ((flags & PackedRing.DescFIndirect) != 0)
@@ -208,6 +222,48 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             TracePop(t, slots, id, wrap);
         _nextAvail = (ushort)slot;
         _availWrap = wrap;
+        _capturedCount = slots;
+        chain = new DescriptorChain(token, _scratch.AsSpan(0, count), error, errorDescriptor, VirtqueueFormat.Packed);
+        return PopResult.Chain;
+    }
+
+    /// <summary>
+    /// Takes again a list a previous device process took and did not return, from a copy of its
+    /// descriptors (its ring slots may hold used descriptors by now). The queue was created with
+    /// its available position past every such list, so their slots already count as in flight;
+    /// the buffer id is the last descriptor's (2.8.6). The copy is checked as a list from the
+    /// ring would be: buffers inside guest memory, indirect tables as 2.8.7 and 2.8.19 allow.
+    /// </summary>
+    public PopResult TryTakeRecorded(ReadOnlySpan<PackedDescriptor> list, out DescriptorChain chain)
+    {
+        chain = default;
+        if (list.Length == 0 || list.Length > _slotsInFlight)
+            return Corrupt(RingError.PackedRingOverrun, list.Length);
+        var error = ChainError.None;
+        var errorDescriptor = -1;
+        var count = 0;
+        var seenWritable = false;
+        for (var i = 0; i < list.Length; i++)
+        {
+            var d = list[i];
+            if ((d.Flags & PackedRing.DescFIndirect) != 0)
+            {
+                if (error == ChainError.None)
+                    error = IndirectError(d.Flags, i + 1, d.Length, out errorDescriptor, i);
+                if (error == ChainError.None)
+                    count = ExpandIndirect(d.Address, d.Length, ref error, ref errorDescriptor);
+            }
+            else if (count < _scratch.Length)
+                AddBuffer(ref count, d.Address, d.Length, (d.Flags & PackedRing.DescFWrite) != 0, ref seenWritable, ref error, ref errorDescriptor, i);
+        }
+        var id = list[^1].Id;
+        if ((_idInFlight[id >> 6] & (1UL << (id & 63))) != 0)
+            return Corrupt(RingError.PackedBufferIdInFlight, id);
+        var token = TakeToken(id);
+        _idInFlight[id >> 6] |= 1UL << (id & 63);
+        _tokenId[token] = id;
+        _tokenSlots[token] = (ushort)list.Length;
+        _inFlightCount++;
         chain = new DescriptorChain(token, _scratch.AsSpan(0, count), error, errorDescriptor, VirtqueueFormat.Packed);
         return PopResult.Chain;
     }
@@ -406,8 +462,16 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     public void DisableNotifications() =>
         Volatile.Write(ref *(ushort*)(_deviceEvent + 2), PackedRing.EventFlagsDisable); // 2.8.10: RING_EVENT_FLAGS_DISABLE
 
+    public bool Polled { get; set; }
+
     public bool EnableNotifications()
     {
+        if (Polled)
+        {
+            // Notifications stay off: the worker looks at the ring before it sleeps.
+            var seen = ReadFlags(Slot(_nextAvail));
+            return PackedRing.IsAvail(seen, _availWrap) || PackedRing.IsUsed(seen, _availWrap);
+        }
         if (EventIdx)
         {
             // 2.8.10: notify me when the descriptor at my position is made available.

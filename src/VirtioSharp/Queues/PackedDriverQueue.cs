@@ -44,11 +44,22 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         new Span<byte>(_desc, checked((int)PackedQueueLayout.DescriptorRingSize(size))).Clear();
         _slotsOfId = new ushort[size];
         _freeIds = new ushort[size];
-        for (var i = 0; i < size; i++)
-            _freeIds[i] = (ushort)(size - 1 - i);
-        _freeIdCount = size;
-        _freeSlots = size;
-        if (eventIdx)
+        FreeEverything();
+        AskForFirstInterrupt();
+    }
+
+    private void FreeEverything()
+    {
+        Array.Clear(_slotsOfId);
+        for (var i = 0; i < Size; i++)
+            _freeIds[i] = (ushort)(Size - 1 - i);
+        _freeIdCount = Size;
+        _freeSlots = Size;
+    }
+
+    private void AskForFirstInterrupt()
+    {
+        if (EventIdx)
         {
             // 2.8.10: interrupt me when the first descriptor is used.
             Volatile.Write(ref *(ushort*)_driverEvent, PackedRing.OffWrap(0, true));
@@ -56,6 +67,27 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         }
         else
             SetEventFlags(PackedRing.EventFlagsEnable);
+    }
+
+    /// <summary>
+    /// Starts the ring afresh at the same addresses, as a new device finds a ring after a reset:
+    /// the descriptor ring zeroed (2.8.13), both positions at slot 0 with both wrap counters at 1
+    /// (2.8.1), every buffer id free, the Device Event Suppression structure zeroed (ENABLE: what
+    /// a dead device left there, RING_EVENT_FLAGS_DISABLE while it polled, must not silence the
+    /// driver's notifications to the next one). What was outstanding is the caller's to make
+    /// available again; the transport gives the new device the initial base (vhost-user.rst,
+    /// SET_VRING_BASE: slot 0, wrap counter 1).
+    /// </summary>
+    public void Restart()
+    {
+        new Span<byte>(_desc, checked((int)PackedQueueLayout.DescriptorRingSize(Size))).Clear();
+        new Span<byte>(_deviceEvent, PackedRing.EventSuppressionSize).Clear();
+        FreeEverything();
+        _nextAvail = _nextUsed = 0;
+        _availWrap = _usedWrap = true;
+        _addedSincePublish = 0;
+        AskForFirstInterrupt();
+        Interlocked.MemoryBarrier(); // the zeroed ring is visible before the device is told its addresses
     }
 
     /// <summary>Lays the queue out contiguously in memory from <paramref name="allocator"/>.</summary>
@@ -283,6 +315,20 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     }
 
     public void DisableInterrupts() => SetEventFlags(PackedRing.EventFlagsDisable);
+
+    public bool Polling { get; private set; }
+
+    public void StartPolling()
+    {
+        Polling = true;
+        DisableInterrupts(); // 2.8.10: RING_EVENT_FLAGS_DISABLE outranks the offset TryTakeUsed writes
+    }
+
+    public bool StopPolling()
+    {
+        Polling = false;
+        return EnableInterrupts();
+    }
 
     public bool EnableInterrupts()
     {

@@ -66,6 +66,9 @@ public static class PackedRing
     }
 }
 
+/// <summary>One packed descriptor as read from the ring (2.8.13: addr, len, id, flags), kept as a copy.</summary>
+public readonly record struct PackedDescriptor(ulong Address, uint Length, ushort Id, ushort Flags);
+
 /// <summary>
 /// Byte layout of one packed virtqueue placed contiguously (2.8.10.1: descriptor ring 16-aligned,
 /// each event suppression structure 4-aligned and 4 bytes). The three parts are what virtio-mmio

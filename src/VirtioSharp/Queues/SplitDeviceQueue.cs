@@ -319,8 +319,12 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     /// <summary>Whether the driver has made a chain available that the device has not taken (a look, for polling).</summary>
     public bool HasAvailable => AvailIdx != _lastAvail;
 
+    public bool Polled { get; set; }
+
     public bool EnableNotifications()
     {
+        if (Polled)
+            return HasAvailable; // notifications stay off: the worker looks at the ring before it sleeps
         if (EventIdx)
         {
             Volatile.Write(ref AvailEvent, _lastAvail); // 2.7.10: notify me once idx passes this

@@ -214,9 +214,10 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         head = (ushort)id;
         FreeChain(head);
         _recorder?.UsedTaken(head, length, (ushort)(_lastUsed - 1));
-        // With interrupts off, used_event stays where it was: no store and no barrier per element
-        // (the device may interrupt once more when it passes it; 2.7.7 makes that harmless).
-        if (EventIdx && !_interruptsOff)
+        // With interrupts off or while polling, used_event stays where it was: no store and no
+        // barrier per element (the device may interrupt once more when it passes it; 2.7.7 makes
+        // that harmless).
+        if (EventIdx && !_interruptsOff && !Polling)
         {
             Volatile.Write(ref UsedEvent, _lastUsed); // 2.7.7: interrupt me when the next one is used
             _recorder?.UsedEvent(_lastUsed);
@@ -269,6 +270,29 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
             _recorder?.AvailFlags(AvailFlags, SplitRing.AvailFNoInterrupt);
             Volatile.Write(ref AvailFlags, SplitRing.AvailFNoInterrupt);
         }
+    }
+
+    public bool Polling { get; private set; }
+
+    public void StartPolling()
+    {
+        Polling = true;
+        if (EventIdx)
+        {
+            // 2.7.7.2: the device interrupts when used idx passes used_event; one behind what the
+            // driver has taken is passed only after a full wrap of the index (one spurious
+            // interrupt in 65536, which a polling driver ignores).
+            Volatile.Write(ref UsedEvent, (ushort)(_lastUsed - 1));
+            _recorder?.UsedEvent((ushort)(_lastUsed - 1));
+        }
+        else
+            DisableInterrupts();
+    }
+
+    public bool StopPolling()
+    {
+        Polling = false;
+        return EnableInterrupts();
     }
 
     public bool EnableInterrupts()

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using VirtioSharp.Block;
 using VirtioSharp.Block.Nbd;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Tests.Support;
 using VirtioSharp.Tests.VhostUser;
 using VirtioSharp.VhostUser.Backend;
 using VirtioSharp.VhostUser.Frontend;
@@ -29,6 +30,7 @@ internal sealed class NbdServer : IDisposable
     public string Uri { get; }
     public string? SocketPath { get; }
     public int Pid => _process.Id;
+    public bool HasExited => _process.HasExited;
 
     /// <summary><c>nbdkit ARGS</c> on a Unix socket in <paramref name="dir"/> (or on 127.0.0.1 with <paramref name="tcp"/>).</summary>
     public static NbdServer Nbdkit(TempDir dir, bool tcp, params string[] args)
@@ -92,7 +94,8 @@ internal sealed class NbdServer : IDisposable
         info.ArgumentList.Add(tool);
         foreach (var a in args)
             info.ArgumentList.Add(a);
-        var p = Process.Start(info) ?? throw new InvalidOperationException($"{tool} did not start");
+        // From the launcher thread: nbdkit asks for SIGTERM when the thread that started it ends.
+        var p = ProcessLauncher.Start(info);
         var server = new NbdServer(p, uri, socket);
         p.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (server._stderr) server._stderr.WriteLine(e.Data); };
         p.OutputDataReceived += (_, _) => { };
@@ -203,5 +206,32 @@ internal sealed class NbdRig : IDisposable
         Transport.Dispose();
         Server.Dispose();
         Backend.Dispose();
+    }
+}
+
+/// <summary><c>vblk serve</c> as its own process on an NBD URI, ready when its vhost-user socket accepts.</summary>
+internal static class VblkServe
+{
+    public static VirtioSharp.Tests.Vm.BackgroundProcess Start(string socket, string uri, params string[] extra)
+    {
+        var server = new VirtioSharp.Tests.Vm.BackgroundProcess("dotnet", [VirtioSharp.Tests.Vm.Repo.VblkDll, "serve", uri, "--socket", socket, .. extra]);
+        try
+        {
+            server.WaitForSocket(socket, TimeSpan.FromSeconds(60));
+            // The socket file appears at bind(), a moment before listen().
+            var deadline = Environment.TickCount64 + 10_000;
+            while (VirtioSharp.Native.UnixFdSocket.Probe(socket) != VirtioSharp.Native.SocketPathState.Listening)
+            {
+                if (server.HasExited || Environment.TickCount64 > deadline)
+                    throw new InvalidOperationException($"vblk serve is not listening on {socket}:\n{server.Output}");
+                Thread.Sleep(10);
+            }
+            return server;
+        }
+        catch
+        {
+            server.Dispose();
+            throw;
+        }
     }
 }

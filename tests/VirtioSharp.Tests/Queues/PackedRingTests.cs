@@ -455,3 +455,59 @@ public sealed class PackedDeviceQueueTests : IDisposable
         Assert.NotNull(PackedDeviceQueue.Create(0, 5, _ram.Memory, Base, Base + 80, Base + 84, false, false, out _, availState: 0x0004));
     }
 }
+
+/// <summary>The driver's half starts its ring afresh for a new device (a vhost-user back-end that came back).</summary>
+public sealed class PackedDriverRestartTests : IDisposable
+{
+    private const ulong Base = 0x4000_0000;
+    private const int Size = 5;
+    private readonly GuestRam _ram = new(Base, 1 << 20);
+    private readonly PackedQueueLayout _layout = PackedQueueLayout.For(Size);
+
+    public void Dispose() => _ram.Dispose();
+
+    private PackedDeviceQueue NewDevice() =>
+        PackedDeviceQueue.Create(0, Size, _ram.Memory, Base, Base + _layout.DriverEventOffset, Base + _layout.DeviceEventOffset, eventIdx: true, indirect: false, out var e)
+        ?? throw new InvalidOperationException(e);
+
+    private static DriverBuffer[] Two(int i) => [new(Base + 0x1000 + (ulong)i * 0x100, 16, false), new(Base + 0x8000 + (ulong)i, 1, true)];
+
+    private static void RoundTrip(PackedDriverQueue driver, PackedDeviceQueue device, int i)
+    {
+        Assert.True(driver.TryAdd(Two(i), out var id));
+        driver.Publish();
+        Assert.Equal(PopResult.Chain, device.TryPop(out var chain));
+        device.AddUsed(chain.Head, 1);
+        device.PublishUsed();
+        Assert.True(driver.TryTakeUsed(out var back, out _, out var error), error.ToString());
+        Assert.Equal(id, back);
+    }
+
+    [Fact]
+    public void A_restarted_ring_is_zeroed_at_slot_0_with_both_counters_1_and_serves_a_new_device_2_8_1()
+    {
+        var driver = new PackedDriverQueue(0, Size, _ram.Memory, Base, Base + _layout.DriverEventOffset, Base + _layout.DeviceEventOffset, eventIdx: true);
+        var old = NewDevice();
+        for (var i = 0; i < 7; i++) // 14 slots: the 5-slot ring's counters flipped twice
+            RoundTrip(driver, old, i);
+        // Two lists left with the device, which dies while polling (notifications disabled).
+        Assert.True(driver.TryAdd(Two(7), out _));
+        Assert.True(driver.TryAdd(Two(8), out _));
+        driver.Publish();
+        Assert.Equal(PopResult.Chain, old.TryPop(out _));
+        old.DisableNotifications();
+
+        driver.Restart();
+        Assert.Equal((0, true, 0, true), (driver.NextAvail, driver.AvailWrapCounter, driver.NextUsed, driver.UsedWrapCounter));
+        Assert.Equal(Size, driver.FreeDescriptors);
+        Assert.Equal(((ushort)0, (ushort)0), driver.DeviceEvent); // 2.8.10: ENABLE, not the dead device's DISABLE
+        Assert.Equal((PackedRing.OffWrap(0, true), PackedRing.EventFlagsDesc), driver.DriverEvent);
+        for (var s = 0; s < Size; s++)
+            Assert.Equal(0, driver.ReadDescriptor(s).Flags); // 2.8.13: zeroed, nothing available
+
+        var fresh = NewDevice(); // at slot 0 with both counters 1, as SET_VRING_BASE 0x80008000 says
+        for (var i = 0; i < 9; i++)
+            RoundTrip(driver, fresh, i);
+        Assert.Equal(PackedRing.OffWrap(18 % Size, false), fresh.UsedIndex); // 18 slots: three laps
+    }
+}

@@ -1,4 +1,3 @@
-using VirtioSharp.Block;
 using VirtioSharp.Memory;
 using VirtioSharp.Native;
 

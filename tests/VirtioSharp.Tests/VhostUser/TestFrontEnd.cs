@@ -212,8 +212,8 @@ internal sealed class TestFrontEnd : IDisposable
         return q;
     }
 
-    /// <summary>Hands an existing ring to the back-end again, starting at <paramref name="baseIndex"/> (a reconnect).</summary>
-    public void ResumeQueue(TestQueue q, ushort baseIndex, bool enable = true, int? ringSize = null)
+    /// <summary>Hands an existing ring to the back-end again, starting at <paramref name="baseIndex"/> (a reconnect; a packed ring's base has both positions).</summary>
+    public void ResumeQueue(TestQueue q, uint baseIndex, bool enable = true, int? ringSize = null)
     {
         Do(VhostUserRequest.SetVringNum, State((uint)q.Index, (uint)(ringSize ?? q.Driver.Size)));
         Do(VhostUserRequest.SetVringBase, State((uint)q.Index, baseIndex));

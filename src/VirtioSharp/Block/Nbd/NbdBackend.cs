@@ -91,7 +91,15 @@ public sealed unsafe class NbdBackend : IAsyncBlockBackend
     private static NbdConnection Connect(NbdUri uri, NbdOptions options, int index)
     {
         var socket = NbdHandshake.Connect(uri, options.ConnectTimeout, out var info);
-        return new NbdConnection(socket, info, $"{uri} #{index}", options.Timeout, options.Log);
+        try
+        {
+            return new NbdConnection(socket, info, $"{uri} #{index}", options.Timeout, options.Log);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
     }
 
     public ulong Capacity { get; }

@@ -65,12 +65,18 @@ internal sealed unsafe class NbdConnection : IDisposable
     private readonly byte[] _headers = GC.AllocateArray<byte>(Slots * 32, pinned: true);
     private readonly IoVec[] _sendIov = GC.AllocateArray<IoVec>(MaxIov + 1, pinned: true);
     private readonly IoVec[] _recvIov = GC.AllocateArray<IoVec>(MaxIov, pinned: true);
-    private readonly byte[] _reply = GC.AllocateArray<byte>(64, pinned: true);
-    private readonly byte[] _scratch = GC.AllocateArray<byte>(64 * 1024, pinned: true);
+    private const int RxSize = 64 * 1024;  // receive buffer: holds an error chunk's largest message, and many replies
+    private const int DirectMin = 16 * 1024; // read data still to come beyond this goes straight into the request's buffers
+    private readonly byte[] _rx = GC.AllocateArray<byte>(RxSize, pinned: true);
+    private int _rxStart, _rxEnd;             // receiver thread only: the unparsed bytes of _rx
+    private readonly CompletionPort?[] _wake = new CompletionPort?[64]; // receiver thread only: workers to wake before it blocks
+    private int _wakeCount;
     private readonly Thread _receiver;
     private volatile bool _dead;
     private volatile string? _deathReason;
     private int _inFlight;
+    private volatile bool _closing;       // Dispose: an end we asked for
+    private long _lastCheck;              // receiver thread only: when it last looked for requests past the timeout
 
     public NbdConnection(Socket socket, NbdExportInfo info, string name, TimeSpan timeout, ILogSink? log)
     {
@@ -85,8 +91,25 @@ internal sealed unsafe class NbdConnection : IDisposable
             _slots[i] = new Slot { Index = i };
             _free[i] = Slots - 1 - i;
         }
+        BlockingReceives(socket, name);
         _receiver = new Thread(Receive) { IsBackground = true, Name = $"nbd {name}" };
         _receiver.Start();
+    }
+
+    /// <summary>
+    /// The receiver blocks in recvmsg (one system call per batch of replies instead of a failed
+    /// recvmsg, a poll and a recvmsg) and wakes every <see cref="TickMs"/> (SO_RCVTIMEO) to look at
+    /// the clock. .NET leaves the descriptor non-blocking after its asynchronous connect; sends
+    /// stay non-blocking through MSG_DONTWAIT.
+    /// </summary>
+    private static void BlockingReceives(Socket socket, string name)
+    {
+        var fd = socket.SafeHandle;
+        var flags = Interop.Fcntl(fd, Interop.F_GETFL);
+        var tick = new Interop.TimeVal { Seconds = 0, Microseconds = TickMs * 1000 };
+        if (flags < 0 || Interop.Fcntl(fd, Interop.F_SETFL, flags & ~Interop.O_NONBLOCK) != 0
+            || Interop.SetSockOpt(fd, Interop.SOL_SOCKET, Interop.SO_RCVTIMEO, &tick, (uint)sizeof(Interop.TimeVal)) != 0)
+            throw new NbdException($"{name}: cannot set up the socket: {Errno.Describe(Marshal.GetLastPInvokeError())}");
     }
 
     public NbdExportInfo Info { get; }
@@ -170,7 +193,7 @@ internal sealed unsafe class NbdConnection : IDisposable
                 if (_dead)
                     return false;
                 var msg = new MsgHdr { Iov = iov, IovLength = (nuint)count };
-                var n = Interop.SendMsg(_fd, &msg, Interop.MSG_NOSIGNAL);
+                var n = Interop.SendMsg(_fd, &msg, Interop.MSG_NOSIGNAL | Interop.MSG_DONTWAIT);
                 if (n < 0)
                 {
                     var errno = Marshal.GetLastPInvokeError();
@@ -237,21 +260,34 @@ internal sealed unsafe class NbdConnection : IDisposable
         FailAll();
     }
 
-    /// <summary>Reads replies until the connection ends; returns why it ended.</summary>
+    private byte* Rx => (byte*)Unsafe.AsPointer(ref _rx[0]); // pinned array
+
+    private int Buffered => _rxEnd - _rxStart;
+
+    private uint Be32(int at) => BinaryPrimitives.ReadUInt32BigEndian(new ReadOnlySpan<byte>(Rx + _rxStart + at, 4));
+
+    private ushort Be16(int at) => BinaryPrimitives.ReadUInt16BigEndian(new ReadOnlySpan<byte>(Rx + _rxStart + at, 2));
+
+    private ulong Be64(int at) => BinaryPrimitives.ReadUInt64BigEndian(new ReadOnlySpan<byte>(Rx + _rxStart + at, 8));
+
+    /// <summary>
+    /// Reads replies until the connection ends; returns why it ended. Replies are parsed from a
+    /// receive buffer that one recvmsg fills with as many as have arrived; read data is copied
+    /// from it into the request's buffers, or received straight into them when much is still to come.
+    /// </summary>
     private string ReceiveLoop()
     {
-        var reply = (byte*)Unsafe.AsPointer(ref _reply[0]);
         while (true)
         {
-            var got = RecvExact(reply, 4, idle: true);
-            if (got != null)
-                return got;
-            var magic = BinaryPrimitives.ReadUInt32BigEndian(new ReadOnlySpan<byte>(reply, 4));
+            var failed = Need(4);
+            if (failed != null)
+                return failed;
+            var magic = Be32(0);
             string? broken;
             if (magic == SimpleReplyMagic)
-                broken = SimpleReply(reply);
+                broken = SimpleReply();
             else if (magic == StructuredReplyMagic && Info.Structured)
-                broken = StructuredChunk(reply);
+                broken = StructuredChunk();
             else
                 broken = $"protocol error: reply magic 0x{magic:x8}";
             if (broken != null)
@@ -259,13 +295,14 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
     }
 
-    private string? SimpleReply(byte* reply)
+    private string? SimpleReply()
     {
-        var failed = RecvExact(reply + 4, SimpleReplySize - 4, idle: false);
+        var failed = Need(SimpleReplySize);
         if (failed != null)
             return failed;
-        var error = BinaryPrimitives.ReadUInt32BigEndian(new ReadOnlySpan<byte>(reply + 4, 4));
-        var cookie = BinaryPrimitives.ReadUInt64BigEndian(new ReadOnlySpan<byte>(reply + 8, 8));
+        var error = Be32(4);
+        var cookie = Be64(8);
+        _rxStart += SimpleReplySize;
         var slot = Find(cookie);
         if (slot is null)
             return $"protocol error: a reply for cookie 0x{cookie:x}, which is not in flight";
@@ -273,7 +310,7 @@ internal sealed unsafe class NbdConnection : IDisposable
             return "protocol error: a simple reply to a read after structured replies were negotiated";
         if (slot.Kind == BlkIoKind.Read && error == 0)
         {
-            failed = RecvInto(slot, 0, slot.Length);
+            failed = ReceiveData(slot, 0, slot.Length);
             if (failed != null)
                 return failed;
         }
@@ -283,19 +320,19 @@ internal sealed unsafe class NbdConnection : IDisposable
         return null;
     }
 
-    private string? StructuredChunk(byte* reply)
+    private string? StructuredChunk()
     {
-        var failed = RecvExact(reply + 4, StructuredReplySize - 4, idle: false);
+        var failed = Need(StructuredReplySize);
         if (failed != null)
             return failed;
-        var flags = BinaryPrimitives.ReadUInt16BigEndian(new ReadOnlySpan<byte>(reply + 4, 2));
-        var type = BinaryPrimitives.ReadUInt16BigEndian(new ReadOnlySpan<byte>(reply + 6, 2));
-        var cookie = BinaryPrimitives.ReadUInt64BigEndian(new ReadOnlySpan<byte>(reply + 8, 8));
-        var length = BinaryPrimitives.ReadUInt32BigEndian(new ReadOnlySpan<byte>(reply + 16, 4));
+        var flags = Be16(4);
+        var type = Be16(6);
+        var cookie = Be64(8);
+        var length = Be32(16);
+        _rxStart += StructuredReplySize;
         var slot = Find(cookie);
         if (slot is null)
             return $"protocol error: a reply chunk for cookie 0x{cookie:x}, which is not in flight";
-        var payload = reply + 20; // room for 24 more bytes of fixed fields
         switch (type)
         {
             case ReplyTypeNone:
@@ -306,13 +343,14 @@ internal sealed unsafe class NbdConnection : IDisposable
                 {
                     if (slot.Kind != BlkIoKind.Read || length <= 8)
                         return $"protocol error: a data chunk of {length} bytes for a {slot.Kind}";
-                    if ((failed = RecvExact(payload, 8, idle: false)) != null)
+                    if ((failed = Need(8)) != null)
                         return failed;
-                    var offset = BinaryPrimitives.ReadUInt64BigEndian(new ReadOnlySpan<byte>(payload, 8));
+                    var offset = Be64(0);
+                    _rxStart += 8;
                     var size = length - 8;
                     if (!Within(slot, offset, size, out var at))
                         return $"protocol error: data chunk at {offset} + {size} outside the read at {slot.Offset} + {slot.Length}";
-                    if ((failed = RecvInto(slot, at, size)) != null)
+                    if ((failed = ReceiveData(slot, at, size)) != null)
                         return failed;
                     slot.Covered += size;
                     break;
@@ -321,10 +359,11 @@ internal sealed unsafe class NbdConnection : IDisposable
                 {
                     if (slot.Kind != BlkIoKind.Read || length != 12)
                         return $"protocol error: a hole chunk of {length} bytes for a {slot.Kind}";
-                    if ((failed = RecvExact(payload, 12, idle: false)) != null)
+                    if ((failed = Need(12)) != null)
                         return failed;
-                    var offset = BinaryPrimitives.ReadUInt64BigEndian(new ReadOnlySpan<byte>(payload, 8));
-                    var size = BinaryPrimitives.ReadUInt32BigEndian(new ReadOnlySpan<byte>(payload + 8, 4));
+                    var offset = Be64(0);
+                    var size = Be32(8);
+                    _rxStart += 12;
                     if (size == 0 || !Within(slot, offset, size, out var at))
                         return $"protocol error: hole chunk at {offset} + {size} outside the read at {slot.Offset} + {slot.Length}";
                     ZeroInto(slot, at, size);
@@ -338,18 +377,17 @@ internal sealed unsafe class NbdConnection : IDisposable
                     // proto.md: error chunks carry error (32), message length (16), message[, offset (64)].
                     if (length < 6 || length > 6 + MaxMessage + 8)
                         return $"protocol error: an error chunk of {length} bytes";
-                    if ((failed = RecvExact(payload, 6, idle: false)) != null)
+                    if ((failed = Need((int)length)) != null)
                         return failed;
-                    var error = BinaryPrimitives.ReadUInt32BigEndian(new ReadOnlySpan<byte>(payload, 4));
-                    var messageLength = BinaryPrimitives.ReadUInt16BigEndian(new ReadOnlySpan<byte>(payload + 4, 2));
+                    var error = Be32(0);
+                    var messageLength = Be16(4);
                     var rest = length - 6;
                     if (messageLength > rest || (type == ReplyTypeErrorOffset && rest != messageLength + 8u))
                         return $"protocol error: an error chunk whose message ({messageLength} bytes) does not fit its {length} bytes";
-                    var scratch = (byte*)Unsafe.AsPointer(ref _scratch[0]);
-                    if ((failed = RecvExact(scratch, (int)rest, idle: false)) != null)
-                        return failed;
+                    var message = new ReadOnlySpan<byte>(Rx + _rxStart + 6, messageLength);
                     slot.Error = error != 0 ? (int)Math.Min(error, int.MaxValue) : EIO;
-                    _log.Debug($"nbd {_name}: {slot.Kind} at {slot.Offset} failed on the server (error {error}): {Printable(new ReadOnlySpan<byte>(scratch, messageLength))}");
+                    _log.Debug($"nbd {_name}: {slot.Kind} at {slot.Offset} failed on the server (error {error}): {Printable(message)}");
+                    _rxStart += (int)length;
                     break;
                 }
         }
@@ -394,7 +432,31 @@ internal sealed unsafe class NbdConnection : IDisposable
             return slot.Busy && slot.Generation == (uint)(cookie >> 32) ? slot : null;
     }
 
-    /// <summary>Receives <paramref name="size"/> bytes into the slot's buffers, <paramref name="at"/> bytes in (checked by the caller).</summary>
+    /// <summary>
+    /// <paramref name="size"/> bytes of read data into the slot's buffers, <paramref name="at"/>
+    /// bytes in (both checked by the caller against the request): what is buffered is copied,
+    /// a large rest is received straight into the buffers, a small one through the buffer.
+    /// </summary>
+    private string? ReceiveData(Slot slot, uint at, uint size)
+    {
+        var take = (uint)Math.Min(Buffered, size);
+        CopyInto(slot, at, Rx + _rxStart, take);
+        _rxStart += (int)take;
+        at += take;
+        size -= take;
+        if (size == 0)
+            return null;
+        if (size >= DirectMin)
+            return RecvInto(slot, at, size);
+        var failed = Need((int)size);
+        if (failed != null)
+            return failed;
+        CopyInto(slot, at, Rx + _rxStart, size);
+        _rxStart += (int)size;
+        return null;
+    }
+
+    /// <summary>Receives <paramref name="size"/> bytes straight into the slot's buffers, <paramref name="at"/> bytes in (checked by the caller).</summary>
     private string? RecvInto(Slot slot, uint at, uint size)
     {
         fixed (IoVec* dst = _recvIov)
@@ -417,7 +479,35 @@ internal sealed unsafe class NbdConnection : IDisposable
             }
             if (left != 0)
                 return "internal error: a reply larger than the request's buffers"; // Within() makes this unreachable
-            return RecvAll(dst, count, idle: false);
+            var next = dst;
+            while (count > 0)
+            {
+                var failed = RecvSome(next, count, out var n);
+                if (failed != null)
+                    return failed;
+                Advance(ref next, ref count, (nuint)n);
+            }
+            return null;
+        }
+    }
+
+    private static void CopyInto(Slot slot, uint at, byte* source, uint size)
+    {
+        var skip = (nuint)at;
+        var left = (nuint)size;
+        for (var i = 0; i < slot.IovCount && left > 0; i++)
+        {
+            var v = slot.Iov[i];
+            if (skip >= v.Length)
+            {
+                skip -= v.Length;
+                continue;
+            }
+            var take = Math.Min(v.Length - skip, left);
+            Buffer.MemoryCopy(source, (void*)(v.Base + (nint)skip), take, take);
+            source += take;
+            skip = 0;
+            left -= take;
         }
     }
 
@@ -440,19 +530,39 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
     }
 
-    private string? RecvExact(byte* buffer, int length, bool idle)
+    /// <summary>Makes sure <paramref name="count"/> bytes (at most the buffer's size) are buffered.</summary>
+    private string? Need(int count)
     {
-        if (length == 0)
+        if (Buffered >= count)
             return null;
-        var v = new IoVec((nint)buffer, (nuint)length);
-        return RecvAll(&v, 1, idle);
+        // Keep the partial reply at the front, so the rest of the buffer is free to fill.
+        if (_rxStart > 0)
+        {
+            new Span<byte>(Rx + _rxStart, Buffered).CopyTo(new Span<byte>(Rx, RxSize));
+            _rxEnd -= _rxStart;
+            _rxStart = 0;
+        }
+        while (_rxEnd < count)
+        {
+            var free = new IoVec((nint)(Rx + _rxEnd), (nuint)(RxSize - _rxEnd));
+            var failed = RecvSome(&free, 1, out var n);
+            if (failed != null)
+                return failed;
+            _rxEnd += (int)n;
+        }
+        return null;
     }
 
-    /// <summary>Fills the iovecs; on the way, fails the connection if a request waited longer than the timeout.</summary>
-    private string? RecvAll(IoVec* iov, int count, bool idle)
+    /// <summary>
+    /// One recvmsg into <paramref name="iov"/> that got some bytes (<paramref name="received"/>),
+    /// or why the connection is over. Wakes the workers of completions posted so far first: the
+    /// receive may block (up to <see cref="TickMs"/> at a time, SO_RCVTIMEO).
+    /// </summary>
+    private string? RecvSome(IoVec* iov, int count, out nint received)
     {
-        var lastCheck = Environment.TickCount64;
-        while (count > 0)
+        received = 0;
+        WakeWorkers();
+        while (true)
         {
             if (_dead)
                 return _deathReason ?? "closed";
@@ -460,33 +570,36 @@ internal sealed unsafe class NbdConnection : IDisposable
             nint n;
             try
             {
-                n = Interop.RecvMsg(_fd, &msg, Interop.MSG_DONTWAIT);
+                n = Interop.RecvMsg(_fd, &msg, 0);
             }
             catch (ObjectDisposedException)
             {
                 return "closed";
             }
-            if (n > 0)
-            {
-                Advance(ref iov, ref count, (nuint)n);
-                idle = false;
-                continue;
-            }
             if (n == 0)
                 return "the server closed the connection";
-            var errno = Marshal.GetLastPInvokeError();
-            if (errno == Errno.EINTR)
-                continue;
-            if (errno != Errno.EAGAIN)
-                return $"receive failed: {Errno.Describe(errno)}";
-            Span<PollFd> p = [new PollFd((int)_fd.DangerousGetHandle())];
-            FdPoll.Wait(p, TickMs);
+            if (n < 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno != Errno.EINTR && errno != Errno.EAGAIN)
+                    return $"receive failed: {Errno.Describe(errno)}";
+            }
+            // Looked at whether bytes came or not, and across calls (the clock is a field): a server
+            // that sends a byte now and then, or a reply in endless small chunks, must not hold a
+            // request past the timeout.
             var now = Environment.TickCount64;
-            if (now - lastCheck >= TickMs && OldestAge(now) > _timeoutMs)
-                return $"no reply within {_timeoutMs / 1000.0:0.#} s";
-            lastCheck = now;
+            if (now - _lastCheck >= TickMs)
+            {
+                _lastCheck = now;
+                if (OldestAge(now) > _timeoutMs)
+                    return $"no reply within {_timeoutMs / 1000.0:0.#} s";
+            }
+            if (n > 0)
+            {
+                received = n;
+                return null;
+            }
         }
-        return null;
     }
 
     private long OldestAge(long now)
@@ -523,32 +636,66 @@ internal sealed unsafe class NbdConnection : IDisposable
             _inFlight--;
         }
         if (port != null)
-            port.Post(tag, result);
+        {
+            // Woken once per batch of replies (RecvSome), not once per reply.
+            if (port.PostDeferred(tag, result, out var wake) && wake && !Defer(port))
+                port.Wake();
+        }
         else
             waiter?.Set(result);
+    }
+
+    /// <summary>Notes that <paramref name="port"/>'s worker must be woken; false when the list is full (wake it now).</summary>
+    private bool Defer(CompletionPort port)
+    {
+        for (var i = 0; i < _wakeCount; i++)
+        {
+            if (ReferenceEquals(_wake[i], port))
+                return true;
+        }
+        if (_wakeCount == _wake.Length)
+            return false;
+        _wake[_wakeCount++] = port;
+        return true;
+    }
+
+    private void WakeWorkers()
+    {
+        for (var i = 0; i < _wakeCount; i++)
+        {
+            _wake[i]!.Wake();
+            _wake[i] = null;
+        }
+        _wakeCount = 0;
     }
 
     /// <summary>After the connection ended (receiver thread): every request still in flight fails.</summary>
     private void FailAll()
     {
-        var failed = 0;
+        int failed;
+        lock (_slotLock)
+            failed = _inFlight;
+        // Said before the requests complete, so whoever sees a request fail can read why.
+        var line = $"nbd {_name}: connection lost ({_deathReason}); {failed} request{(failed == 1 ? "" : "s")} in flight failed with EIO";
+        if (_closing && failed == 0)
+            _log.Debug($"nbd {_name}: closed");
+        else
+            _log.Warn(line);
         foreach (var slot in _slots)
         {
             bool busy;
             lock (_slotLock)
                 busy = slot.Busy;
             if (busy)
-            {
                 Finish(slot, -EIO);
-                failed++;
-            }
         }
-        _log?.Warn($"nbd {_name}: connection lost ({_deathReason}); {failed} request{(failed == 1 ? "" : "s")} in flight failed with EIO");
+        WakeWorkers();
     }
 
     /// <summary>Ends the connection and waits until every request on it has completed.</summary>
     public void Dispose()
     {
+        _closing = true;
         Kill("closed");
         _receiver.Join();
         _socket.Dispose();

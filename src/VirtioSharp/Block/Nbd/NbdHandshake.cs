@@ -20,14 +20,17 @@ public readonly record struct NbdExportInfo(ulong Size, ushort Flags, uint MinBl
 internal static class NbdHandshake
 {
     private const int MaxOptionReply = 64 * 1024;
+    /// <summary>More replies than this to one option is a server that will not stop (real ones send a handful).</summary>
+    private const int MaxRepliesPerOption = 32;
 
     public static Socket Connect(NbdUri uri, TimeSpan timeout, out NbdExportInfo info)
     {
         var socket = Open(uri, timeout);
         try
         {
-            socket.ReceiveTimeout = socket.SendTimeout = (int)timeout.TotalMilliseconds;
-            info = Negotiate(socket, uri);
+            socket.SendTimeout = (int)timeout.TotalMilliseconds;
+            // One deadline for the whole negotiation: a server that sends a byte now and then must not keep us here.
+            info = Negotiate(socket, uri, Environment.TickCount64 + (long)timeout.TotalMilliseconds);
             socket.ReceiveTimeout = socket.SendTimeout = 0;
             return socket;
         }
@@ -86,10 +89,10 @@ internal static class NbdHandshake
         }
     }
 
-    private static NbdExportInfo Negotiate(Socket s, NbdUri uri)
+    private static NbdExportInfo Negotiate(Socket s, NbdUri uri, long deadline)
     {
         Span<byte> hello = stackalloc byte[18];
-        ReadExact(s, hello);
+        ReadExact(s, hello, deadline);
         if (BinaryPrimitives.ReadUInt64BigEndian(hello) != InitMagic)
             throw new NbdException($"{uri}: not an NBD server (bad greeting)");
         if (BinaryPrimitives.ReadUInt64BigEndian(hello[8..]) != OptMagic)
@@ -105,9 +108,9 @@ internal static class NbdHandshake
         // NBD_OPT_STRUCTURED_REPLY: ACK turns them on; an error leaves simple replies.
         SendOption(s, OptStructuredReply, []);
         var structured = false;
-        while (true)
+        for (var replies = 1; ; replies++)
         {
-            var (type, payload) = ReadOptionReply(s, OptStructuredReply, uri);
+            var (type, payload) = ReadOptionReply(s, OptStructuredReply, uri, deadline, replies);
             if (type == RepAck)
             {
                 structured = true;
@@ -130,9 +133,9 @@ internal static class NbdHandshake
         ulong? size = null;
         ushort flags = 0;
         uint min = 1, preferred = 4096, max = 32 << 20;
-        while (true)
+        for (var replies = 1; ; replies++)
         {
-            var (type, payload) = ReadOptionReply(s, OptGo, uri);
+            var (type, payload) = ReadOptionReply(s, OptGo, uri, deadline, replies);
             if (type == RepAck)
                 break;
             if ((type & RepFlagError) != 0)
@@ -157,11 +160,16 @@ internal static class NbdHandshake
         }
         if (size is null)
             throw new NbdException($"{uri}: the server ended NBD_OPT_GO without the export's size");
+        // Offsets are signed 64-bit numbers in Linux, QEMU and our file backends: larger is not a disk.
+        if (size.Value > long.MaxValue)
+            throw new NbdException($"{uri}: the server reports an export of {size.Value} bytes, more than 2^63 - 1");
         // proto.md "Block size constraints": powers of two, min <= 64 KiB, min <= preferred <= max.
         if (min == 0 || (min & (min - 1)) != 0 || min > 65536 || preferred < min || (preferred & (preferred - 1)) != 0 || max < preferred)
             throw new NbdException($"{uri}: the server sent impossible block sizes (min {min}, preferred {preferred}, max {max})");
         if (min > BlkLayout.SectorSize && min > 4096)
             throw new NbdException($"{uri}: the export's minimum block size {min} is larger than 4096");
+        if (max < BlkLayout.SectorSize)
+            throw new NbdException($"{uri}: the server's largest request ({max} bytes) is smaller than a 512-byte sector");
         return new NbdExportInfo(size.Value, flags, min, preferred, max, structured);
     }
 
@@ -175,10 +183,12 @@ internal static class NbdHandshake
         s.Send(m);
     }
 
-    private static (uint Type, byte[] Payload) ReadOptionReply(Socket s, uint option, NbdUri uri)
+    private static (uint Type, byte[] Payload) ReadOptionReply(Socket s, uint option, NbdUri uri, long deadline, int replies)
     {
+        if (replies > MaxRepliesPerOption)
+            throw new NbdException($"{uri}: the server broke the handshake (more than {MaxRepliesPerOption} replies to one option)");
         Span<byte> h = stackalloc byte[20];
-        ReadExact(s, h);
+        ReadExact(s, h, deadline);
         if (BinaryPrimitives.ReadUInt64BigEndian(h) != OptReplyMagic)
             throw new NbdException($"{uri}: the server broke the handshake (bad option reply magic)");
         if (BinaryPrimitives.ReadUInt32BigEndian(h[8..]) != option)
@@ -188,14 +198,19 @@ internal static class NbdHandshake
         if (length > MaxOptionReply)
             throw new NbdException($"{uri}: the server broke the handshake (an option reply of {length} bytes)");
         var payload = new byte[length];
-        ReadExact(s, payload);
+        ReadExact(s, payload, deadline);
         return (type, payload);
     }
 
-    private static void ReadExact(Socket s, Span<byte> buffer)
+    /// <summary>Fills <paramref name="buffer"/> before <paramref name="deadline"/> (Environment.TickCount64) or throws.</summary>
+    private static void ReadExact(Socket s, Span<byte> buffer, long deadline)
     {
         while (buffer.Length > 0)
         {
+            var left = deadline - Environment.TickCount64;
+            if (left <= 0)
+                throw new SocketException((int)SocketError.TimedOut);
+            s.ReceiveTimeout = (int)Math.Min(left, int.MaxValue);
             var n = s.Receive(buffer);
             if (n == 0)
                 throw new IOException("the server closed the connection");

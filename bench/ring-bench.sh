@@ -9,6 +9,7 @@ REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 
 ROUNDS=3
 BUFFERS=10000000
+WARMUP=3000000
 BATCHES="1 32"
 RING_SIZE=256
 DRIVER_CPU=0
@@ -41,6 +42,7 @@ measure the same thing (they are run anyway, as given).
   --rounds N        rounds; each runs every row once, the order reversed in
                     every other round (default $ROUNDS)
   --buffers N       buffers per run (default $BUFFERS)
+  --warmup N        buffers our runs pass before timing, for the JIT (default $WARMUP)
   --batches LIST    batch sizes (default "$BATCHES")
   --ring-size N     queue size (default $RING_SIZE)
   --driver-cpu N    CPU of the driver (ringtest: guest) thread (default $DRIVER_CPU)
@@ -58,6 +60,7 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS=$2; shift 2 ;;
         --buffers) BUFFERS=$2; shift 2 ;;
         --batches) BATCHES=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
         --ring-size) RING_SIZE=$2; shift 2 ;;
         --driver-cpu) DRIVER_CPU=$2; shift 2 ;;
         --device-cpu) DEVICE_CPU=$2; shift 2 ;;
@@ -93,7 +96,7 @@ fi
 
 # One run of one row; prints buffers per second.
 run_ours() { # format batch
-    dotnet "$WORK/bench/VirtioSharp.Benchmarks.dll" ring --format "$1" --batch "$2" --buffers "$BUFFERS" \
+    dotnet "$WORK/bench/VirtioSharp.Benchmarks.dll" ring --format "$1" --batch "$2" --buffers "$BUFFERS" --warmup "$WARMUP" \
         --ring-size "$RING_SIZE" --driver-cpu "$DRIVER_CPU" --device-cpu "$DEVICE_CPU" \
         | sed -n 's/.*buffers_per_second=\([0-9]*\).*/\1/p'
 }

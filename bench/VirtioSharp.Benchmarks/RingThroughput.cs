@@ -153,14 +153,22 @@ public static class RingThroughput
                     return;
                 start.Wait();
                 driverDone = DriveLoop(driver, buffer, buffers, batch, out driverError);
-            }) { Name = "ring driver", IsBackground = true };
+            })
+            {
+                Name = "ring driver",
+                IsBackground = true,
+            };
             var deviceThread = new Thread(() =>
             {
                 if (deviceCpu >= 0 && !ThreadAffinity.TryPinCurrentThread(deviceCpu, out deviceError))
                     return;
                 start.Wait();
                 deviceDone = DeviceLoop(device, buffers, batch, out deviceError);
-            }) { Name = "ring device", IsBackground = true };
+            })
+            {
+                Name = "ring device",
+                IsBackground = true,
+            };
             driverThread.Start();
             deviceThread.Start();
             Thread.Sleep(50); // both threads pinned and waiting

@@ -212,9 +212,10 @@ public sealed class PackedQueuePairTests
         pair.Driver.DisableInterrupts();
         var disabled = pair.Driver.DriverEvent;
         Assert.Equal(PackedRing.EventFlagsDisable, disabled.Flags);
+        DriverBuffer[] one = [new(PackedQueuePair.RamBase + 0x20_0000, 8, true)];
         for (var i = 0; i < 6; i++) // past the end of the ring: the counter flips, the structure stays
         {
-            Assert.True(pair.Add(1, 1, false));
+            Assert.True(pair.Driver.TryAdd(one, out _));
             Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var chain));
             pair.Device.AddUsed(chain.Head, 1);
             Assert.False(pair.Device.PublishUsed()); // RING_EVENT_FLAGS_DISABLE
@@ -223,7 +224,7 @@ public sealed class PackedQueuePairTests
         }
         Assert.False(pair.Driver.EnableInterrupts());
         Assert.Equal((PackedRing.OffWrap(2, false), PackedRing.EventFlagsDesc), pair.Driver.DriverEvent); // slot 2 of lap 0
-        Assert.True(pair.Add(1, 1, false));
+        Assert.True(pair.Driver.TryAdd(one, out _));
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var next));
         pair.Device.AddUsed(next.Head, 1);
         Assert.True(pair.Device.PublishUsed()); // the descriptor the driver named

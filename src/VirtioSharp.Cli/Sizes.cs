@@ -48,4 +48,28 @@ public static class Sizes
             return $"{bytes:0} {units[i]}";
         return hundredths ? $"{bytes:0.##} {units[i]}" : $"{bytes:0.#} {units[i]}";
     }
+
+    /// <summary>Parses "4096", "64K", "512M", "2G" (binary multiples; "KiB"-style and "B" suffixes are accepted too).</summary>
+    public static bool TryParse(string text, out ulong bytes)
+    {
+        bytes = 0;
+        var t = text.Trim().ToUpperInvariant();
+        if (t.EndsWith("IB", StringComparison.Ordinal))
+            t = t[..^2]; // KiB -> K
+        else if (t.EndsWith('B'))
+            t = t[..^1]; // KB -> K, 512B -> 512
+        var shift = 0;
+        if (t.Length > 0)
+        {
+            shift = t[^1] switch { 'K' => 10, 'M' => 20, 'G' => 30, 'T' => 40, _ => 0 };
+            if (shift != 0)
+                t = t[..^1];
+        }
+        if (!ulong.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out var n))
+            return false;
+        if (n > ulong.MaxValue >> shift)
+            return false;
+        bytes = n << shift;
+        return true;
+    }
 }

@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
 using VirtioSharp.Rbd.Native;
 
 namespace VirtioSharp.Rbd;

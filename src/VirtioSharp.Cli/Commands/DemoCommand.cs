@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using VirtioSharp.Block;
 using VirtioSharp.Cli.Explorer;
+using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Machine;
 using VirtioSharp.Queues;
@@ -150,7 +151,7 @@ public static class DemoCommand
             // The seeds' three chained descriptors, unless asked for indirect tables.
             AcceptFeatures = s.Indirect ? BlkDriver.SupportedFeatures : BlkDriver.SupportedFeatures & ~VirtioFeatures.Bit(VirtioFeatures.RingIndirectDesc),
         });
-        Console.WriteLine($"driver: features {VirtioFeatures.Describe(driver.Features)}");
+        Console.WriteLine($"driver: features {BlkFeatures.Describe(driver.Features)}");
         Console.WriteLine($"driver: capacity {driver.Config.Capacity} sectors, blk_size {driver.BlockSize}, seg_max {driver.Config.SegMax}, {driver.Depth} requests in flight at most");
         Console.WriteLine();
 

@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 
 namespace VirtioSharp.Cli.Commands;
 
@@ -43,13 +44,13 @@ public sealed class DemoWorkload(BlkDriver driver, int depth, int blockSize, ulo
         progress.Done();
 
         var zeroesOk = true;
-        if (!driver.ReadOnly && VirtioFeatures.Has(driver.Features, VirtioFeatures.BlkDiscard))
+        if (!driver.ReadOnly && VirtioFeatures.Has(driver.Features, BlkFeatures.Discard))
         {
             var quarter = (ulong)(blocks / 4 * blockSize);
             await driver.DiscardAsync((ulong)capacity - quarter, quarter, cancel);
             Interlocked.Increment(ref _requests);
         }
-        if (!driver.ReadOnly && VirtioFeatures.Has(driver.Features, VirtioFeatures.BlkWriteZeroes))
+        if (!driver.ReadOnly && VirtioFeatures.Has(driver.Features, BlkFeatures.WriteZeroes))
         {
             var length = (ulong)Math.Min(blockSize * 4L, capacity / 2);
             await driver.WriteZeroesAsync((ulong)blockSize, length, cancel: cancel);

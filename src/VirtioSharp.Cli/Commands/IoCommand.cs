@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using VirtioSharp.Block;
 using VirtioSharp.Cli.Frontend;
+using VirtioSharp.Devices;
 using VirtioSharp.VhostUser.Protocol;
 
 namespace VirtioSharp.Cli.Commands;
@@ -88,8 +89,8 @@ public static class IoCommand
             }
             var w = stdout;
             w.WriteLine($"socket            {t.SocketPath}");
-            w.WriteLine($"device features   {VirtioFeatures.Describe(t.GetDeviceFeatures())}");
-            w.WriteLine($"negotiated        {VirtioFeatures.Describe(d.Features)}");
+            w.WriteLine($"device features   {BlkFeatures.Describe(t.GetDeviceFeatures())}");
+            w.WriteLine($"negotiated        {BlkFeatures.Describe(d.Features)}");
             w.WriteLine($"protocol features {VhostUserFeatures.DescribeProtocol(t.BackendProtocolFeatures)} (using {VhostUserFeatures.DescribeProtocol(t.ProtocolFeatures)})");
             w.WriteLine($"capacity          {d.Capacity} bytes ({Sizes.Format(d.Capacity)}, {c.Capacity} sectors)");
             w.WriteLine($"block size        {d.BlockSize}");
@@ -98,9 +99,9 @@ public static class IoCommand
             w.WriteLine($"queue size        {d.QueueSize(0)} (depth {d.Depth})");
             w.WriteLine($"seg_max           {c.SegMax}");
             w.WriteLine($"size_max          {c.SizeMax}");
-            if (VirtioFeatures.Has(d.Features, VirtioFeatures.BlkDiscard))
+            if (VirtioFeatures.Has(d.Features, BlkFeatures.Discard))
                 w.WriteLine($"discard           max {c.MaxDiscardSectors} sectors, {c.MaxDiscardSeg} segments, alignment {c.DiscardSectorAlignment} sectors");
-            if (VirtioFeatures.Has(d.Features, VirtioFeatures.BlkWriteZeroes))
+            if (VirtioFeatures.Has(d.Features, BlkFeatures.WriteZeroes))
                 w.WriteLine($"write-zeroes      max {c.MaxWriteZeroesSectors} sectors, {c.MaxWriteZeroesSeg} segments, may unmap {(c.WriteZeroesMayUnmap != 0 ? "yes" : "no")}");
             w.WriteLine($"serial            {serial}");
             return 0;
@@ -189,7 +190,7 @@ public static class IoCommand
             var stdout = parse.InvocationConfiguration.Output;
             var stderr = parse.InvocationConfiguration.Error;
             using var s = Open(parse, socket, packed, "flush");
-            if (!VirtioFeatures.Has(s.Driver.Features, VirtioFeatures.BlkFlush))
+            if (!VirtioFeatures.Has(s.Driver.Features, BlkFeatures.Flush))
                 throw new CliException("the device does not offer VIRTIO_BLK_F_FLUSH");
             await s.Driver.FlushAsync(ct);
             stderr.WriteLine("flushed");

@@ -53,7 +53,7 @@ internal sealed class ServeLimitOptions
             return null;
         double value;
         if (bytes)
-            value = ServeCommand.TryParseSize(text, out var n) ? n : double.NaN;
+            value = Sizes.TryParse(text, out var n) ? n : double.NaN;
         else
             value = double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var d) ? d : double.NaN;
         if (!(value > 0) || double.IsInfinity(value) || value > 1e15)

@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using VirtioSharp.Block;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Rbd.Native;
 

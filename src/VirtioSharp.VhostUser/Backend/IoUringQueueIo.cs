@@ -1,5 +1,5 @@
-using VirtioSharp.Block;
 using VirtioSharp.Devices;
+using VirtioSharp.Memory;
 using VirtioSharp.Native;
 
 namespace VirtioSharp.VhostUser.Backend;

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Native;
@@ -167,7 +166,7 @@ internal sealed class Vring : IDisposable
                 {
                     // Made on this thread: the ring is single-issuer where the kernel allows it. Its
                     // completion queue (twice the submission queue) holds a full queue's completions.
-                    ring = IoUring.TryCreate(RingEntries(queue.Size), out var why);
+                    ring = IoUring.TryCreate(RingEntries(_device.MaxQueueIoInFlight, queue.Size), out var why);
                     if (ring is null)
                     {
                         if (_aio == AioMode.IoUring)
@@ -179,7 +178,7 @@ internal sealed class Vring : IDisposable
             }
             if (ring != null)
             {
-                _log.Debug($"queue {Index}: asynchronous I/O through io_uring, up to {Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queue.Size)} in flight");
+                _log.Debug($"queue {Index}: asynchronous I/O through io_uring, up to {Math.Min(_device.MaxQueueIoInFlight, (int)queue.Size)} in flight");
                 if (RunUring(queue, kick, ring))
                 {
                     ring.Dispose();
@@ -214,8 +213,8 @@ internal sealed class Vring : IDisposable
     /// <summary>Polls ended by the kernel in a row before the worker gives io_uring up.</summary>
     private const int MaxPollFailures = 8;
 
-    private static uint RingEntries(ushort queueSize) =>
-        (uint)Math.Min(BlkDevice.MaxAsyncPerQueue, (int)queueSize) + 4; // + the three polls and the limits' timer
+    private static uint RingEntries(int maxInFlight, ushort queueSize) =>
+        (uint)Math.Min(maxInFlight, (int)queueSize) + 4; // + the three polls and the limits' timer
 
     /// <summary>
     /// Waits in poll(2) on the control, kick and completion descriptors. File I/O is synchronous;

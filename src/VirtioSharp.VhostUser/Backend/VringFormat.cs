@@ -1,4 +1,4 @@
-using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Memory;
 using VirtioSharp.Queues;
 using VirtioSharp.VhostUser.Protocol;

@@ -110,7 +110,7 @@ public sealed unsafe partial class VhostUserFrontendTransport
         Handshake();
         var offered = GetDeviceFeatures();
         if ((_driverFeatures & ~offered) != 0)
-            throw new IncompatibleException($"it does not offer features 0x{_driverFeatures & ~offered:x} ({VirtioFeatures.Describe(_driverFeatures & ~offered)}) that were negotiated");
+            throw new IncompatibleException($"it does not offer features 0x{_driverFeatures & ~offered:x} ({BlkFeatures.Describe(_driverFeatures & ~offered)}) that were negotiated");
         var rings = 0;
         foreach (var q in _queues)
         {

@@ -16,9 +16,9 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
 {
     /// <summary>Every feature this driver understands.</summary>
     public const ulong SupportedFeatures =
-        (1UL << VirtioFeatures.Version1) | (1UL << VirtioFeatures.BlkSizeMax) | (1UL << VirtioFeatures.BlkSegMax)
-        | (1UL << VirtioFeatures.BlkRo) | (1UL << VirtioFeatures.BlkBlkSize) | (1UL << VirtioFeatures.BlkFlush)
-        | (1UL << VirtioFeatures.BlkMq) | (1UL << VirtioFeatures.BlkDiscard) | (1UL << VirtioFeatures.BlkWriteZeroes)
+        (1UL << VirtioFeatures.Version1) | (1UL << BlkFeatures.SizeMax) | (1UL << BlkFeatures.SegMax)
+        | (1UL << BlkFeatures.Ro) | (1UL << BlkFeatures.BlkSize) | (1UL << BlkFeatures.Flush)
+        | (1UL << BlkFeatures.Mq) | (1UL << BlkFeatures.Discard) | (1UL << BlkFeatures.WriteZeroes)
         | (1UL << VirtioFeatures.RingIndirectDesc) | (1UL << VirtioFeatures.RingEventIdx);
 
     private readonly IDriverTransport _transport;
@@ -39,7 +39,7 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
     public static BlkDriver Start(IDriverTransport transport, BlkDriverOptions? options = null)
     {
         options ??= new BlkDriverOptions();
-        var features = VirtioDriverInit.Begin(transport, 2, offered => ChooseFeatures(offered, options));
+        var features = VirtioDriverInit.Begin(transport, 2, offered => ChooseFeatures(offered, options), BlkFeatures.Name);
         Span<byte> raw = stackalloc byte[BlkLayout.ConfigSize];
         uint generation;
         do
@@ -50,12 +50,12 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         } while (generation != transport.ConfigGeneration);
         var config = BlkConfig.Parse(raw);
 
-        var numQueues = VirtioFeatures.Has(features, VirtioFeatures.BlkMq) ? Math.Clamp(options.NumQueues, 1, Math.Max((int)config.NumQueues, 1)) : 1;
+        var numQueues = VirtioFeatures.Has(features, BlkFeatures.Mq) ? Math.Clamp(options.NumQueues, 1, Math.Max((int)config.NumQueues, 1)) : 1;
         var eventIdx = VirtioFeatures.Has(features, VirtioFeatures.RingEventIdx);
         var indirect = VirtioFeatures.Has(features, VirtioFeatures.RingIndirectDesc);
         var packed = VirtioFeatures.Has(features, VirtioFeatures.RingPacked);
         var bounce = (uint)Math.Max(BlkLayout.SectorSize, options.MaxTransfer & ~(BlkLayout.SectorSize - 1));
-        if (VirtioFeatures.Has(features, VirtioFeatures.BlkSizeMax) && config.SizeMax >= BlkLayout.SectorSize)
+        if (VirtioFeatures.Has(features, BlkFeatures.SizeMax) && config.SizeMax >= BlkLayout.SectorSize)
             bounce = Math.Min(bounce, config.SizeMax & ~(uint)(BlkLayout.SectorSize - 1));
         var queues = new BlkQueueContext[numQueues];
         for (var q = 0; q < numQueues; q++)
@@ -106,8 +106,8 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
     public VirtqueueFormat RingFormat => VirtioFeatures.Has(Features, VirtioFeatures.RingPacked) ? VirtqueueFormat.Packed : VirtqueueFormat.Split;
     public BlkConfig Config { get; }
     public ulong Capacity => Config.Capacity << BlkLayout.SectorShift;
-    public uint BlockSize => VirtioFeatures.Has(Features, VirtioFeatures.BlkBlkSize) && Config.BlkSize >= BlkLayout.SectorSize ? Config.BlkSize : BlkLayout.SectorSize;
-    public bool ReadOnly => VirtioFeatures.Has(Features, VirtioFeatures.BlkRo);
+    public uint BlockSize => VirtioFeatures.Has(Features, BlkFeatures.BlkSize) && Config.BlkSize >= BlkLayout.SectorSize ? Config.BlkSize : BlkLayout.SectorSize;
+    public bool ReadOnly => VirtioFeatures.Has(Features, BlkFeatures.Ro);
     public int QueueCount => _queues.Length;
     public int QueueSize(int queue) => _queues[queue].Queue.Size;
     /// <summary>Requests one queue can have in flight.</summary>
@@ -162,9 +162,9 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
     private async ValueTask SegmentsAsync(BlkRequestType type, ulong offset, ulong length, uint flags, CancellationToken cancel)
     {
         CheckRange(offset, length);
-        var feature = type == BlkRequestType.Discard ? VirtioFeatures.BlkDiscard : VirtioFeatures.BlkWriteZeroes;
+        var feature = type == BlkRequestType.Discard ? BlkFeatures.Discard : BlkFeatures.WriteZeroes;
         if (!VirtioFeatures.Has(Features, feature))
-            throw new BlkException($"the device does not offer {VirtioFeatures.Name(feature)}", BlkStatus.Unsupp);
+            throw new BlkException($"the device does not offer {BlkFeatures.Name(feature)}", BlkStatus.Unsupp);
         var maxSectors = type == BlkRequestType.Discard ? Config.MaxDiscardSectors : Config.MaxWriteZeroesSectors;
         if (maxSectors == 0)
             maxSectors = uint.MaxValue;

@@ -23,65 +23,6 @@ public enum BlkStatus : byte
     Unsupp = 2,
 }
 
-/// <summary>Feature bits: the device-independent ones (6) and virtio-blk's (5.2.3).</summary>
-public static class VirtioFeatures
-{
-    public const int BlkSizeMax = 1;
-    public const int BlkSegMax = 2;
-    public const int BlkGeometry = 4;
-    public const int BlkRo = 5;
-    public const int BlkBlkSize = 6;
-    public const int BlkFlush = 9;
-    public const int BlkTopology = 10;
-    public const int BlkConfigWce = 11;
-    public const int BlkMq = 12;
-    public const int BlkDiscard = 13;
-    public const int BlkWriteZeroes = 14;
-    public const int RingIndirectDesc = 28;
-    public const int RingEventIdx = 29;
-    public const int Version1 = 32;
-    public const int AccessPlatform = 33;
-    public const int RingPacked = 34;
-    public const int InOrder = 35;
-
-    public static ulong Bit(int bit) => 1UL << bit;
-    public static bool Has(ulong features, int bit) => (features & (1UL << bit)) != 0;
-
-    public static string Name(int bit) => bit switch
-    {
-        BlkSizeMax => "VIRTIO_BLK_F_SIZE_MAX",
-        BlkSegMax => "VIRTIO_BLK_F_SEG_MAX",
-        BlkGeometry => "VIRTIO_BLK_F_GEOMETRY",
-        BlkRo => "VIRTIO_BLK_F_RO",
-        BlkBlkSize => "VIRTIO_BLK_F_BLK_SIZE",
-        BlkFlush => "VIRTIO_BLK_F_FLUSH",
-        BlkTopology => "VIRTIO_BLK_F_TOPOLOGY",
-        BlkConfigWce => "VIRTIO_BLK_F_CONFIG_WCE",
-        BlkMq => "VIRTIO_BLK_F_MQ",
-        BlkDiscard => "VIRTIO_BLK_F_DISCARD",
-        BlkWriteZeroes => "VIRTIO_BLK_F_WRITE_ZEROES",
-        RingIndirectDesc => "VIRTIO_F_INDIRECT_DESC",
-        RingEventIdx => "VIRTIO_F_EVENT_IDX",
-        Version1 => "VIRTIO_F_VERSION_1",
-        AccessPlatform => "VIRTIO_F_ACCESS_PLATFORM",
-        RingPacked => "VIRTIO_F_RING_PACKED",
-        InOrder => "VIRTIO_F_IN_ORDER",
-        30 => "VHOST_USER_F_PROTOCOL_FEATURES",
-        _ => $"bit {bit}",
-    };
-
-    public static string Describe(ulong features)
-    {
-        var names = new List<string>();
-        for (var bit = 0; bit < 64; bit++)
-        {
-            if (Has(features, bit))
-                names.Add(Name(bit));
-        }
-        return names.Count == 0 ? "(none)" : string.Join(" ", names);
-    }
-}
-
 /// <summary>Sizes and layouts fixed by 5.2.</summary>
 public static class BlkLayout
 {

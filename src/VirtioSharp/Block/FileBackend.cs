@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
+using VirtioSharp.Memory;
 using VirtioSharp.Native;
 
 namespace VirtioSharp.Block;

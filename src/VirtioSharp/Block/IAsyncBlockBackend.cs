@@ -1,4 +1,5 @@
 using VirtioSharp.Devices;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Block;
 

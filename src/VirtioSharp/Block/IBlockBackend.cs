@@ -1,20 +1,6 @@
-using System.Runtime.InteropServices;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Block;
-
-/// <summary>One scatter/gather element, laid out as struct iovec so it can go straight to preadv/pwritev.</summary>
-[StructLayout(LayoutKind.Sequential)]
-public struct IoVec
-{
-    public nint Base;
-    public nuint Length;
-
-    public IoVec(nint @base, nuint length)
-    {
-        Base = @base;
-        Length = length;
-    }
-}
 
 /// <summary>
 /// Storage behind a block device. Offsets and lengths are in bytes and already checked

@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Block;
 

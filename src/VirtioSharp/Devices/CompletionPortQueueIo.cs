@@ -1,4 +1,4 @@
-using VirtioSharp.Block;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Devices;
 

@@ -31,6 +31,15 @@ public interface IVirtioDevice
     /// <summary>Where ring events go while someone records or narrates; transports hand it to their queues.</summary>
     ITraceSink? Trace => null;
 
+    /// <summary>
+    /// Most operations of one queue the device keeps in flight through <see cref="IQueueIo"/>
+    /// (a worker sizes its kernel ring by it, bounded by the queue size); 0 when it starts none.
+    /// </summary>
+    int MaxQueueIoInFlight => 0;
+
+    /// <summary>The spec's name of a feature bit, the device type's own bits included (for logs).</summary>
+    string FeatureName(int bit) => VirtioFeatures.Name(bit);
+
     void ReadConfig(int offset, Span<byte> destination);
     /// <summary>Config writes (5.2.4: writeback only, and we do not offer CONFIG_WCE): accepted and ignored.</summary>
     void WriteConfig(int offset, ReadOnlySpan<byte> source);

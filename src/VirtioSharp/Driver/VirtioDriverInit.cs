@@ -1,4 +1,3 @@
-using VirtioSharp.Block;
 using VirtioSharp.Devices;
 
 namespace VirtioSharp.Driver;
@@ -13,7 +12,7 @@ public static class VirtioDriverInit
     /// Runs 3.1.1 steps 1-6 and returns the accepted features; the caller then sets up its
     /// queues (step 7) and calls <see cref="Finish"/> (step 8).
     /// </summary>
-    public static ulong Begin(IDriverTransport transport, uint expectedDeviceId, Func<ulong, ulong> chooseFeatures)
+    public static ulong Begin(IDriverTransport transport, uint expectedDeviceId, Func<ulong, ulong> chooseFeatures, Func<int, string>? featureName = null)
     {
         transport.Reset();                                        // 1. reset
         if (transport.DeviceId != expectedDeviceId)
@@ -30,7 +29,7 @@ public static class VirtioDriverInit
         if ((transport.GetStatus() & DeviceStatus.FeaturesOk) == 0) // 6. re-read: did it stick?
         {
             transport.SetStatus(status | DeviceStatus.Failed);
-            throw new VirtioDeviceException($"device refused features {VirtioFeatures.Describe(accepted)}");
+            throw new VirtioDeviceException($"device refused features {VirtioFeatures.Describe(accepted, featureName)}");
         }
         return accepted;
     }

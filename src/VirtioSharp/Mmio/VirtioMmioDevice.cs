@@ -1,4 +1,3 @@
-using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Memory;
@@ -367,7 +366,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
                 Breaches.Report("3.1.1", -1, -1, "FEATURES_OK before DRIVER_OK", $"status {now}");
             _negotiated = _driverFeatures & _device.DeviceFeatures;
             _device.Activate(_negotiated);
-            Log.Info($"driver ready: features {VirtioFeatures.Describe(_negotiated)}");
+            Log.Info($"driver ready: features {VirtioFeatures.Describe(_negotiated, _device.FeatureName)}");
         }
         // DEVICE_NEEDS_RESET is the device's bit: keep it, even if a queue worker sets it right now.
         uint seen, next;
@@ -393,7 +392,7 @@ public sealed class VirtioMmioDevice : IMmioHandler
         if (unknown != 0)
         {
             // 3.1.1 / 2.2.1: a driver accepts only offered features; refuse FEATURES_OK.
-            Breaches.Report("2.2.1", -1, -1, "only offered feature bits", $"0x{unknown:x} ({VirtioFeatures.Describe(unknown)})");
+            Breaches.Report("2.2.1", -1, -1, "only offered feature bits", $"0x{unknown:x} ({VirtioFeatures.Describe(unknown, _device.FeatureName)})");
             return false;
         }
         if (!VirtioFeatures.Has(_driverFeatures, VirtioFeatures.Version1))

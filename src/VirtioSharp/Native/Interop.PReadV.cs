@@ -1,5 +1,5 @@
 using System.Runtime.InteropServices;
-using VirtioSharp.Block;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Native;
 

@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text;
-using VirtioSharp.Block;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Native;
 

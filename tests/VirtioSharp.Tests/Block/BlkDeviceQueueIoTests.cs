@@ -1,5 +1,6 @@
 using VirtioSharp.Block;
 using VirtioSharp.Devices;
+using VirtioSharp.Memory;
 using VirtioSharp.Native;
 using VirtioSharp.Queues;
 using VirtioSharp.Tests.Support;
@@ -375,7 +376,7 @@ public sealed unsafe class BlkDeviceQueueIoTests : IDisposable
     {
         var backend = new ThreadedBackend(1 << 20) { FailWith = 5 };
         var h0 = new BlkHarness(new MemoryBackend(512));
-        var features = h0.Device.DeviceFeatures & ~VirtioFeatures.Bit(VirtioFeatures.BlkFlush);
+        var features = h0.Device.DeviceFeatures & ~VirtioFeatures.Bit(BlkFeatures.Flush);
         h0.Dispose();
         using var h = new BlkHarness(backend, negotiate: features);
         using var port = new TestPort(h.Device.MaxQueueSize);

@@ -139,7 +139,7 @@ public sealed class BlkDeviceRequestTests
     public void A_data_segment_longer_than_size_max_is_IOERR_and_shorter_ones_are_served_5_2_3(BlkRequestType type)
     {
         using var h = New(new BlkDeviceOptions { SizeMax = 4096 });
-        Assert.True(VirtioFeatures.Has(h.Device.DeviceFeatures, VirtioFeatures.BlkSizeMax));
+        Assert.True(VirtioFeatures.Has(h.Device.DeviceFeatures, BlkFeatures.SizeMax));
         var writable = type == BlkRequestType.In;
 
         var big = h.Data(8192, 0x21);
@@ -161,7 +161,7 @@ public sealed class BlkDeviceRequestTests
         foreach (var (options, backendReadOnly) in new[] { (new BlkDeviceOptions { ReadOnly = true }, false), (new BlkDeviceOptions(), true) })
         {
             using var h = New(options, readOnly: backendReadOnly);
-            Assert.True(VirtioFeatures.Has(h.Device.DeviceFeatures, VirtioFeatures.BlkRo)); // 5.2.3: offered
+            Assert.True(VirtioFeatures.Has(h.Device.DeviceFeatures, BlkFeatures.Ro)); // 5.2.3: offered
             var c = h.Run(Buf.R(h.Header(BlkRequestType.Out, 0), 16), Buf.R(h.Data(512, 0x99), 512), Buf.W(h.StatusByte(), 1));
             Assert.Equal((IoErr, 1u), (c.Status, c.UsedLength));
             Assert.Equal(0, Disk(h).Writes);
@@ -399,7 +399,7 @@ public sealed class BlkDeviceRequestTests
     public void Flush_calls_the_backend_flush_and_reports_its_failure_5_2_6()
     {
         using var h = New();
-        Assert.True(VirtioFeatures.Has(h.Negotiated, VirtioFeatures.BlkFlush));
+        Assert.True(VirtioFeatures.Has(h.Negotiated, BlkFeatures.Flush));
         var c = h.Run(Buf.R(h.Header(BlkRequestType.Flush), 16), Buf.W(h.StatusByte(), 1));
         Assert.Equal((Ok, 1u, 1), (c.Status, c.UsedLength, Disk(h).Flushes));
 
@@ -411,7 +411,7 @@ public sealed class BlkDeviceRequestTests
     [Fact]
     public void With_FLUSH_offered_but_not_negotiated_every_write_is_flushed_before_completion_5_2_6_2()
     {
-        using var h = New(negotiate: Without(new BlkDevice(new NullBackend(Capacity)).DeviceFeatures, VirtioFeatures.BlkFlush));
+        using var h = New(negotiate: Without(new BlkDevice(new NullBackend(Capacity)).DeviceFeatures, BlkFeatures.Flush));
         for (var i = 0; i < 3; i++)
             Assert.Equal(Ok, h.Run(Buf.R(h.Header(BlkRequestType.Out, (ulong)i), 16), Buf.R(h.Data(512, 1), 512), Buf.W(h.StatusByte(), 1)).Status);
         Assert.Equal((3, 3), (Disk(h).Writes, Disk(h).Flushes));
@@ -436,8 +436,8 @@ public sealed class BlkDeviceRequestTests
         h.Run(Buf.R(h.Header(type), 16), Buf.R(h.Segments(segments), (uint)(16 * segments.Length)), Buf.W(h.StatusByte(), 1));
 
     [Theory]
-    [InlineData(BlkRequestType.Discard, VirtioFeatures.BlkDiscard)]
-    [InlineData(BlkRequestType.WriteZeroes, VirtioFeatures.BlkWriteZeroes)]
+    [InlineData(BlkRequestType.Discard, BlkFeatures.Discard)]
+    [InlineData(BlkRequestType.WriteZeroes, BlkFeatures.WriteZeroes)]
     public void Discard_and_write_zeroes_without_the_feature_negotiated_are_UNSUPP_5_2_6_2(BlkRequestType type, int feature)
     {
         using var h = New(negotiate: Without(new BlkDevice(new NullBackend(Capacity)).DeviceFeatures, feature));

@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Memory;
 using VirtioSharp.Tests.Support;
 
 namespace VirtioSharp.Tests.Block;

@@ -8,7 +8,7 @@ namespace VirtioSharp.Tests.Cli;
 /// <summary><c>vblk serve</c>'s checks of its options: one line and exit code 2 for a mistake, a clean start and stop otherwise.</summary>
 public sealed class ServeCommandTests
 {
-    private static ServeCommand.ServeSettings Settings(string? socket, string? image = null, string backend = "file", string? size = null, AioMode aio = AioMode.Auto) =>
+    private static ServeSettings Settings(string? socket, string? image = null, string backend = "file", string? size = null, AioMode aio = AioMode.Auto) =>
         new(image, socket, ReadOnly: false, NumQueues: 1, QueueSize: 256, BlkSize: 512, Serial: "t", Backend: backend, Size: size,
             Strict: StrictMode.Off, Verbose: false, Aio: aio);
 

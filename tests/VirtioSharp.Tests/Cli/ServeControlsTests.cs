@@ -17,7 +17,7 @@ namespace VirtioSharp.Tests.Cli;
 /// </summary>
 public sealed class ServeControlsTests
 {
-    private static ServeCommand.ServeSettings NullDisk(string socket, BlkLimits? limits = null, int pollUs = 0, string? metrics = null, int queues = 1) =>
+    private static ServeSettings NullDisk(string socket, BlkLimits? limits = null, int pollUs = 0, string? metrics = null, int queues = 1) =>
         new(null, socket, ReadOnly: false, NumQueues: queues, QueueSize: 256, BlkSize: 512, Serial: "t", Backend: "null", Size: "64M",
             Strict: StrictMode.Off, Verbose: false, Limits: limits, PollUs: pollUs, Metrics: metrics);
 
@@ -43,7 +43,7 @@ public sealed class ServeControlsTests
         private readonly Task<int> _run;
         public readonly StringWriter Error = new();
 
-        public Serving(ServeCommand.ServeSettings settings)
+        public Serving(ServeSettings settings)
         {
             _run = Task.Run(() => ServeCommand.Run(settings, Error, _stop.Token));
             TestServer.Eventually(() => File.Exists(settings.Socket) || _run.IsCompleted, "the socket to appear");

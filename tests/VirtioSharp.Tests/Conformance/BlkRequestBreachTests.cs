@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 
 namespace VirtioSharp.Tests.Conformance;
 
@@ -8,8 +9,8 @@ namespace VirtioSharp.Tests.Conformance;
 /// </summary>
 public sealed class BlkRequestBreachTests
 {
-    private static readonly ulong NoDiscard = RingBreachTests.Offered & ~VirtioFeatures.Bit(VirtioFeatures.BlkDiscard);
-    private static readonly ulong NoWriteZeroes = RingBreachTests.Offered & ~VirtioFeatures.Bit(VirtioFeatures.BlkWriteZeroes);
+    private static readonly ulong NoDiscard = RingBreachTests.Offered & ~VirtioFeatures.Bit(BlkFeatures.Discard);
+    private static readonly ulong NoWriteZeroes = RingBreachTests.Offered & ~VirtioFeatures.Bit(BlkFeatures.WriteZeroes);
 
     private static Seg Header(HandDriver d, BlkRequestType type, ulong sector = 0) => new(d.Header(type, sector), BlkLayout.HeaderSize);
     private static Seg Status(HandDriver d) => new(d.StatusByte(), 1, true);

@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Queues;
 

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using VirtioSharp.Block;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
 using VirtioSharp.Native;
 using VirtioSharp.Queues;
 
@@ -784,7 +785,7 @@ internal sealed class RingFuzzer : IDisposable
     }
 
     private static readonly int[] FeatureBitsToToggle =
-        [VirtioFeatures.RingIndirectDesc, VirtioFeatures.RingEventIdx, VirtioFeatures.BlkDiscard, VirtioFeatures.BlkWriteZeroes, VirtioFeatures.BlkFlush, VirtioFeatures.BlkRo];
+        [VirtioFeatures.RingIndirectDesc, VirtioFeatures.RingEventIdx, BlkFeatures.Discard, BlkFeatures.WriteZeroes, BlkFeatures.Flush, BlkFeatures.Ro];
 
     private void Mutate(RecordedRing r, GuardedGuestRam ram, Mutation m, ref SplitMix rng, ref ulong features, ref ushort usedStart)
     {

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using FsCheck;
 using FsCheck.Fluent;
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Memory;
 using VirtioSharp.Native;

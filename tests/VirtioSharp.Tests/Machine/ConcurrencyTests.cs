@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Tests.Support;
 
 namespace VirtioSharp.Tests.Machine;

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Tests.Support;
 
 namespace VirtioSharp.Tests.Machine;
@@ -97,7 +98,7 @@ public sealed class FileMachineTests : IDisposable
     {
         using var rig = Rig();
         var d = rig.Driver;
-        Assert.True(VirtioFeatures.Has(d.Features, VirtioFeatures.BlkDiscard));
+        Assert.True(VirtioFeatures.Has(d.Features, BlkFeatures.Discard));
         const ulong at = 2 << 20;
         const int length = 1 << 20;
         await d.WriteAsync(at, Random(length, 3));
@@ -216,7 +217,7 @@ public sealed class FileMachineTests : IDisposable
         File.WriteAllBytes(_image, original.Concat(new byte[1 << 20]).ToArray());
         using var rig = new MachineRig(FileBackend.Open(_image, readOnly: true), queueSize: 16);
         Assert.True(rig.Driver.ReadOnly);
-        Assert.False(VirtioFeatures.Has(rig.Driver.Features, VirtioFeatures.BlkDiscard));
+        Assert.False(VirtioFeatures.Has(rig.Driver.Features, BlkFeatures.Discard));
 
         // The driver still sends the write (it is the device's job to refuse it).
         var status = await SubmitRaw(rig, BlkRequestType.Out, 0, new byte[512]);

@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Driver;
 using VirtioSharp.Queues;
 using VirtioSharp.Tests.Support;

@@ -40,7 +40,7 @@ public sealed class VirtioMmioDeviceTests
     {
         using var h = new MmioHarness();
         var offered = h.Blk.DeviceFeatures;
-        Assert.True(VirtioFeatures.Has(offered, VirtioFeatures.BlkFlush));
+        Assert.True(VirtioFeatures.Has(offered, BlkFeatures.Flush));
         Assert.True(VirtioFeatures.Has(offered, VirtioFeatures.Version1));
 
         h.Write(R.DeviceFeaturesSel, 0);
@@ -64,7 +64,7 @@ public sealed class VirtioMmioDeviceTests
     public void Each_driver_feature_window_keeps_the_other_word_4_2_2(bool lowFirst)
     {
         using var h = new MmioHarness();
-        var wanted = h.Blk.DeviceFeatures & (Bit(VirtioFeatures.BlkFlush) | Bit(VirtioFeatures.BlkDiscard) | Modern);
+        var wanted = h.Blk.DeviceFeatures & (Bit(BlkFeatures.Flush) | Bit(BlkFeatures.Discard) | Modern);
         h.SetStatus(Ack);
         h.SetStatus(Ack | Drv);
         void Window(uint sel)
@@ -82,7 +82,7 @@ public sealed class VirtioMmioDeviceTests
 
         Assert.Equal(wanted, h.Mmio.NegotiatedFeatures);
         Assert.Equal(wanted, h.Blk.NegotiatedFeatures);
-        Assert.True(VirtioFeatures.Has(h.Blk.NegotiatedFeatures, VirtioFeatures.BlkFlush));
+        Assert.True(VirtioFeatures.Has(h.Blk.NegotiatedFeatures, BlkFeatures.Flush));
         Assert.True(VirtioFeatures.Has(h.Blk.NegotiatedFeatures, VirtioFeatures.Version1));
     }
 
@@ -111,7 +111,7 @@ public sealed class VirtioMmioDeviceTests
     {
         using var h = new MmioHarness();
         Assert.True(h.Initialize(Modern, driverOk: false).HasFlag(FOk));
-        h.WriteDriverFeatures(Modern | Bit(VirtioFeatures.BlkFlush)); // 3.1.1 step 5: no new features after FEATURES_OK
+        h.WriteDriverFeatures(Modern | Bit(BlkFeatures.Flush)); // 3.1.1 step 5: no new features after FEATURES_OK
         h.SetStatus(Ack | Drv | FOk | DOk);
         Assert.Equal(Modern, h.Mmio.NegotiatedFeatures);
         Assert.Contains(h.Blk.Breaches.Breaches, b => b.Section == "3.1.1");
@@ -167,9 +167,9 @@ public sealed class VirtioMmioDeviceTests
         using var transport = new MmioDriverTransport(bus, VirtioMachine.MmioBase, h.Ring.Memory, allocator, irq);
         Assert.Equal(2u, transport.DeviceId);
 
-        var accepted = VirtioDriverInit.Begin(transport, 2, offered => offered & (Modern | Bit(VirtioFeatures.BlkFlush) | Bit(VirtioFeatures.RingEventIdx)));
+        var accepted = VirtioDriverInit.Begin(transport, 2, offered => offered & (Modern | Bit(BlkFeatures.Flush) | Bit(VirtioFeatures.RingEventIdx)));
         Assert.Equal(Ack | Drv | FOk, transport.GetStatus());
-        Assert.Equal(Modern | Bit(VirtioFeatures.BlkFlush) | Bit(VirtioFeatures.RingEventIdx), accepted);
+        Assert.Equal(Modern | Bit(BlkFeatures.Flush) | Bit(VirtioFeatures.RingEventIdx), accepted);
 
         Assert.Equal(64, transport.GetMaxQueueSize(0));
         Assert.Equal(0, transport.GetMaxQueueSize(1)); // 4.2.2: QueueNumMax 0 for a queue that does not exist
@@ -232,7 +232,7 @@ public sealed class VirtioMmioDeviceTests
     public void Writing_0_to_Status_resets_everything_4_2_2()
     {
         using var h = new MmioHarness();
-        h.Initialize(Modern | Bit(VirtioFeatures.BlkFlush));
+        h.Initialize(Modern | Bit(BlkFeatures.Flush));
         Assert.Equal((1, (byte)BlkStatus.Ok), h.Flush());
         Assert.NotEqual(0u, h.Read(R.InterruptStatus));
         h.Write(R.DeviceFeaturesSel, 1);

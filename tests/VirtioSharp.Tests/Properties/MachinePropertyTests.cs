@@ -1,6 +1,7 @@
 using FsCheck;
 using FsCheck.Fluent;
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Tests.Support;
 
 namespace VirtioSharp.Tests.Properties;

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
 using VirtioSharp.Queues;
 

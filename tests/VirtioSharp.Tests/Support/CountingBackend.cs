@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Tests.Support;
 

@@ -1,5 +1,6 @@
 using VirtioSharp.Block;
 using VirtioSharp.Devices;
+using VirtioSharp.Memory;
 
 namespace VirtioSharp.Tests.Support;
 

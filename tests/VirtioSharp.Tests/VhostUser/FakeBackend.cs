@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Native;
 using VirtioSharp.Queues;
 using VirtioSharp.VhostUser.Protocol;
@@ -97,7 +98,7 @@ internal sealed unsafe class FakeBackend : IDisposable
         {
             case VhostUserRequest.GetFeatures:
                 channel.SendU64Reply(header.Request,
-                    VirtioFeatures.Bit(VirtioFeatures.Version1) | VirtioFeatures.Bit(VirtioFeatures.BlkFlush) | VhostUserFeatures.ProtocolFeatures);
+                    VirtioFeatures.Bit(VirtioFeatures.Version1) | VirtioFeatures.Bit(BlkFeatures.Flush) | VhostUserFeatures.ProtocolFeatures);
                 return;
             case VhostUserRequest.GetProtocolFeatures:
                 channel.SendU64Reply(header.Request, VhostUserFeatures.Bit(VhostUserFeatures.Config) | VhostUserFeatures.Bit(VhostUserFeatures.ReplyAck));

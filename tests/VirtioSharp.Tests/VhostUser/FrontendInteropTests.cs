@@ -1,4 +1,5 @@
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.VhostUser.Frontend;
 
 namespace VirtioSharp.Tests.VhostUser;
@@ -161,8 +162,8 @@ public sealed class FrontendInteropTests
         try
         {
             var f = s.Driver.Features;
-            Assert.True(VirtioFeatures.Has(f, VirtioFeatures.BlkFlush), "both back-ends offer FLUSH for a writable raw file");
-            Assert.True(VirtioFeatures.Has(f, VirtioFeatures.BlkDiscard), "both back-ends offer DISCARD for a writable raw file");
+            Assert.True(VirtioFeatures.Has(f, BlkFeatures.Flush), "both back-ends offer FLUSH for a writable raw file");
+            Assert.True(VirtioFeatures.Has(f, BlkFeatures.Discard), "both back-ends offer DISCARD for a writable raw file");
             Assert.False(s.Driver.ReadOnly);
 
             var data = new byte[2 << 20];
@@ -190,7 +191,7 @@ public sealed class FrontendInteropTests
             }
 
             // WRITE_ZEROES always zeroes, unmapping or not.
-            Assert.True(VirtioFeatures.Has(f, VirtioFeatures.BlkWriteZeroes));
+            Assert.True(VirtioFeatures.Has(f, BlkFeatures.WriteZeroes));
             await s.Driver.WriteZeroesAsync(5 << 20, 512 * 1024);
             back = new byte[512 * 1024];
             await s.Driver.ReadAsync(5 << 20, back);
@@ -220,7 +221,7 @@ public sealed class FrontendInteropTests
             await Assert.ThrowsAsync<BlkException>(() => s.Driver.WriteAsync(0, new byte[4096]).AsTask());
             await Assert.ThrowsAsync<BlkException>(() => s.Driver.DiscardAsync(0, 4096).AsTask());
             await Assert.ThrowsAsync<BlkException>(() => s.Driver.WriteZeroesAsync(0, 4096).AsTask());
-            if (VirtioFeatures.Has(s.Driver.Features, VirtioFeatures.BlkFlush))
+            if (VirtioFeatures.Has(s.Driver.Features, BlkFeatures.Flush))
                 await s.Driver.FlushAsync();
             else
                 await Assert.ThrowsAsync<BlkException>(() => s.Driver.FlushAsync().AsTask());

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using VirtioSharp.Block;
+using VirtioSharp.Devices;
 using VirtioSharp.Memory;
 using VirtioSharp.Native;
 using VirtioSharp.Queues;

@@ -1,6 +1,7 @@
 using System.IO.Pipes;
 using VirtioSharp.Block;
 using VirtioSharp.Devices;
+using VirtioSharp.Memory;
 using VirtioSharp.Queues;
 using VirtioSharp.Tests.Support;
 using VirtioSharp.VhostUser.Backend;

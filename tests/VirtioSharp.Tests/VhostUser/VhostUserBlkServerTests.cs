@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using VirtioSharp.Block;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
 using VirtioSharp.Native;
 using VirtioSharp.Queues;
 using VirtioSharp.VhostUser.Protocol;

@@ -1,5 +1,6 @@
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
 using static VirtioSharp.Block.Nbd.NbdProtocol;
 
 namespace VirtioSharp.Block.Nbd;

@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
 using VirtioSharp.Native;
 using static VirtioSharp.Block.Nbd.NbdProtocol;
 

@@ -20,6 +20,7 @@ HOLD_MS=40
 MIB=64
 GAP=2.5
 TIMEOUT=600
+KEEP=""
 
 usage() {
     cat <<'EOF'
@@ -31,6 +32,8 @@ Usage: bench/restart-kill.sh [--runs N] [--kills N] [--signal KILL|TERM] [--hold
   --hold-ms N    --debug-hold-completions-ms of the back-end (default 40)
   --mib N        MiB per fio job, two jobs (default 64; at most 80)
   --gap S        seconds of service before each stop (default 2.5)
+  --timeout S    seconds the guest may take before the run counts as a hang (default 600)
+  --keep-failed D  copy the logs of each failed run into D/run-N
 EOF
 }
 while [[ $# -gt 0 ]]; do
@@ -41,6 +44,8 @@ while [[ $# -gt 0 ]]; do
         --hold-ms) HOLD_MS=$2; shift 2 ;;
         --mib) MIB=$2; shift 2 ;;
         --gap) GAP=$2; shift 2 ;;
+        --timeout) TIMEOUT=$2; shift 2 ;;
+        --keep-failed) KEEP=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -133,6 +138,9 @@ for run in $(seq 1 "$RUNS"); do
     if grep -q 'timeout' "$WORK/guest.out" && [[ $verdict != PASS* ]]; then hangs=$((hangs + 1)); fi
     [[ $n -ge $KILLS ]] || short_runs=$((short_runs + 1))
     if [[ $verdict == PASS* && $host == ok && $resets == 0 ]]; then passed=$((passed + 1)); r=PASS; else failed=$((failed + 1)); r=FAIL; fi
+    if [[ $r == FAIL && -n $KEEP ]]; then
+        mkdir -p "$KEEP/run-$run" && cp "$WORK"/*.log "$WORK"/*.out "$WORK"/console.log* "$KEEP/run-$run/" 2>/dev/null || true
+    fi
     echo "run $run: $r guest=[$verdict] host-verify=$host kills=$n (write $w, verify $v) in-flight-per-kill=[${counts[*]}] ring-resets=$resets"
 done
 echo "summary: $passed passed, $failed failed, $hangs hangs; $kills_in_flight of $total_kills kills found requests in flight; $short_runs runs ended before $KILLS kills"

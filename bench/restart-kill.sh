@@ -20,6 +20,7 @@ HOLD_MS=40
 MIB=64
 GAP=2.5
 TIMEOUT=600
+KEEP=""
 
 usage() {
     cat <<'EOF'
@@ -31,6 +32,8 @@ Usage: bench/restart-kill.sh [--runs N] [--kills N] [--signal KILL|TERM] [--hold
   --hold-ms N    --debug-hold-completions-ms of the back-end (default 40)
   --mib N        MiB per fio job, two jobs (default 64; at most 80)
   --gap S        seconds of service before each stop (default 2.5)
+  --timeout S    seconds the guest may take before the run counts as a hang (default 600)
+  --keep-failed D  copy the logs of each failed run into D/run-N
 EOF
 }
 while [[ $# -gt 0 ]]; do
@@ -41,6 +44,8 @@ while [[ $# -gt 0 ]]; do
         --hold-ms) HOLD_MS=$2; shift 2 ;;
         --mib) MIB=$2; shift 2 ;;
         --gap) GAP=$2; shift 2 ;;
+        --timeout) TIMEOUT=$2; shift 2 ;;
+        --keep-failed) KEEP=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -62,7 +67,8 @@ cleanup() {
 trap cleanup EXIT
 
 start_server() { # log-file
-    dotnet "$DLL" serve "$IMAGE" --socket "$SOCKET" --num-queues 2 --debug-hold-completions-ms "$HOLD_MS" >"$1" 2>&1 &
+    dotnet "$DLL" serve "$IMAGE" --socket "$SOCKET" --num-queues 2 --debug-hold-completions-ms "$HOLD_MS" \
+        --metrics "127.0.0.1:$METRICS_PORT" >"$1" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 1 300); do
         [[ -S "$SOCKET" ]] && return 0
@@ -72,7 +78,15 @@ start_server() { # log-file
     return 1
 }
 
-passed=0; failed=0; hangs=0; total_kills=0; kills_in_flight=0
+# Requests the back-end has taken and not yet returned, from its metrics endpoint: a stop
+# is sent only while this is above zero, so every kill lands on requests in flight.
+METRICS_PORT=$((20000 + RANDOM % 20000))
+in_flight() {
+    curl -s --max-time 1 "http://127.0.0.1:$METRICS_PORT/metrics" 2>/dev/null |
+        awk '/^vblk_in_flight/ { s += $2 } END { print s + 0 }'
+}
+
+passed=0; failed=0; hangs=0; total_kills=0; kills_in_flight=0; short_runs=0
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ), runs=$RUNS kills=$KILLS signal=$SIGNAL hold=${HOLD_MS}ms mib=$MIB"
 for run in $(seq 1 "$RUNS"); do
     IMAGE="$WORK/disk.img"; SOCKET="$WORK/vblk.sock"; CONSOLE="$WORK/console.log"
@@ -95,6 +109,7 @@ for run in $(seq 1 "$RUNS"); do
         esac
         grep -q 'queue 1: started' "$WORK/server-$n.log" || { since=$(date +%s.%N); continue; }
         awk -v a="$since" -v b="$(date +%s.%N)" -v g="$GAP" 'BEGIN { exit !(b - a >= g) }' || continue
+        [[ $(in_flight) -gt 0 ]] || continue
         kill -s "$SIGNAL" "$SERVER_PID"
         wait "$SERVER_PID" 2>/dev/null || true
         [[ $phase == write ]] && w=$((w + 1)) || v=$((v + 1))
@@ -121,8 +136,12 @@ for run in $(seq 1 "$RUNS"); do
         --name=vblk-restart-0 --offset=96M --name=vblk-restart-1 --offset=$((96 + MIB))M >"$WORK/host-fio.out" 2>&1 || host=FAIL
     resets=$(cat "$WORK"/server-*.log | grep -ci 'needs reset' || true)
     if grep -q 'timeout' "$WORK/guest.out" && [[ $verdict != PASS* ]]; then hangs=$((hangs + 1)); fi
+    [[ $n -ge $KILLS ]] || short_runs=$((short_runs + 1))
     if [[ $verdict == PASS* && $host == ok && $resets == 0 ]]; then passed=$((passed + 1)); r=PASS; else failed=$((failed + 1)); r=FAIL; fi
+    if [[ $r == FAIL && -n $KEEP ]]; then
+        mkdir -p "$KEEP/run-$run" && cp "$WORK"/*.log "$WORK"/*.out "$WORK"/console.log* "$KEEP/run-$run/" 2>/dev/null || true
+    fi
     echo "run $run: $r guest=[$verdict] host-verify=$host kills=$n (write $w, verify $v) in-flight-per-kill=[${counts[*]}] ring-resets=$resets"
 done
-echo "summary: $passed passed, $failed failed, $hangs hangs; $kills_in_flight of $total_kills kills found requests in flight"
+echo "summary: $passed passed, $failed failed, $hangs hangs; $kills_in_flight of $total_kills kills found requests in flight; $short_runs runs ended before $KILLS kills"
 [[ $failed -eq 0 ]]

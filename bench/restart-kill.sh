@@ -21,6 +21,7 @@ MIB=64
 GAP=2.5
 TIMEOUT=600
 KEEP=""
+PACKED=()
 
 usage() {
     cat <<'EOF'
@@ -34,6 +35,7 @@ Usage: bench/restart-kill.sh [--runs N] [--kills N] [--signal KILL|TERM] [--hold
   --gap S        seconds of service before each stop (default 2.5)
   --timeout S    seconds the guest may take before the run counts as a hang (default 600)
   --keep-failed D  copy the logs of each failed run into D/run-N
+  --packed       the guest's driver runs packed virtqueues (QEMU packed=on)
 EOF
 }
 while [[ $# -gt 0 ]]; do
@@ -46,6 +48,7 @@ while [[ $# -gt 0 ]]; do
         --gap) GAP=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         --keep-failed) KEEP=$2; shift 2 ;;
+        --packed) PACKED=(--packed); shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -87,14 +90,14 @@ in_flight() {
 }
 
 passed=0; failed=0; hangs=0; total_kills=0; kills_in_flight=0; short_runs=0
-echo "date: $(date -u +%Y-%m-%dT%H:%MZ), runs=$RUNS kills=$KILLS signal=$SIGNAL hold=${HOLD_MS}ms mib=$MIB"
+echo "date: $(date -u +%Y-%m-%dT%H:%MZ), runs=$RUNS kills=$KILLS signal=$SIGNAL hold=${HOLD_MS}ms mib=$MIB${PACKED:+ packed}"
 for run in $(seq 1 "$RUNS"); do
     IMAGE="$WORK/disk.img"; SOCKET="$WORK/vblk.sock"; CONSOLE="$WORK/console.log"
     rm -f "$IMAGE" "$SOCKET" "$WORK"/server-*.log "$CONSOLE"
     truncate -s 256M "$IMAGE"
     n=0
     start_server "$WORK/server-$n.log"
-    "$REPO/scripts/run-guest.sh" --socket "$SOCKET" --jobs fio-restart --vcpus 2 --queues 2 --reconnect --quiet \
+    "$REPO/scripts/run-guest.sh" --socket "$SOCKET" --jobs fio-restart --vcpus 2 --queues 2 --reconnect --quiet "${PACKED[@]}" \
         --timeout "$TIMEOUT" --log "$CONSOLE" --extra-append "vblk.restart_mib=$MIB" >"$WORK/guest.out" 2>&1 &
     GUEST_PID=$!
     phase=""; since=$(date +%s.%N); w=0; v=0

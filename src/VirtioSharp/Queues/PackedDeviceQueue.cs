@@ -378,13 +378,15 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         Unsafe.WriteUnaligned(d + 8, written);
         Unsafe.WriteUnaligned(d + 12, id);
         var flags = (ushort)(PackedRing.UsedFlags(_usedWrap) | (written != 0 ? PackedRing.DescFWrite : 0));
-        // 2.8.1 / 2.8.21: flags last, with release: the driver reads flags first (acquire), then id and len.
-        Volatile.Write(ref *(ushort*)(d + 14), flags);
         // 2.8.6: skip the list's other slots; the counter flips after the ring's last slot.
         var next = _nextUsed + slots;
         if (next >= Size)
             next -= Size;
+        // Recorded before the driver can see it, so a recording never shows the driver reaping
+        // (and reusing the slot) ahead of the device's write.
         _recorder?.Used(_nextUsed, id, written, flags, _usedWrap, slots, next);
+        // 2.8.1 / 2.8.21: flags last, with release: the driver reads flags first (acquire), then id and len.
+        Volatile.Write(ref *(ushort*)(d + 14), flags);
         if (next < _nextUsed || slots == Size)
             _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;

@@ -52,6 +52,10 @@ if [ -f "$trx" ]; then
   get() { echo "$counters" | grep -o "$1=\"[0-9]*\"" | grep -o '[0-9]*'; }
   passed=$(get passed); failed=$(get failed); total=$(get total); executed=$(get executed)
   skipped=$(( total - executed ))
+  if [ "${failed:-0}" != "0" ]; then
+    step "failed tests (from $trx)"
+    scripts/trx-failures.py "$trx" || true
+  fi
   step "done"
   echo "$passed passed, $failed failed, $skipped skipped"
 else

@@ -173,13 +173,15 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
                 Unsafe.WriteUnaligned(d + 14, flags);
             Advance();
         }
+        // Recorded before the device can see the list: once the flags are out, a polling device
+        // may take it, and even overwrite its slots, before a later read-back would run.
+        _recorder?.ListWritten(first, buffers.Length, id, _availWrap, firstFlags);
         // 2.8.21.1.1: a barrier before the flags update; the release store is that barrier.
         Volatile.Write(ref *(ushort*)(Slot(first) + 14), firstFlags);
         _slotsOfId[id] = (ushort)buffers.Length;
         _freeSlots -= buffers.Length;
         _addedSincePublish += buffers.Length;
         head = id;
-        _recorder?.ListWritten(first, buffers.Length, id, _availWrap);
         return true;
     }
 
@@ -199,13 +201,14 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         Unsafe.WriteUnaligned(d + 8, (uint)(count * PackedRing.DescriptorSize));
         Unsafe.WriteUnaligned(d + 12, id);
         // 2.8.7: WRITE is reserved on the descriptor that refers to a table.
-        Volatile.Write(ref *(ushort*)(d + 14), (ushort)(PackedRing.AvailFlags(_availWrap) | PackedRing.DescFIndirect));
+        var flags = (ushort)(PackedRing.AvailFlags(_availWrap) | PackedRing.DescFIndirect);
         Advance();
+        _recorder?.IndirectWritten(first, id, table, count, _availWrap, flags); // before the device can see it, as above
+        Volatile.Write(ref *(ushort*)(d + 14), flags);
         _slotsOfId[id] = 1;
         _freeSlots--;
         _addedSincePublish++;
         head = id;
-        _recorder?.IndirectWritten(first, id, table, count, _availWrap);
         return true;
     }
 

@@ -66,7 +66,7 @@ public sealed unsafe class PackedQueueRecorder
     /// A list of <paramref name="slots"/> descriptors was written from slot <paramref name="first"/>, its
     /// first flags last; <paramref name="wrapNow"/> is the Driver Ring Wrap Counter after it.
     /// </summary>
-    public void ListWritten(int first, int slots, ushort id, bool wrapNow)
+    public void ListWritten(int first, int slots, ushort id, bool wrapNow, ushort firstFlags)
     {
         if (!_sink.Active)
             return;
@@ -79,21 +79,21 @@ public sealed unsafe class PackedQueueRecorder
             var role = i == 0 ? "header" : i == slots - 1 ? "status" : "data";
             // 2.8.21.1: descriptors after the ring's last slot carry the flipped counter.
             var w = first + i >= _size ? !wrap : wrap;
-            _sink.Event(PackedRingEvents.DescriptorWrite(_queue, id, slot, d.Addr, d.Len, d.Flags, w, role, held: i == 0));
+            _sink.Event(PackedRingEvents.DescriptorWrite(_queue, id, slot, d.Addr, d.Len, i == 0 ? firstFlags : d.Flags, w, role, held: i == 0));
         }
-        _sink.Event(PackedRingEvents.DescriptorFlags(_queue, id, first, Descriptor(first).Flags, wrap, SlotAddress(first) + 14));
+        _sink.Event(PackedRingEvents.DescriptorFlags(_queue, id, first, firstFlags, wrap, SlotAddress(first) + 14));
         if (wrapped)
             _sink.Event(PackedRingEvents.WrapCounter("driver", _queue, "driver", wrapNow, (first + slots) % _size, id));
     }
 
     /// <summary>One descriptor with VIRTQ_DESC_F_INDIRECT at <paramref name="slot"/>, and the table it points at (read back).</summary>
-    public void IndirectWritten(int slot, ushort id, ulong table, int count, bool wrapNow)
+    public void IndirectWritten(int slot, ushort id, ulong table, int count, bool wrapNow, ushort flags)
     {
         if (!_sink.Active)
             return;
         var wrapped = slot + 1 >= _size;
         var d = Descriptor(slot);
-        _sink.Event(PackedRingEvents.DescriptorWrite(_queue, id, slot, d.Addr, d.Len, d.Flags, wrapped ? !wrapNow : wrapNow, "table", held: false));
+        _sink.Event(PackedRingEvents.DescriptorWrite(_queue, id, slot, d.Addr, d.Len, flags, wrapped ? !wrapNow : wrapNow, "table", held: false));
         if (_memory.TryTranslate(table, (ulong)count * PackedRing.DescriptorSize, out var host))
         {
             for (var i = 0; i < count; i++)

@@ -44,7 +44,8 @@ public static class ServeCommand
         qemu-img resize).
 
         One front-end is served at a time; when it disconnects the back-end waits for the next
-        one on the same socket. SIGINT or SIGTERM stops it after flushing the image.
+        one on the same socket. SIGINT or SIGTERM stops it after flushing the image
+        (with --cache unsafe, which ignores flushes, without).
 
         Under systemd, a .socket unit can own the listening socket (socket activation: the socket
         arrives as descriptor 3 with LISTEN_FDS and LISTEN_PID; --socket is then optional) and

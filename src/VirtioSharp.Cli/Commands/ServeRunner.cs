@@ -85,9 +85,9 @@ internal static class ServeRunner
                     log.Info($"SIGHUP: {served.Description} is still {served.Capacity} bytes");
             });
             Tell(notifier, $"READY=1\nSTATUS=serving {backend.Description} on {socketPath}", log);
-            signals.Wait(log, stop);
+            signals.Wait(log, stop, backend.FlushIgnored);
             Tell(notifier, "STOPPING=1", log);
-            server.Stop(); // closes the connection, stops the rings, flushes
+            server.Stop(); // closes the connection, stops the rings, flushes (unless the backend ignores flushes)
             return 0;
         }
         catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or UsageException or FormatException)

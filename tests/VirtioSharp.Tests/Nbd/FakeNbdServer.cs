@@ -101,7 +101,7 @@ internal sealed class FakeNbdPeer(Socket socket, CancellationToken stopping)
     public const ulong InitMagic = 0x4e42444d41474943, OptMagic = 0x49484156454F5054, OptReplyMagic = 0x3e889045565a9;
     public const uint RequestMagic = 0x25609513, SimpleMagic = 0x67446698, StructuredMagic = 0x668e33ef;
     public const uint OptGo = 7, OptStructuredReply = 8, RepAck = 1, RepInfo = 3, RepErrUnsup = 0x80000001, RepErrUnknown = 0x80000006;
-    public const ushort TxHasFlags = 1, TxSendFlush = 4, ChunkDone = 1, ChunkNone = 0, ChunkData = 1, ChunkHole = 2, ChunkError = 0x8001;
+    public const ushort TxHasFlags = 1, TxSendFlush = 4, ChunkDone = 1, ChunkNone = 0, ChunkData = 1, ChunkHole = 2, ChunkError = 0x8001, ChunkErrorOffset = 0x8002;
     public const ushort CmdRead = 0, CmdWrite = 1, CmdDisc = 2;
 
     public Socket Socket => socket;

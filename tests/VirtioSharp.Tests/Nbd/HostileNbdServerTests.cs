@@ -85,6 +85,9 @@ public sealed class HostileNbdServerTests : IDisposable
             case "an error message longer than its chunk":
                 peer.Send(Cat(ChunkHeader(ChunkDone, ChunkError, r.Cookie, 10), Be32(5), Be16(3000), new byte[4]));
                 break;
+            case "an error offset past the end of the read":
+                peer.Send(Cat(ChunkHeader(ChunkDone, ChunkErrorOffset, r.Cookie, 14), Be32(5), Be16(0), Be64(r.Offset + r.Length)));
+                break;
             case "a simple reply to a structured read":
                 peer.Send(Cat(SimpleReply(r.Cookie), Contents(r.Offset, (int)r.Length)));
                 break;
@@ -138,6 +141,7 @@ public sealed class HostileNbdServerTests : IDisposable
     [InlineData("a hole past the end of the read", "outside the read")]
     [InlineData("a hole of 4 GiB", "outside the read")]
     [InlineData("an error message longer than its chunk", "does not fit")]
+    [InlineData("an error offset past the end of the read", "an error offset 12288 outside the Read at 8192 + 4096")]
     [InlineData("a simple reply to a structured read", "a simple reply to a read")]
     [InlineData("a reply with a bad magic", "reply magic 0x42424242")]
     [InlineData("a block-status chunk to a read", "unknown reply chunk type 5")]

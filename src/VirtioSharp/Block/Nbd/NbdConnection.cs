@@ -426,6 +426,11 @@ internal sealed unsafe class NbdConnection : IDisposable
                     var rest = length - 6;
                     if (messageLength > rest || (type == ReplyTypeErrorOffset && rest != messageLength + 8u))
                         return $"protocol error: an error chunk whose message ({messageLength} bytes) does not fit its {length} bytes";
+                    // proto.md, NBD_REPLY_TYPE_ERROR_OFFSET: the offset MUST lie within the request (a
+                    // flush has no range: there the type is unexpected, and only errors the reply).
+                    if (type == ReplyTypeErrorOffset && slot.Kind != BlkIoKind.Flush
+                        && !Within(slot, Be64(6 + messageLength), 1, out _))
+                        return $"protocol error: an error offset {Be64(6 + messageLength)} outside the {slot.Kind} at {slot.Offset} + {slot.Length}";
                     var message = new ReadOnlySpan<byte>(Rx + _rxStart + 6, messageLength);
                     slot.Error = error != 0 ? (int)Math.Min(error, int.MaxValue) : EIO;
                     _log.Debug($"nbd {_name}: {slot.Kind} at {slot.Offset} failed on the server (error {error}): {Printable(message)}");

@@ -7,6 +7,7 @@ using System.Text.RegularExpressions;
 using VirtioSharp.Block;
 using VirtioSharp.Cli.Commands;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Tests.Support;
 using VirtioSharp.Tests.VhostUser;
 
 namespace VirtioSharp.Tests.Cli;
@@ -46,8 +47,7 @@ public sealed class ServeControlsTests
         public Serving(ServeSettings settings)
         {
             _run = Task.Run(() => ServeCommand.Run(settings, Error, _stop.Token));
-            TestServer.Eventually(() => File.Exists(settings.Socket) || _run.IsCompleted, "the socket to appear");
-            Assert.False(_run.IsCompleted, Error.ToString());
+            ServerReady.WaitForFile(settings.Socket!, () => _run.IsCompleted, () => Error.ToString());
         }
 
         public async ValueTask DisposeAsync()

@@ -15,7 +15,9 @@ namespace VirtioSharp.Tests.Cli;
 /// <summary>
 /// <c>vblk serve</c>'s production controls, run in-process with <c>vblk bench</c> against them:
 /// limits per disk, Prometheus metrics scraped over real HTTP, polling, and their bad input.
+/// Rates are measured, so the class runs alone (<see cref="MeasuredAlone"/>).
 /// </summary>
+[Collection(MeasuredAlone.Name)]
 public sealed class ServeControlsTests
 {
     private static ServeSettings NullDisk(string socket, BlkLimits? limits = null, int pollUs = 0, string? metrics = null, int queues = 1) =>

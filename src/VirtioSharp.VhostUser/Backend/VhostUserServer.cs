@@ -161,6 +161,7 @@ public class VhostUserServer : IDisposable
                     _log.Warn($"accept failed: {e.Message}");
                     continue;
                 }
+                WaitForEndingSession();
                 lock (_lock)
                 {
                     if (_session != null)
@@ -189,6 +190,28 @@ public class VhostUserServer : IDisposable
                 _stop.Handle.DangerousRelease();
         }
     }
+
+    /// <summary>
+    /// A front-end that reconnects at once (after it hung up, or after we closed its connection)
+    /// can arrive while the old connection's thread is still stopping its rings. Give that thread
+    /// a moment to finish rather than refuse the newcomer; a front-end still being served is
+    /// refused after the wait.
+    /// </summary>
+    private void WaitForEndingSession()
+    {
+        Thread? current;
+        lock (_lock)
+            current = _session != null ? _sessionThread : null;
+        if (current is null)
+            return;
+        var deadline = Environment.TickCount64 + (long)ReconnectGrace.TotalMilliseconds;
+        while (!Volatile.Read(ref _stopped) && !current.Join(50) && Environment.TickCount64 < deadline)
+        {
+        }
+    }
+
+    /// <summary>How long a new front-end waits for the previous connection to finish ending.</summary>
+    public static TimeSpan ReconnectGrace { get; } = TimeSpan.FromSeconds(2);
 
     private void RunSession(object? state)
     {

@@ -24,6 +24,8 @@ SPINNERS=()
 VCPUS=1
 QUEUES=1
 MEM=512
+CACHE=""
+POLL_US=""
 
 usage() {
     cat <<'EOF'
@@ -49,10 +51,24 @@ by round when --rounds > 1, qsd first in odd rounds, ours first in even ones).
                         the repo root.  Placeholders: {image} {socket} {size}
                         (bytes) {queues}.  Example:
                         --ours "./vblk serve {image} --socket {socket} --num-queues {queues}"
-                        The polling variant, paired with qsd like any other:
-                        --paired --ours "./vblk serve {image} --socket {socket} --num-queues {queues} --poll-us 50"
+                        Cache-mode and polling variants, paired with qsd like
+                        any other: add --cache MODE and/or --poll-us N (below).
   --ours-null TEMPLATE  the same for the null device; default: --ours with
                         {image} replaced by "--backend null --size {size}"
+  --cache MODE          writeback, none or unsafe: the file device's cache mode
+                        on both back-ends, QEMU's meaning.  ours gets
+                        "--cache MODE" appended (file device only); qsd's file
+                        node gets aio=io_uring and
+                          writeback  cache.direct=off
+                          none       cache.direct=on (O_DIRECT; the work
+                                     directory must not be on tmpfs/ramfs)
+                          unsafe     cache.direct=off,cache.no-flush=on
+                        Without --cache, qsd runs its defaults (cache.direct=off,
+                        aio=threads) and ours runs its template as given.
+  --poll-us N           ours polls its rings for up to N us after a drain
+                        ("--poll-us N" appended on both devices; 0 = sleep at
+                        once).  qsd polls with its own defaults (iothread
+                        poll-max-ns) either way.
   --devices LIST        file,null (default both)
   --jobs LIST           guest perf jobs (default: all four above)
   --runtime S           seconds per fio job (default 10)
@@ -111,7 +127,7 @@ die() { printf '[vm-bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --ours|--ours-null|--devices|--jobs|--runtime|--size-mib|--rounds|--out|--workdir|--vcpus|--queues|--mem)
+        --ours|--ours-null|--devices|--jobs|--runtime|--size-mib|--rounds|--out|--workdir|--vcpus|--queues|--mem|--cache|--poll-us)
             [[ $# -ge 2 ]] || die "$1 needs a value"
             case "$1" in
                 --ours) OURS=$2 ;;
@@ -126,6 +142,8 @@ while [[ $# -gt 0 ]]; do
                 --vcpus) VCPUS=$2 ;;
                 --queues) QUEUES=$2 ;;
                 --mem) MEM=$2 ;;
+                --cache) CACHE=$2 ;;
+                --poll-us) POLL_US=$2 ;;
             esac
             shift 2 ;;
         --keep) KEEP=1; shift ;;
@@ -148,6 +166,19 @@ if [[ -n "$OURS" && -z "$OURS_NULL" ]]; then
 fi
 [[ -z "$OURS_NULL" || -n "$OURS" ]] || die "--ours-null needs --ours"
 [[ $PAIRED -eq 0 || -n "$OURS" ]] || die "--paired needs --ours"
+case "$CACHE" in
+    ""|writeback|none|unsafe) ;;
+    *) die "unknown cache mode '$CACHE' (writeback, none or unsafe)" ;;
+esac
+[[ -z "$POLL_US" || $POLL_US =~ ^[0-9]+$ ]] || die "--poll-us must be a whole number of microseconds"
+[[ -z "$POLL_US" || -n "$OURS" ]] || die "--poll-us needs --ours (it applies to ours only)"
+if [[ -n "$CACHE" && -n "$OURS" ]]; then
+    OURS="$OURS --cache $CACHE" # the file device only; OURS_NULL was made from the template before
+fi
+if [[ -n "$POLL_US" ]]; then
+    OURS="$OURS --poll-us $POLL_US"
+    OURS_NULL="$OURS_NULL --poll-us $POLL_US"
+fi
 
 "$REPO_ROOT/scripts/build-guest.sh" >&2
 command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
@@ -160,6 +191,10 @@ else
     mkdir -p "$WORKDIR"
 fi
 WORKDIR=$(cd "$WORKDIR" && pwd)
+if [[ $CACHE == none ]]; then
+    fstype=$(stat -f -c %T "$WORKDIR")
+    [[ $fstype != tmpfs && $fstype != ramfs ]] || die "--cache none: $WORKDIR is on $fstype; give --workdir on a disk file system"
+fi
 IMG="$WORKDIR/bench.img"
 SOCK=""
 SIZE_BYTES=$((SIZE_MIB * 1048576))
@@ -252,8 +287,14 @@ start_backend() { # backend device log; sets BACKEND_PID and SOCK
     if [[ $backend == qsd ]]; then
         local node
         if [[ $device == file ]]; then
-            node=(--blockdev "driver=file,node-name=file0,filename=$IMG,cache.direct=off"
-                  --blockdev "driver=raw,node-name=disk0,file=file0")
+            local fileopts="cache.direct=off" rawopts=""
+            case "$CACHE" in
+                writeback) fileopts="cache.direct=off,aio=io_uring" ;;
+                none) fileopts="cache.direct=on,aio=io_uring" ;;
+                unsafe) fileopts="cache.direct=off,cache.no-flush=on,aio=io_uring" rawopts=",cache.no-flush=on" ;;
+            esac
+            node=(--blockdev "driver=file,node-name=file0,filename=$IMG,$fileopts"
+                  --blockdev "driver=raw,node-name=disk0,file=file0$rawopts")
         else
             node=(--blockdev "driver=null-co,node-name=disk0,size=$SIZE_BYTES,read-zeroes=on")
         fi
@@ -476,7 +517,7 @@ TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_
         }
     }' "$RESULTS")
 
-HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}$([[ $SPIN_IDLE -eq 0 ]] || echo "; --spin-idle (CPUs kept from halting)")$([[ $PAIRED -eq 0 ]] || echo "; --paired (both at once, one guest running at a time, ${SLICE} s slices)")"
+HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}$([[ $SPIN_IDLE -eq 0 ]] || echo "; --spin-idle (CPUs kept from halting)")$([[ $PAIRED -eq 0 ]] || echo "; --paired (both at once, one guest running at a time, ${SLICE} s slices)")$([[ -z $CACHE ]] || echo "; --cache $CACHE (file device, both back-ends)")$([[ -z $POLL_US ]] || echo "; ours --poll-us $POLL_US")"
 {
     echo "$HEADER"
     echo "$TABLE"

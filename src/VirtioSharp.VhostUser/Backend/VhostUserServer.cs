@@ -41,6 +41,9 @@ public class VhostUserServer : IDisposable
     /// <summary>Microseconds a queue worker keeps looking at its ring after a drain before it sleeps (adapted down when it finds nothing); 0: sleep at once.</summary>
     public int PollMicroseconds { get; init; }
 
+    /// <summary>CPUs the queue workers are pinned to, queue i to entry i mod count (null: not pinned).</summary>
+    public IReadOnlyList<int>? QueueCpus { get; init; }
+
     /// <summary>Each queue worker's poller, kept across front-ends so its counters only grow.</summary>
     public IReadOnlyList<AdaptivePoller> Pollers => LazyInitializer.EnsureInitialized(ref _pollers, () => [.. Enumerable.Range(0, Device.NumQueues).Select(_ => new AdaptivePoller(PollMicroseconds))]);
     private AdaptivePoller[]? _pollers;
@@ -172,7 +175,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers, HoldCompletionsMs);
+                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers, HoldCompletionsMs, QueueCpus);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }

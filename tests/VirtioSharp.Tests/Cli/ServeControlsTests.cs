@@ -174,6 +174,7 @@ public sealed class ServeControlsTests
         TestServer.Eventually(() => log.Contains("QEMU: -chardev") || run.IsCompleted, "the start-up lines");
         Assert.False(run.IsCompleted, error.ToString());
         Assert.True(log.Contains($"queue workers pinned to CPUs 0,{last}"), string.Join("\n", log.Lines.Select(l => l.Message)));
+        ServerReady.WaitForFile(socket, () => run.IsCompleted, () => error.ToString()); // the start-up lines may come before the socket listens
 
         var (code, output, err) = await Run(BenchCommand.Create(), "--socket", socket, "--queues", "2", "--iodepth", "8", "--completions", "inline",
             "--queue-cpus", $"0-{last}", "--runtime", "0.5", "--ramp", "0.1", "--json");

@@ -83,16 +83,17 @@ trap stop_qsd EXIT
 start_qsd() { # writable(on|off) logfile
     local writable=$1 qlog=$2 ro=off
     [[ $writable == on ]] || ro=on
-    rm -f "$SOCK"
-    # discard=unmap: pass the guest's discards on to the file (punch holes).
+    rm -f "$SOCK" "$SOCK.pid"
+    # discard=unmap: pass the guest's discards on to the file (punch holes). The pid file is written
+    # once the export listens (qemu-storage-daemon(1)); the socket file exists a moment before that.
     qemu-storage-daemon \
         --blockdev "driver=file,node-name=file0,filename=$IMG,discard=unmap,read-only=$ro" \
         --blockdev "driver=raw,node-name=disk0,file=file0,discard=unmap,read-only=$ro" \
         --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$SOCK,writable=$writable,num-queues=2" \
-        >"$qlog" 2>&1 &
+        --pidfile "$SOCK.pid" >"$qlog" 2>&1 &
     QSD_PID=$!
     for _ in $(seq 1 100); do
-        [[ -S "$SOCK" ]] && return 0
+        [[ -s "$SOCK.pid" ]] && return 0
         kill -0 "$QSD_PID" 2>/dev/null || break
         sleep 0.1
     done

@@ -33,15 +33,66 @@ public sealed unsafe class UnixFdSocket : IDisposable
     public SafeFdHandle Handle { get; }
     public int Fd => Handle.Fd;
 
-    /// <summary>Creates a listening socket bound to <paramref name="path"/> (which must not exist).</summary>
+    /// <summary>
+    /// Creates a listening socket bound to <paramref name="path"/> (which must not exist). The path
+    /// appears only once the socket listens: it is bound and put to listen under a temporary name in
+    /// the same folder, then linked to <paramref name="path"/>. Bound in place, the file would exist
+    /// before listen(2), and a peer that waits for the file and connects at once (QEMU started by a
+    /// script, a test) could be refused (ECONNREFUSED) in between. getsockname(2) on the socket gives
+    /// the temporary name, which is gone by then.
+    /// </summary>
     public static UnixFdSocket Listen(string path, int backlog = 4)
+    {
+        Address(path, out _); // the name asked for must fit a socket address, whatever the temporary one
+        var staging = StagingPath(path);
+        if (staging is null)
+            return BindAndListen(path, path, backlog); // no room for a temporary name: bound in place
+        UnixFdSocket? socket = null;
+        try
+        {
+            socket = BindAndListen(staging, path, backlog);
+            if (Interop.Link(staging, path) == 0)
+                return socket;
+            var errno = Marshal.GetLastPInvokeError();
+            if (errno == Interop.EEXIST)
+                throw new NativeCallException($"bind {path}", Interop.EADDRINUSE); // what bind(2) says of a taken path
+            socket.Dispose();
+            socket = null;
+            return BindAndListen(path, path, backlog); // a file system without hard links: bound in place
+        }
+        catch
+        {
+            socket?.Dispose();
+            throw;
+        }
+        finally
+        {
+            try
+            {
+                File.Delete(staging); // the socket keeps listening under the name linked above
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+    }
+
+    /// <summary>A fresh name beside <paramref name="path"/> that fits a socket address, or null if none fits.</summary>
+    private static string? StagingPath(string path)
+    {
+        var folder = Path.GetDirectoryName(path);
+        var staging = Path.Combine(string.IsNullOrEmpty(folder) ? "." : folder, $".vblk-{Random.Shared.Next():x8}");
+        return Encoding.UTF8.GetByteCount(staging) < SockAddrUn.PathSize ? staging : null;
+    }
+
+    /// <summary>bind(2) to <paramref name="path"/> and listen(2); errors name <paramref name="named"/>, the path asked for.</summary>
+    private static UnixFdSocket BindAndListen(string path, string named, int backlog)
     {
         var socket = NewSocket();
         try
         {
             var address = Address(path, out var length);
             if (Interop.Bind(socket.Handle, &address, length) != 0)
-                throw NativeCallException.FromLastError($"bind {path}");
+                throw NativeCallException.FromLastError($"bind {named}");
             if (Interop.Listen(socket.Handle, backlog) != 0)
                 throw NativeCallException.FromLastError("listen");
             return socket;

@@ -278,9 +278,12 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         var elem = _used + 4 + 8 * (_usedShadow & (Size - 1));
         Unsafe.WriteUnaligned(elem, (ulong)head | ((ulong)written << 32));
         _usedShadow++;
+        // Recorded before the store below hands the element to the driver: it may take it, and reuse
+        // the head for its next request, before a later record would run (the recording would then
+        // give this write to that request).
+        _recorder?.Used(head, written, (ushort)(_usedShadow - 1), _usedShadow);
         // 2.7.8.2: the element must be visible before idx moves (release store).
         Volatile.Write(ref UsedIdx, _usedShadow);
-        _recorder?.Used(head, written, (ushort)(_usedShadow - 1), _usedShadow);
     }
 
     public bool PublishUsed()
@@ -339,8 +342,8 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         else
         {
             var old = Volatile.Read(ref UsedFlags);
+            _recorder?.UsedFlags(old, (ushort)(old | SplitRing.UsedFNoNotify)); // before the driver can act on it
             Volatile.Write(ref UsedFlags, (ushort)(old | SplitRing.UsedFNoNotify));
-            _recorder?.UsedFlags(old, (ushort)(old | SplitRing.UsedFNoNotify));
         }
     }
 
@@ -355,14 +358,14 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             return HasAvailable; // notifications stay off: the worker looks at the ring before it sleeps
         if (EventIdx)
         {
+            _recorder?.AvailEvent(_lastAvail); // before the driver can act on it
             Volatile.Write(ref AvailEvent, _lastAvail); // 2.7.10: notify me once idx passes this
-            _recorder?.AvailEvent(_lastAvail);
         }
         else
         {
             var old = Volatile.Read(ref UsedFlags);
-            Volatile.Write(ref UsedFlags, (ushort)(old & ~SplitRing.UsedFNoNotify));
             _recorder?.UsedFlags(old, (ushort)(old & ~SplitRing.UsedFNoNotify));
+            Volatile.Write(ref UsedFlags, (ushort)(old & ~SplitRing.UsedFNoNotify));
         }
         // Full fence: publish the request for notifications, then re-read avail idx,
         // or a buffer made available in between would be missed.

@@ -175,6 +175,9 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         var newIdx = _availShadow;
         if (oldIdx == newIdx)
             return false;
+        // Recorded before the store below lets the device take the heads: a polling device would
+        // otherwise read the available ring, in the recording, before its index moved.
+        _recorder?.Publishing(oldIdx, newIdx);
         // 2.7.13.3.1: ring entries must be visible before idx (release store).
         Volatile.Write(ref AvailIdx, newIdx);
         _availPublished = newIdx;
@@ -251,8 +254,8 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         // that harmless).
         if (EventIdx && !_interruptsOff && !Polling)
         {
+            _recorder?.UsedEvent(_lastUsed); // before the device can act on it
             Volatile.Write(ref UsedEvent, _lastUsed); // 2.7.7: interrupt me when the next one is used
-            _recorder?.UsedEvent(_lastUsed);
             // 2.7.14: full barrier between re-enabling and the next read of used idx, or an
             // element the device adds meanwhile is neither seen here nor interrupted for.
             Interlocked.MemoryBarrier();
@@ -314,8 +317,8 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
             // 2.7.7.2: the device interrupts when used idx passes used_event; one behind what the
             // driver has taken is passed only after a full wrap of the index (one spurious
             // interrupt in 65536, which a polling driver ignores).
-            Volatile.Write(ref UsedEvent, (ushort)(_lastUsed - 1));
             _recorder?.UsedEvent((ushort)(_lastUsed - 1));
+            Volatile.Write(ref UsedEvent, (ushort)(_lastUsed - 1));
         }
         else
             DisableInterrupts();
@@ -332,8 +335,8 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         _interruptsOff = false;
         if (EventIdx)
         {
-            Volatile.Write(ref UsedEvent, _lastUsed);
             _recorder?.UsedEvent(_lastUsed);
+            Volatile.Write(ref UsedEvent, _lastUsed);
         }
         else
         {

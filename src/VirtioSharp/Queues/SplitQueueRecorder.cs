@@ -152,11 +152,18 @@ public sealed unsafe class SplitQueueRecorder
         _sink.Event(RingEvents.AvailRingWrite(_queue, head, slot, AvailSlot(slot)));
     }
 
+    /// <summary>avail idx is about to move from <paramref name="oldIdx"/> to <paramref name="newIdx"/> (recorded before the device can see it).</summary>
+    public void Publishing(ushort oldIdx, ushort newIdx)
+    {
+        if (_sink.Active)
+            _sink.Event(RingEvents.AvailIndex(_queue, oldIdx, newIdx, _size, _avail + 2));
+    }
+
+    /// <summary>The notification decision after avail idx moved (2.7.13.4).</summary>
     public void Published(ushort oldIdx, ushort newIdx, bool eventIdx, ushort availEvent, ushort usedFlags, bool notify)
     {
         if (!_sink.Active)
             return;
-        _sink.Event(RingEvents.AvailIndex(_queue, oldIdx, newIdx, _size, _avail + 2));
         var reason = eventIdx
             ? $"EVENT_IDX: avail_event {availEvent} {(notify ? "lies" : "does not lie")} in [{oldIdx}, {newIdx})"
             : $"NO_NOTIFY {((usedFlags & SplitRing.UsedFNoNotify) != 0 ? "set" : "clear")} in used.flags";

@@ -1,5 +1,6 @@
 using VirtioSharp.Cli.Commands;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Tests.Support;
 using VirtioSharp.Tests.VhostUser;
 using VirtioSharp.VhostUser.Backend;
 
@@ -45,7 +46,7 @@ public sealed class ServeCommandTests
         using var stop = new CancellationTokenSource();
         var error = new StringWriter();
         var run = Task.Run(() => ServeCommand.Run(Settings(socket, image, aio: aio), error, stop.Token));
-        TestServer.Eventually(() => File.Exists(socket), "the socket to appear");
+        ServerReady.WaitForFile(socket, () => run.IsCompleted, () => error.ToString());
         using (var f = TestFrontEnd.Connect(socket))
             Assert.NotEqual(0UL, f.Negotiate());
         stop.Cancel();

@@ -7,6 +7,7 @@ using System.Text.RegularExpressions;
 using VirtioSharp.Block;
 using VirtioSharp.Cli.Commands;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Tests.Support;
 using VirtioSharp.Tests.VhostUser;
 
 namespace VirtioSharp.Tests.Cli;
@@ -14,7 +15,9 @@ namespace VirtioSharp.Tests.Cli;
 /// <summary>
 /// <c>vblk serve</c>'s production controls, run in-process with <c>vblk bench</c> against them:
 /// limits per disk, Prometheus metrics scraped over real HTTP, polling, and their bad input.
+/// Rates are measured, so the class runs alone (<see cref="MeasuredAlone"/>).
 /// </summary>
+[Collection(MeasuredAlone.Name)]
 public sealed class ServeControlsTests
 {
     private static ServeSettings NullDisk(string socket, BlkLimits? limits = null, int pollUs = 0, string? metrics = null, int queues = 1) =>
@@ -46,8 +49,7 @@ public sealed class ServeControlsTests
         public Serving(ServeSettings settings)
         {
             _run = Task.Run(() => ServeCommand.Run(settings, Error, _stop.Token));
-            TestServer.Eventually(() => File.Exists(settings.Socket) || _run.IsCompleted, "the socket to appear");
-            Assert.False(_run.IsCompleted, Error.ToString());
+            ServerReady.WaitForFile(settings.Socket!, () => _run.IsCompleted, () => Error.ToString());
         }
 
         public async ValueTask DisposeAsync()
@@ -172,6 +174,7 @@ public sealed class ServeControlsTests
         TestServer.Eventually(() => log.Contains("QEMU: -chardev") || run.IsCompleted, "the start-up lines");
         Assert.False(run.IsCompleted, error.ToString());
         Assert.True(log.Contains($"queue workers pinned to CPUs 0,{last}"), string.Join("\n", log.Lines.Select(l => l.Message)));
+        ServerReady.WaitForFile(socket, () => run.IsCompleted, () => error.ToString()); // the start-up lines may come before the socket listens
 
         var (code, output, err) = await Run(BenchCommand.Create(), "--socket", socket, "--queues", "2", "--iodepth", "8", "--completions", "inline",
             "--queue-cpus", $"0-{last}", "--runtime", "0.5", "--ramp", "0.1", "--json");

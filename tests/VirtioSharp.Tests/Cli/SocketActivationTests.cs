@@ -22,10 +22,10 @@ public sealed class SocketActivationTests
     private const string Activate =
         "eval \"exec 3<&$0 $0<&-\"; export LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=vblk.socket NOTIFY_SOCKET=\"$1\"; shift; exec \"$@\"";
 
-    private static BackgroundProcess StartActivated(UnixFdSocket listener, string notifySocket, params string[] vblkArgs)
+    private static BackgroundProcess StartActivated(Socket listener, string notifySocket, params string[] vblkArgs)
     {
         // A copy without close-on-exec for the child (dup clears FD_CLOEXEC); ours is closed once it has started.
-        var passed = TestNative.Dup(listener.Fd);
+        var passed = TestNative.Dup((int)listener.SafeHandle.DangerousGetHandle());
         Assert.True(passed >= 0, "dup failed");
         try
         {
@@ -74,7 +74,11 @@ public sealed class SocketActivationTests
         using var dir = new TempDir();
         var path = dir.File("vblk.sock");
         using var notify = NotifySocket(dir.File("notify.sock"));
-        using var listener = UnixFdSocket.Listen(path);
+        // Bound in place, as systemd binds a ListenStream= path (UnixFdSocket.Listen binds a temporary
+        // name and links the path to it, so the address the back-end reads back would be that name).
+        using var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        listener.Bind(new UnixDomainSocketEndPoint(path));
+        listener.Listen(4);
         var args = new[] { "--backend", "memory", "--size", "1M" };
 
         using (var first = StartActivated(listener, dir.File("notify.sock"), args))

@@ -65,6 +65,8 @@ public sealed class QueuePair : IDisposable
 
     public SplitDriverQueue Driver { get; }
     public SplitDeviceQueue Device { get; }
+    /// <summary>The ring memory both halves share, for reading what the other half would see.</summary>
+    public RingBuilder Ring => _ring;
     public bool EventIdx { get; }
     public int Size => _ring.Size;
     public bool DeviceAsleep { get; private set; }

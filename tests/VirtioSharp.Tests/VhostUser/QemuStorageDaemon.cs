@@ -47,24 +47,28 @@ public sealed class QemuStorageDaemon : IDisposable
             psi.ArgumentList.Add(a);
         psi.ArgumentList.Add("--export");
         psi.ArgumentList.Add($"type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={socket},writable={(writable ? "on" : "off")},num-queues={numQueues}");
+        // qemu-storage-daemon(1): the pid file is written once the exports listen, "clients may begin connecting".
+        var pidFile = Path.Combine(dir.Path, "qsd.pid");
+        File.Delete(pidFile); // a killed predecessor's
+        psi.ArgumentList.Add("--pidfile");
+        psi.ArgumentList.Add(pidFile);
         var process = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {Binary}");
         var qsd = new QemuStorageDaemon(process, socket, dir.Path);
         process.OutputDataReceived += (_, e) => qsd.Append(e.Data);
         process.ErrorDataReceived += (_, e) => qsd.Append(e.Data);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        var deadline = Environment.TickCount64 + 10_000;
-        // The socket file appears at bind(), a moment before listen(): wait until it takes connections.
-        while (!File.Exists(socket) || VirtioSharp.Native.UnixFdSocket.Probe(socket) != VirtioSharp.Native.SocketPathState.Listening)
+        // Its socket file appears at bind(), a moment before listen(), and a probe connection could get the
+        // test's own one refused (one front-end at a time): the pid file is the sign.
+        try
         {
-            if (process.HasExited)
-                throw new InvalidOperationException($"qemu-storage-daemon exited with {process.ExitCode}: {qsd.Output}");
-            if (Environment.TickCount64 > deadline)
-            {
-                qsd.Dispose();
-                throw new TimeoutException($"qemu-storage-daemon did not create {socket}: {qsd.Output}");
-            }
-            Thread.Sleep(10);
+            Support.ServerReady.WaitForFile(pidFile, () => process.HasExited,
+                () => (process.HasExited ? $"qemu-storage-daemon exited with {process.ExitCode}\n" : "") + qsd.Output, withContent: true);
+        }
+        catch
+        {
+            qsd.Dispose();
+            throw;
         }
         return qsd;
     }

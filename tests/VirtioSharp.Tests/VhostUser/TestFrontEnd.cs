@@ -19,7 +19,11 @@ internal sealed class TestFrontEnd : IDisposable
 {
     public const ulong GuestBase = 0x4000_0000;
     public const ulong RamSize = 4 << 20;
-    public const int Timeout = 5000;
+    /// <summary>
+    /// Milliseconds to wait for what must happen (a reply, a call, a condition): long, since only a
+    /// failing test waits it out, and a loaded two-core runner can hold a thread back for seconds.
+    /// </summary>
+    public const int Timeout = 30_000;
 
     private readonly List<TestQueue> _queues = [];
 

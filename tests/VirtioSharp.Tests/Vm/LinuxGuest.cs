@@ -25,7 +25,7 @@ public sealed partial class LinuxGuest
     /// <summary>Where <see cref="Boot"/> writes the serial console of a run of <paramref name="jobs"/>.</summary>
     public static string ConsoleLog(string workDir, string jobs) => Path.Combine(workDir, $"console-{jobs.Replace(',', '_')}.log");
 
-    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "", bool reconnect = false, int timeoutSeconds = 240, bool packed = false)
+    public static Run Boot(string socket, string jobs, int vcpus, int queues, string workDir, string extraAppend = "", bool reconnect = false, int timeoutSeconds = 480, bool packed = false)
     {
         var log = ConsoleLog(workDir, jobs);
         var args = new List<string> { "--socket", socket, "--jobs", jobs, "--vcpus", vcpus.ToString(), "--queues", queues.ToString(), "--timeout", timeoutSeconds.ToString(), "--log", log, "--quiet" };

@@ -91,19 +91,15 @@ internal sealed class BackgroundProcess : IDisposable
     }
     public int ExitCode => _process.ExitCode;
 
-    public void WaitForSocket(string path, TimeSpan timeout)
-    {
-        var until = DateTime.UtcNow + timeout;
-        while (DateTime.UtcNow < until)
-        {
-            if (File.Exists(path))
-                return;
-            if (_process.HasExited)
-                throw new InvalidOperationException($"back-end exited with {_process.ExitCode} before creating {path}:\n{Output}");
-            Thread.Sleep(50);
-        }
-        throw new TimeoutException($"back-end did not create {path} within {timeout.TotalSeconds} s:\n{Output}");
-    }
+    /// <summary>
+    /// Waits for the file the server creates once it accepts connections (<see cref="Support.ServerReady"/>):
+    /// the socket of <c>vblk serve</c>, the <c>--pidfile</c> of qemu-storage-daemon. Never shorter than
+    /// <see cref="Support.ServerReady.Timeout"/>: a process start is slow on a loaded runner.
+    /// </summary>
+    public void WaitForSocket(string path, TimeSpan timeout, bool withContent = false) =>
+        Support.ServerReady.WaitForFile(path, () => _process.HasExited,
+            () => (_process.HasExited ? $"exit code {_process.ExitCode}\n" : "") + Output,
+            timeout > Support.ServerReady.Timeout ? timeout : Support.ServerReady.Timeout, withContent);
 
     /// <summary>Asks the process to stop with SIGTERM and waits; returns its exit code.</summary>
     public int Stop(TimeSpan timeout)

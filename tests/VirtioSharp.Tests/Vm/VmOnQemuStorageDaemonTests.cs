@@ -23,8 +23,10 @@ public sealed class VmOnQemuStorageDaemonTests
                 "--blockdev", $"driver=file,node-name=file0,filename={image},discard=unmap",
                 "--blockdev", "driver=raw,node-name=disk0,file=file0,discard=unmap",
                 "--export", $"type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path={socket},writable=on,num-queues=2",
+                "--pidfile", Path.Combine(work, "qsd.pid"),
             ]);
-            qsd.WaitForSocket(socket, TimeSpan.FromSeconds(30));
+            // Its socket file appears at bind(), before listen(); the pid file once the export listens (qemu-storage-daemon(1)).
+            qsd.WaitForSocket(Path.Combine(work, "qsd.pid"), TimeSpan.FromSeconds(30), withContent: true);
             var run = LinuxGuest.Boot(socket, "write-read,discard,ext4", vcpus: 2, queues: 2, work, "vblk.discard_zeroes=1");
             foreach (var job in new[] { "write-read", "discard", "ext4" })
                 Assert.True(run.Verdict(job).StartsWith("PASS", StringComparison.Ordinal), $"{job}: {run.Verdict(job)}\n{run.Output}");

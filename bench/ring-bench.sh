@@ -14,7 +14,7 @@ BATCHES="1 32"
 RING_SIZE=256
 DRIVER_CPU=0
 DEVICE_CPU=1
-OURS="split packed"
+OURS="split packed split+decide packed+decide"
 MODELS="virtio_ring_0_9 virtio_ring_inorder ring"
 OUT=""
 SOURCE_TARBALL=/usr/src/linux-source-6.1.tar.xz
@@ -27,7 +27,14 @@ Passes a fixed number of one-descriptor buffers through one ring, the driver
 half on one CPU and the device half on another, both polling (no notifications,
 no interrupts), and prints buffers per second:
   split, packed         VirtioSharp's SplitDriverQueue/SplitDeviceQueue and
-                        PackedDriverQueue/PackedDeviceQueue
+                        PackedDriverQueue/PackedDeviceQueue; neither half decides
+                        on a notification (PublishForPoller, PublishUsedForPoller),
+                        as ringtest's polling mode never kicks nor calls
+  split+decide, packed+decide
+                        the same, with every Publish and PublishUsed deciding
+                        (the full barrier, then a read of the other side's event
+                        suppression state: 2.7.13.4, 2.7.7.2, 2.8.21.3.1), as a
+                        half that does not know its peer polls
   virtio_ring_0_9       ringtest's split ring (Linux's design)
   virtio_ring_inorder   ringtest's split ring with in-order completion
   ring                  ringtest's descriptor ring with a flag per slot (the ceiling)
@@ -47,7 +54,7 @@ measure the same thing (they are run anyway, as given).
   --ring-size N     queue size (default $RING_SIZE)
   --driver-cpu N    CPU of the driver (ringtest: guest) thread (default $DRIVER_CPU)
   --device-cpu N    CPU of the device (ringtest: host) thread (default $DEVICE_CPU)
-  --ours LIST       our formats (default "$OURS"; "" for none)
+  --ours LIST       our rows (default "$OURS"; "" for none)
   --models LIST     ringtest models (default "$MODELS"; "" for none)
   --out FILE        also write the report to FILE
   -h, --help        this text
@@ -95,8 +102,10 @@ if [[ -n "$OURS" ]]; then
 fi
 
 # One run of one row; prints buffers per second.
-run_ours() { # format batch
-    dotnet "$WORK/bench/VirtioSharp.Benchmarks.dll" ring --format "$1" --batch "$2" --buffers "$BUFFERS" --warmup "$WARMUP" \
+run_ours() { # row batch
+    local decide=()
+    [[ $1 != *+decide ]] || decide=(--decide)
+    dotnet "$WORK/bench/VirtioSharp.Benchmarks.dll" ring --format "${1%%+*}" "${decide[@]}" --batch "$2" --buffers "$BUFFERS" --warmup "$WARMUP" \
         --ring-size "$RING_SIZE" --driver-cpu "$DRIVER_CPU" --device-cpu "$DEVICE_CPU" \
         | sed -n 's/.*buffers_per_second=\([0-9]*\).*/\1/p'
 }

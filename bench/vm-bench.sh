@@ -19,11 +19,14 @@ WORKDIR=""
 KEEP=0
 SPIN_IDLE=0
 PAIRED=0
+PACKED=0
 SLICE=0.2
 SPINNERS=()
 VCPUS=1
 QUEUES=1
 MEM=512
+CACHE=""
+POLL_US=""
 
 usage() {
     cat <<'EOF'
@@ -41,18 +44,41 @@ on two devices:
   null   a device that stores nothing and reads zeroes (qemu-storage-daemon:
          null-co with read-zeroes=on, so both back-ends fill read buffers)
 
-The reference back-end is always qemu-storage-daemon (qsd).  With --ours, the
-second back-end runs too; the back-ends alternate device by device (and round
+The reference back-end is qemu-storage-daemon (qsd).  With --ours, the
+second back-end runs too (with --packed, --ours runs twice instead: split and
+packed virtqueues); the back-ends alternate device by device (and round
 by round when --rounds > 1, qsd first in odd rounds, ours first in even ones).
 
   --ours TEMPLATE       command line of the second back-end, run with bash from
                         the repo root.  Placeholders: {image} {socket} {size}
                         (bytes) {queues}.  Example:
                         --ours "./vblk serve {image} --socket {socket} --num-queues {queues}"
-                        The polling variant, paired with qsd like any other:
-                        --paired --ours "./vblk serve {image} --socket {socket} --num-queues {queues} --poll-us 50"
+                        Cache-mode and polling variants, paired with qsd like
+                        any other: add --cache MODE and/or --poll-us N (below).
+  --packed              compare ring formats instead of back-ends: the rows
+                        "split" and "packed" both run --ours (which must offer
+                        VIRTIO_F_RING_PACKED, as vblk serve does), the guest's
+                        disk with packed=on (vhost-user-blk-pci) for "packed";
+                        qemu-storage-daemon does not run (it has no packed
+                        rings).  The back-end's log must show the ring format
+                        each row asked for, or the row fails.  Example:
+                        --packed --ours "./vblk serve {image} --socket {socket} --num-queues {queues}"
   --ours-null TEMPLATE  the same for the null device; default: --ours with
                         {image} replaced by "--backend null --size {size}"
+  --cache MODE          writeback, none or unsafe: the file device's cache mode
+                        on both back-ends, QEMU's meaning.  ours gets
+                        "--cache MODE" appended (file device only); qsd's file
+                        node gets aio=io_uring and
+                          writeback  cache.direct=off
+                          none       cache.direct=on (O_DIRECT; the work
+                                     directory must not be on tmpfs/ramfs)
+                          unsafe     cache.direct=off,cache.no-flush=on
+                        Without --cache, qsd runs its defaults (cache.direct=off,
+                        aio=threads) and ours runs its template as given.
+  --poll-us N           ours polls its rings for up to N us after a drain
+                        ("--poll-us N" appended on both devices; 0 = sleep at
+                        once).  qsd polls with its own defaults (iothread
+                        poll-max-ns) either way.
   --devices LIST        file,null (default both)
   --jobs LIST           guest perf jobs (default: all four above)
   --runtime S           seconds per fio job (default 10)
@@ -111,7 +137,7 @@ die() { printf '[vm-bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --ours|--ours-null|--devices|--jobs|--runtime|--size-mib|--rounds|--out|--workdir|--vcpus|--queues|--mem)
+        --ours|--ours-null|--devices|--jobs|--runtime|--size-mib|--rounds|--out|--workdir|--vcpus|--queues|--mem|--cache|--poll-us)
             [[ $# -ge 2 ]] || die "$1 needs a value"
             case "$1" in
                 --ours) OURS=$2 ;;
@@ -126,11 +152,14 @@ while [[ $# -gt 0 ]]; do
                 --vcpus) VCPUS=$2 ;;
                 --queues) QUEUES=$2 ;;
                 --mem) MEM=$2 ;;
+                --cache) CACHE=$2 ;;
+                --poll-us) POLL_US=$2 ;;
             esac
             shift 2 ;;
         --keep) KEEP=1; shift ;;
         --spin-idle) SPIN_IDLE=1; shift ;;
         --paired) PAIRED=1; shift ;;
+        --packed) PACKED=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -148,9 +177,31 @@ if [[ -n "$OURS" && -z "$OURS_NULL" ]]; then
 fi
 [[ -z "$OURS_NULL" || -n "$OURS" ]] || die "--ours-null needs --ours"
 [[ $PAIRED -eq 0 || -n "$OURS" ]] || die "--paired needs --ours"
+case "$CACHE" in
+    ""|writeback|none|unsafe) ;;
+    *) die "unknown cache mode '$CACHE' (writeback, none or unsafe)" ;;
+esac
+[[ -z "$POLL_US" || $POLL_US =~ ^[0-9]+$ ]] || die "--poll-us must be a whole number of microseconds"
+[[ -z "$POLL_US" || -n "$OURS" ]] || die "--poll-us needs --ours (it applies to ours only)"
+if [[ -n "$CACHE" && -n "$OURS" ]]; then
+    OURS="$OURS --cache $CACHE" # the file device only; OURS_NULL was made from the template before
+fi
+if [[ -n "$POLL_US" ]]; then
+    OURS="$OURS --poll-us $POLL_US"
+    OURS_NULL="$OURS_NULL --poll-us $POLL_US"
+fi
+[[ $PACKED -eq 0 || -n "$OURS" ]] || die "--packed needs --ours (qemu-storage-daemon has no packed rings)"
+# The rows: the reference first, then the one compared with it.
+if ((PACKED)); then
+    BACKENDS=(split packed)
+elif [[ -n "$OURS" ]]; then
+    BACKENDS=(qsd ours)
+else
+    BACKENDS=(qsd)
+fi
 
 "$REPO_ROOT/scripts/build-guest.sh" >&2
-command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
+((PACKED)) || command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found"
 CLK_TCK=$(getconf CLK_TCK)
 
 if [[ -z "$WORKDIR" ]]; then
@@ -160,6 +211,10 @@ else
     mkdir -p "$WORKDIR"
 fi
 WORKDIR=$(cd "$WORKDIR" && pwd)
+if [[ $CACHE == none ]]; then
+    fstype=$(stat -f -c %T "$WORKDIR")
+    [[ $fstype != tmpfs && $fstype != ramfs ]] || die "--cache none: $WORKDIR is on $fstype; give --workdir on a disk file system"
+fi
 IMG="$WORKDIR/bench.img"
 SOCK=""
 SIZE_BYTES=$((SIZE_MIB * 1048576))
@@ -252,8 +307,14 @@ start_backend() { # backend device log; sets BACKEND_PID and SOCK
     if [[ $backend == qsd ]]; then
         local node
         if [[ $device == file ]]; then
-            node=(--blockdev "driver=file,node-name=file0,filename=$IMG,cache.direct=off"
-                  --blockdev "driver=raw,node-name=disk0,file=file0")
+            local fileopts="cache.direct=off" rawopts=""
+            case "$CACHE" in
+                writeback) fileopts="cache.direct=off,aio=io_uring" ;;
+                none) fileopts="cache.direct=on,aio=io_uring" ;;
+                unsafe) fileopts="cache.direct=off,cache.no-flush=on,aio=io_uring" rawopts=",cache.no-flush=on" ;;
+            esac
+            node=(--blockdev "driver=file,node-name=file0,filename=$IMG,$fileopts"
+                  --blockdev "driver=raw,node-name=disk0,file=file0$rawopts")
         else
             node=(--blockdev "driver=null-co,node-name=disk0,size=$SIZE_BYTES,read-zeroes=on")
         fi
@@ -292,7 +353,9 @@ guest_run() { # round backend device back-end-pid socket
     local clog="$WORKDIR/$tag.console.log" samples="$WORKDIR/$tag.samples" rc=0
     : >"$samples"
     : >"$clog"
-    "$RUN_GUEST" --socket "$sock" --jobs "$JOBS" --vcpus "$VCPUS" --queues "$QUEUES" --mem "$MEM" \
+    local format=()
+    [[ $backend != packed ]] || format=(--packed) # vhost-user-blk-pci,...,packed=on
+    "$RUN_GUEST" --socket "$sock" --jobs "$JOBS" --vcpus "$VCPUS" --queues "$QUEUES" --mem "$MEM" "${format[@]}" \
         --log "$clog" --quiet --timeout $((PAIRED ? 240 + 80 * RUNTIME : 120 + 40 * RUNTIME)) \
         --extra-append "vblk.runtime=$RUNTIME vblk.perf_size_mib=$SIZE_MIB" \
         >"$WORKDIR/$tag.run.out" 2>&1 &
@@ -315,6 +378,15 @@ guest_run() { # round backend device back-end-pid socket
     fi
     grep -o 'BOOT-SECONDS.*\|RUN-SECONDS.*' "$WORKDIR/$tag.run.out" | tr '\n' ' ' >&2 || true
     echo >&2
+    if [[ $backend == split || $backend == packed ]]; then
+        # The back-end names the format of each ring it starts; the row must be the one asked for.
+        local blog="$WORKDIR/$tag.backend.log"
+        if ! grep -q "started: $backend ring" "$blog"; then
+            log "the back-end did not start a $backend ring ($tag); see $blog"
+            return 1
+        fi
+        log "$tag: back-end log: $(grep -m1 -o "queue 0: started: $backend ring[^,]*" "$blog")"
+    fi
     # One row per job: round backend device job iops bw_kib ios cpu_ticks
     tr -d '\r' <"$clog" | grep '^VBLK-PERF ' | while read -r _ kvs; do
         local name="" iops="" bw="" ios="" kv
@@ -369,16 +441,16 @@ qemu_of() { # socket -> pid of the QEMU connected to it, if running
     pgrep -f -- "qemu-system-x86_64 .*path=$1( |$)" | head -n1 || true
 }
 run_pair() { # round device
-    local round=$1 device=$2 qpid opid qsock osock g1 g2 rc=0
-    log "round $round: qsd and ours on $device, paired (alternating every ${SLICE}s): jobs $JOBS (${RUNTIME}s each)"
+    local round=$1 device=$2 qpid opid qsock osock g1 g2 rc=0 ref=${BACKENDS[0]} other=${BACKENDS[1]}
+    log "round $round: $ref and $other on $device, paired (alternating every ${SLICE}s): jobs $JOBS (${RUNTIME}s each)"
     [[ $device != file ]] || cat "$IMG" >/dev/null
-    start_backend qsd "$device" "$WORKDIR/r${round}-qsd-${device}.backend.log"
+    start_backend "$ref" "$device" "$WORKDIR/r${round}-${ref}-${device}.backend.log"
     qpid=$BACKEND_PID qsock=$SOCK
-    start_backend ours "$device" "$WORKDIR/r${round}-ours-${device}.backend.log"
+    start_backend "$other" "$device" "$WORKDIR/r${round}-${other}-${device}.backend.log"
     opid=$BACKEND_PID osock=$SOCK
-    guest_run "$round" qsd "$device" "$qpid" "$qsock" &
+    guest_run "$round" "$ref" "$device" "$qpid" "$qsock" &
     g1=$!
-    guest_run "$round" ours "$device" "$opid" "$osock" &
+    guest_run "$round" "$other" "$device" "$opid" "$osock" &
     g2=$!
     local a="" b="" turn=0
     while kill -0 "$g1" 2>/dev/null && kill -0 "$g2" 2>/dev/null; do
@@ -421,12 +493,10 @@ if [[ $SPIN_IDLE -eq 1 ]]; then
     done
     log "spin-idle: ${#SPINNERS[@]} SCHED_IDLE busy loops keep the CPUs from halting"
 fi
-BACKENDS=(qsd)
-[[ -z "$OURS" ]] || BACKENDS+=(ours)
 for round in $(seq 1 "$ROUNDS"); do
     order=("${BACKENDS[@]}")
     if [[ ${#BACKENDS[@]} -eq 2 && $((round % 2)) -eq 0 ]]; then
-        order=(ours qsd)
+        order=("${BACKENDS[1]}" "${BACKENDS[0]}")
     fi
     for device in "${DEVICE_LIST[@]}"; do
         if ((PAIRED)); then
@@ -440,7 +510,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 # ---------------------------------------------------------------- table
-TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_ours="${OURS:+1}" '
+TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v names="${BACKENDS[*]}" '
     {
         k = $2 SUBSEP $3 SUBSEP $4
         n[k]++; iops[k] += $5; bw[k] += $6; ios[k] += $7
@@ -452,21 +522,21 @@ TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_
     function uspw(k) { return (k in bad || sw[k] == 0) ? -1 : (ticks[k] / tck) / sw[k] * 1e6 }
     END {
         nj = split(jobs, J, ","); nd = split(devs, D, ",")
-        printf "%-8s %-6s %-20s %10s %10s %14s %12s %12s\n", "backend", "device", "job", "IOPS", "MB/s", "CPU s/Mreq", "switch/req", "CPU us/switch"
+        printf "%-12s %-6s %-20s %10s %10s %14s %12s %12s\n", "backend", "device", "job", "IOPS", "MB/s", "CPU s/Mreq", "switch/req", "CPU us/switch"
         for (d = 1; d <= nd; d++) for (j = 1; j <= nj; j++) {
-            nb = split(have_ours ? "qsd ours" : "qsd", B, " ")
+            nb = split(names, B, " ")
             for (b = 1; b <= nb; b++) {
                 k = B[b] SUBSEP D[d] SUBSEP J[j]
-                if (!(k in n)) { printf "%-8s %-6s %-20s %10s %10s %14s %12s %12s\n", B[b], D[d], J[j], "FAIL", "-", "-", "-", "-"; continue }
-                printf "%-8s %-6s %-20s %10d %10.1f %14s %12s %12s\n", B[b], D[d], J[j],
+                if (!(k in n)) { printf "%-12s %-6s %-20s %10s %10s %14s %12s %12s\n", B[b], D[d], J[j], "FAIL", "-", "-", "-", "-"; continue }
+                printf "%-12s %-6s %-20s %10d %10.1f %14s %12s %12s\n", B[b], D[d], J[j],
                     iops[k] / n[k], bw[k] / n[k] * 1024 / 1e6, fmtcpu(cpu(k)), fmtcpu(spr(k)), fmtcpu(uspw(k))
             }
-            if (have_ours) {
-                q = "qsd" SUBSEP D[d] SUBSEP J[j]; o = "ours" SUBSEP D[d] SUBSEP J[j]
+            if (nb == 2) {
+                q = B[1] SUBSEP D[d] SUBSEP J[j]; o = B[2] SUBSEP D[d] SUBSEP J[j]
                 if ((q in n) && (o in n) && iops[q] > 0 && bw[q] > 0) {
                     cq = cpu(q); co = cpu(o)
                     sq = spr(q); so = spr(o); wq = uspw(q); wo = uspw(o)
-                    printf "%-8s %-6s %-20s %10.2f %10.2f %14s %12s %12s\n", "ours/qsd", D[d], J[j],
+                    printf "%-12s %-6s %-20s %10.2f %10.2f %14s %12s %12s\n", B[2] "/" B[1], D[d], J[j],
                         (iops[o] / n[o]) / (iops[q] / n[q]), (bw[o] / n[o]) / (bw[q] / n[q]),
                         (cq > 0 && co >= 0) ? sprintf("%.2f", co / cq) : "n/a",
                         (sq > 0 && so >= 0) ? sprintf("%.2f", so / sq) : "n/a",
@@ -476,7 +546,7 @@ TABLE=$(awk -F'\t' -v tck="$CLK_TCK" -v jobs="$JOBS" -v devs="$DEVICES" -v have_
         }
     }' "$RESULTS")
 
-HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}$([[ $SPIN_IDLE -eq 0 ]] || echo "; --spin-idle (CPUs kept from halting)")$([[ $PAIRED -eq 0 ]] || echo "; --paired (both at once, one guest running at a time, ${SLICE} s slices)")"
+HEADER="# vm-bench: guest $(cat "$REPO_ROOT/.cache/guest/kernel-release" 2>/dev/null || echo '?') under QEMU TCG ($(qemu-system-x86_64 --version | head -n1 | sed 's/^QEMU emulator version //')), ${VCPUS} vCPU, ${QUEUES} queue(s); fio ${RUNTIME}s per job, ${SIZE_MIB} MiB device; ${ROUNDS} round(s); host $(nproc) CPUs, load average at start ${LOAD_AT_START}$([[ $SPIN_IDLE -eq 0 ]] || echo "; --spin-idle (CPUs kept from halting)")$([[ $PACKED -eq 0 ]] || echo "; --packed: split and packed virtqueues, both on --ours")$([[ $PAIRED -eq 0 ]] || echo "; --paired (both at once, one guest running at a time, ${SLICE} s slices)")$([[ -z $CACHE ]] || echo "; --cache $CACHE (file device, both back-ends)")$([[ -z $POLL_US ]] || echo "; ours --poll-us $POLL_US")"
 {
     echo "$HEADER"
     echo "$TABLE"

@@ -36,10 +36,14 @@ public static class BenchCommand
             Description = "Where a finished request's worker continues: pool (the thread pool) or inline (on its queue's completion thread, which then submits the next request itself, without a hand-off; the default with --poll-us)",
         };
         completions.AcceptOnlyFromAmong("pool", "inline");
+        var queueCpus = new Option<string?>("--queue-cpus")
+        {
+            Description = "Pin queue i's completion thread to entry i mod count of this CPU list (for example 0,1); with --completions inline that thread also submits, so the queue's whole front-end stays on one core (pin vblk serve --queue-cpus the same way to keep both sides of a queue together); default: not pinned",
+        };
         var reconnect = FrontendSession.ReconnectOption();
         var cmd = new Command("bench", "Measure IOPS, bandwidth and latency against a vhost-user-blk back-end")
         {
-            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect, pollUs, packed, completions,
+            socket, rw, bs, iodepth, queues, runtime, ramp, size, mix, zeroCopy, json, seed, reconnect, pollUs, packed, completions, queueCpus,
         };
         cmd.SetAction((parse, ct) => CliErrors.RunAsync("bench", parse.InvocationConfiguration.Error, async () =>
         {
@@ -59,7 +63,10 @@ public static class BenchCommand
                 FrontendSession.ReconnectTimeout(parse.GetValue(reconnect)),
                 parse.GetValue(pollUs),
                 parse.GetValue(packed),
-                parse.GetValue(completions) is { } c ? c == "inline" : parse.GetValue(pollUs) > 0);
+                parse.GetValue(completions) is { } c ? c == "inline" : parse.GetValue(pollUs) > 0)
+            {
+                QueueCpus = parse.GetValue(queueCpus),
+            };
             return await new BenchRun(settings, parse.InvocationConfiguration.Output, parse.InvocationConfiguration.Error).RunAsync(ct);
         }));
         return cmd;
@@ -69,6 +76,9 @@ public static class BenchCommand
 internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, int IoDepth, int Queues, double Runtime, double Ramp,
     ulong? Size, int ReadMix, bool ZeroCopy, bool Json, int Seed, TimeSpan Reconnect = default, int PollUs = 0, bool Packed = false, bool InlineCompletions = false)
 {
+    /// <summary>--queue-cpus as given; null: not pinned.</summary>
+    public string? QueueCpus { get; init; }
+
     public bool Random => Rw.StartsWith("rand", StringComparison.Ordinal);
 
     public void Validate()
@@ -87,6 +97,22 @@ internal sealed record BenchSettings(string Socket, string Rw, ulong BlockSize, 
             throw new CliException($"--poll-us {PollUs} must be 0..1000000 microseconds", true);
         if (ReadMix is < 0 or > 100)
             throw new CliException($"--rwmixread {ReadMix} must be 0..100", true);
+        if (QueueCpus is not null)
+            ParseQueueCpus();
+    }
+
+    public int[]? ParseQueueCpus()
+    {
+        if (QueueCpus is null)
+            return null;
+        try
+        {
+            return VirtioSharp.Native.CpuList.Parse(QueueCpus, "--queue-cpus", Environment.ProcessorCount);
+        }
+        catch (ArgumentException e)
+        {
+            throw new CliException(e.Message, true);
+        }
     }
 }
 
@@ -124,7 +150,7 @@ internal sealed class BenchRun(BenchSettings settings, TextWriter output, TextWr
         var maxTransfer = s.ZeroCopy ? 4096 : (int)Math.Max(4096, s.BlockSize);
         var direct = s.ZeroCopy ? (ulong)totalDepth * ((s.BlockSize + 4095) & ~4095UL) : 0;
         using var session = FrontendSession.Open(s.Socket, s.Queues, queueSize, maxTransfer, direct + (1 << 20),
-            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"), pollMicroseconds: s.PollUs, packed: s.Packed, inlineCompletions: s.InlineCompletions);
+            reconnect: s.Reconnect, onReconnect: line => error.WriteLine($"vblk bench: {line}"), pollMicroseconds: s.PollUs, packed: s.Packed, inlineCompletions: s.InlineCompletions, queueCpus: s.ParseQueueCpus());
         var driver = session.Driver;
         var region = Math.Min(s.Size ?? driver.Capacity, driver.Capacity);
         if (region < s.BlockSize)

@@ -44,7 +44,8 @@ public static class ServeCommand
         qemu-img resize).
 
         One front-end is served at a time; when it disconnects the back-end waits for the next
-        one on the same socket. SIGINT or SIGTERM stops it after flushing the image.
+        one on the same socket. SIGINT or SIGTERM stops it after flushing the image
+        (with --cache unsafe, which ignores flushes, without).
 
         Under systemd, a .socket unit can own the listening socket (socket activation: the socket
         arrives as descriptor 3 with LISTEN_FDS and LISTEN_PID; --socket is then optional) and
@@ -118,6 +119,10 @@ public static class ServeCommand
             Description = $"Microseconds a queue worker keeps looking at its ring after a drain before it sleeps, with the driver's notifications off; adapted down when it finds nothing (0: sleep at once; default {DefaultPollUs})",
             DefaultValueFactory = _ => DefaultPollUs,
         };
+        var queueCpus = new Option<string?>("--queue-cpus")
+        {
+            Description = "Pin queue i's worker thread to entry i mod count of this CPU list (for example 0,1 or 0-3), so a queue stays on one core, next to the front-end's thread of the same queue when it is pinned the same way (vblk bench --queue-cpus); default: not pinned",
+        };
         var metrics = new Option<string?>("--metrics") { Description = "Serve Prometheus metrics over HTTP at HOST:PORT/metrics (e.g. 127.0.0.1:9100); SIGUSR1 logs the same numbers" };
 
         var record = new Option<string?>("--record") { Description = "Record the rings of each connection to FILE (later connections: FILE-2, FILE-3 ...); render with vblk view FILE --html OUT" };
@@ -133,7 +138,7 @@ public static class ServeCommand
         };
 
         var command = new Command("serve", Description) { image, socket, readOnly, numQueues, queueSize, blkSize, serial, backend, size, aio, cache,
-            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, metrics, record, recordLimit, noPacked, holdCompletions };
+            nbdConnections, nbdTimeout, cephConf, cephId, cephIoTimeout, cephConnectTimeout, strict, verbose, pollUs, queueCpus, metrics, record, recordLimit, noPacked, holdCompletions };
         foreach (var option in limits.All)
             command.Options.Add(option);
         command.SetAction(result =>
@@ -166,6 +171,7 @@ public static class ServeCommand
                 Cache = result.GetValue(cache) is { } mode && FileCacheModes.TryParse(mode, out var parsed) ? parsed : null,
                 OfferPacked = !result.GetValue(noPacked),
                 HoldCompletionsMs = result.GetValue(holdCompletions),
+                QueueCpus = result.GetValue(queueCpus),
             };
             return Run(settings, result.InvocationConfiguration.Error);
         });

@@ -29,6 +29,7 @@ internal static class ServeRunner
                 throw new UsageException($"--debug-hold-completions-ms {s.HoldCompletionsMs} is not in 0..60000");
             if (s.PollUs is < 0 or > 1_000_000)
                 throw new UsageException($"--poll-us {s.PollUs} must be 0..1000000 microseconds");
+            var queueCpus = s.QueueCpus is { } cpuList ? VirtioSharp.Native.CpuList.Parse(cpuList, "--queue-cpus", Environment.ProcessorCount) : null;
             // Taken first, so the service manager's socket is ours (close-on-exec) before anything else runs.
             activated = SocketActivation.TryTake(out var activatedPath, out var activatedName);
             var socketPath = SocketPathFor(s, activated, activatedPath, activatedName);
@@ -51,7 +52,7 @@ internal static class ServeRunner
             if (recorder is not null)
                 device.Breaches.Observer = recorder.Breach;
             var aioNote = ServeBackends.DescribeAio(s, backend);
-            using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio, PollMicroseconds = s.PollUs, HoldCompletionsMs = s.HoldCompletionsMs };
+            using var server = new VhostUserBlkServer(device, socketPath, log) { Aio = s.Aio, PollMicroseconds = s.PollUs, HoldCompletionsMs = s.HoldCompletionsMs, QueueCpus = queueCpus };
             using var metrics = new ServeMetrics(device, server);
             if (s.Metrics is { } address)
                 metrics.Serve(address);
@@ -66,7 +67,7 @@ internal static class ServeRunner
             if (backend is FileBackend file && file.FileLength != file.Capacity)
                 log.Warn($"disk image '{file.Path}' is {file.FileLength} bytes, not a multiple of 512: its last {file.FileLength - file.Capacity} bytes (a partial sector) are not served");
             log.Info($"QEMU: -chardev socket,id=vblk0,path={socketPath},reconnect=1 -device vhost-user-blk-pci,chardev=vblk0,num-queues={s.NumQueues}");
-            if (s.Limits is not null || s.PollUs > 0 || s.Metrics is not null)
+            if (s.Limits is not null || s.PollUs > 0 || s.Metrics is not null || s.QueueCpus is not null)
                 log.Info(s.DescribeControls());
             using var usr1 = PosixSignalRegistration.Create((PosixSignal)SigUsr1, context =>
             {
@@ -85,9 +86,9 @@ internal static class ServeRunner
                     log.Info($"SIGHUP: {served.Description} is still {served.Capacity} bytes");
             });
             Tell(notifier, $"READY=1\nSTATUS=serving {backend.Description} on {socketPath}", log);
-            signals.Wait(log, stop);
+            signals.Wait(log, stop, backend.FlushIgnored);
             Tell(notifier, "STOPPING=1", log);
-            server.Stop(); // closes the connection, stops the rings, flushes
+            server.Stop(); // closes the connection, stops the rings, flushes (unless the backend ignores flushes)
             return 0;
         }
         catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or UsageException or FormatException)

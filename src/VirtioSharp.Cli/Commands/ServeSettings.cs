@@ -21,6 +21,9 @@ public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly,
     /// <summary>Offer VIRTIO_F_RING_PACKED (2.8); --no-packed turns it off.</summary>
     public bool OfferPacked { get; init; } = true;
 
+    /// <summary>--queue-cpus as given (for example "0,1"): queue i's worker is pinned to entry i mod count; null: not pinned.</summary>
+    public string? QueueCpus { get; init; }
+
     /// <summary>Testing only (--debug-hold-completions-ms): hold each completion this long.</summary>
     public int HoldCompletionsMs { get; init; }
 
@@ -40,6 +43,8 @@ public sealed record ServeSettings(string? Image, string? Socket, bool ReadOnly,
             parts.Add($"limits: {string.Join(", ", rates)} (requests beyond them wait in the ring)");
         }
         parts.Add(PollUs > 0 ? $"queue workers poll up to {PollUs} us before sleeping" : "queue workers sleep at once (no polling)");
+        if (QueueCpus is not null)
+            parts.Add($"queue workers pinned to CPUs {QueueCpus} (queue i on entry i mod count)");
         if (Metrics is not null)
             parts.Add($"metrics at http://{Metrics}/metrics");
         return string.Join("; ", parts);

@@ -27,11 +27,13 @@ internal sealed class StopSignal : IDisposable
         _signalled.Set();
     }
 
-    public void Wait(ILogSink log, CancellationToken stop)
+    /// <summary>Blocks until a signal (or <paramref name="stop"/>); <paramref name="flushIgnored"/> is the backend's <see cref="Block.IBlockBackend.FlushIgnored"/>.</summary>
+    public void Wait(ILogSink log, CancellationToken stop, string? flushIgnored)
     {
         using var cancel = stop.Register(_signalled.Set);
         _signalled.Wait();
-        log.Info($"stopping ({_which ?? "asked to"}): closing the connection and flushing the image");
+        var then = flushIgnored is null ? "closing the connection and flushing the image" : $"closing the connection ({flushIgnored})";
+        log.Info($"stopping ({_which ?? "asked to"}): {then}");
     }
 
     public void Dispose()

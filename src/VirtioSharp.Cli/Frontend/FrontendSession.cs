@@ -24,7 +24,7 @@ internal sealed class FrontendSession : IDisposable
     /// <param name="reconnect">How long to wait for a back-end that went away to come back (0: fail at once).</param>
     /// <param name="onReconnect">Told each step of a reconnect, one line at a time.</param>
     public static FrontendSession Open(string socket, int queues = 1, int queueSize = 128, int maxTransfer = 64 * 1024,
-        ulong extraMemory = 0, ILogSink? log = null, TimeSpan reconnect = default, Action<string>? onReconnect = null, int pollMicroseconds = 0, bool packed = false, bool inlineCompletions = false)
+        ulong extraMemory = 0, ILogSink? log = null, TimeSpan reconnect = default, Action<string>? onReconnect = null, int pollMicroseconds = 0, bool packed = false, bool inlineCompletions = false, IReadOnlyList<int>? queueCpus = null)
     {
         var memory = MemoryFor(queues, queueSize, maxTransfer) + extraMemory;
         var transport = VhostUserFrontendTransport.Connect(socket, new VhostUserFrontendOptions
@@ -34,6 +34,7 @@ internal sealed class FrontendSession : IDisposable
             ReconnectTimeout = reconnect,
             OnReconnect = onReconnect,
             PollMicroseconds = pollMicroseconds,
+            QueueCpus = queueCpus,
         });
         try
         {

@@ -20,7 +20,7 @@ internal sealed class ServeMetrics : IDisposable
     private readonly BlkDevice _device;
     private readonly VhostUserBlkServer _server;
     private readonly CollectorRegistry _registry = Prometheus.Metrics.NewCustomRegistry();
-    private readonly Counter _requests, _bytes, _errors, _pollWindows, _pollHits, _sleeps, _throttled, _bounced, _pageCached, _syncs;
+    private readonly Counter _requests, _bytes, _errors, _pollWindows, _pollHits, _sleeps, _throttled, _bounced, _pageCached, _ringWrites, _syncs;
     private readonly Gauge _inFlight, _pollWindow;
     private readonly Histogram _latency;
     private readonly long[][] _latencySeen;
@@ -46,6 +46,7 @@ internal sealed class ServeMetrics : IDisposable
         _throttled = f.CreateCounter("vblk_throttled_seconds_total", "Time a queue's requests waited for the disk's limits", "queue");
         _bounced = f.CreateCounter("vblk_bounced_requests_total", "Requests copied through the aligned bounce buffer (--cache none, unaligned guest buffers)", "queue");
         _pageCached = f.CreateCounter("vblk_page_cache_requests_total", "Requests done through the page cache (--cache none, offset or length not aligned)", "queue");
+        _ringWrites = f.CreateCounter("vblk_direct_ring_writes_total", "Aligned writes handed to the queue's io_uring on the O_DIRECT descriptor (--cache none)", "queue");
         _syncs = f.CreateCounter("vblk_fdatasyncs_total", "fdatasync calls made for flushes and stable writes (none with --cache unsafe)");
         _latencySeen = new long[device.NumQueues][];
         for (var q = 0; q < _latencySeen.Length; q++)
@@ -115,6 +116,7 @@ internal sealed class ServeMetrics : IDisposable
                 {
                     _bounced.WithLabels(label).IncTo(file.BouncedOn(q));
                     _pageCached.WithLabels(label).IncTo(file.PageCachedOn(q));
+                    _ringWrites.WithLabels(label).IncTo(file.RingWritesOn(q));
                 }
             }
             if (_device.Backend is FileBackend f)
@@ -139,7 +141,7 @@ internal sealed class ServeMetrics : IDisposable
             if (_device.Throttle is { } t)
                 line.Append(CultureInfo.InvariantCulture, $"; throttled {t.ThrottledSeconds(q):0.000} s in {t.Waits(q)} waits");
             if (_device.Backend is FileBackend { Alignment: not null } file)
-                line.Append(CultureInfo.InvariantCulture, $"; {file.BouncedOn(q)} bounced, {file.PageCachedOn(q)} through the page cache");
+                line.Append(CultureInfo.InvariantCulture, $"; {file.BouncedOn(q)} bounced, {file.PageCachedOn(q)} through the page cache, {file.RingWritesOn(q)} direct writes through io_uring");
             yield return line.ToString();
         }
         if (_device.Backend is FileBackend synced)

@@ -5,7 +5,8 @@ namespace VirtioSharp.VhostUser.Backend;
 
 /// <summary>
 /// A vhost-user-blk back-end: <see cref="VhostUserServer"/> around a <see cref="BlkDevice"/>,
-/// which flushes the image whenever a front-end leaves and when the server stops.
+/// which flushes the image whenever a front-end leaves and when the server stops (unless the
+/// backend ignores flushes: <see cref="IBlockBackend.FlushIgnored"/>).
 /// </summary>
 public sealed class VhostUserBlkServer(BlkDevice device, string socketPath, ILogSink? log = null)
     : VhostUserServer(device, socketPath, log)
@@ -23,7 +24,9 @@ public sealed class VhostUserBlkServer(BlkDevice device, string socketPath, ILog
 
     private void Flush(string why)
     {
-        if (BlkDevice.Backend.Flush())
+        if (BlkDevice.Backend.FlushIgnored is { } ignored)
+            Log.Info($"{BlkDevice.Backend.Description} left as it is: {ignored} ({why})");
+        else if (BlkDevice.Backend.Flush())
             Log.Info($"flushed {BlkDevice.Backend.Description} ({why})");
         else
             Log.Error($"flushing {BlkDevice.Backend.Description} failed ({why})");

@@ -41,6 +41,9 @@ public class VhostUserServer : IDisposable
     /// <summary>Microseconds a queue worker keeps looking at its ring after a drain before it sleeps (adapted down when it finds nothing); 0: sleep at once.</summary>
     public int PollMicroseconds { get; init; }
 
+    /// <summary>CPUs the queue workers are pinned to, queue i to entry i mod count (null: not pinned).</summary>
+    public IReadOnlyList<int>? QueueCpus { get; init; }
+
     /// <summary>Each queue worker's poller, kept across front-ends so its counters only grow.</summary>
     public IReadOnlyList<AdaptivePoller> Pollers => LazyInitializer.EnsureInitialized(ref _pollers, () => [.. Enumerable.Range(0, Device.NumQueues).Select(_ => new AdaptivePoller(PollMicroseconds))]);
     private AdaptivePoller[]? _pollers;
@@ -161,6 +164,7 @@ public class VhostUserServer : IDisposable
                     _log.Warn($"accept failed: {e.Message}");
                     continue;
                 }
+                WaitForEndingSession();
                 lock (_lock)
                 {
                     if (_session != null)
@@ -171,7 +175,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers, HoldCompletionsMs);
+                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers, HoldCompletionsMs, QueueCpus);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }
@@ -189,6 +193,28 @@ public class VhostUserServer : IDisposable
                 _stop.Handle.DangerousRelease();
         }
     }
+
+    /// <summary>
+    /// A front-end that reconnects at once (after it hung up, or after we closed its connection)
+    /// can arrive while the old connection's thread is still stopping its rings. Give that thread
+    /// a moment to finish rather than refuse the newcomer; a front-end still being served is
+    /// refused after the wait.
+    /// </summary>
+    private void WaitForEndingSession()
+    {
+        Thread? current;
+        lock (_lock)
+            current = _session != null ? _sessionThread : null;
+        if (current is null)
+            return;
+        var deadline = Environment.TickCount64 + (long)ReconnectGrace.TotalMilliseconds;
+        while (!Volatile.Read(ref _stopped) && !current.Join(50) && Environment.TickCount64 < deadline)
+        {
+        }
+    }
+
+    /// <summary>How long a new front-end waits for the previous connection to finish ending.</summary>
+    public static TimeSpan ReconnectGrace { get; } = TimeSpan.FromSeconds(2);
 
     private void RunSession(object? state)
     {

@@ -29,9 +29,10 @@ internal sealed class Vring : IDisposable
     private ITraceSink? _trace; // the device's recorder while the worker runs; null when nobody records
     private EventFd? _err;
 
-    public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null)
+    public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null, int cpu = -1)
     {
         Index = index;
+        Cpu = cpu;
         _device = device;
         _log = log;
         _aio = aio;
@@ -46,6 +47,8 @@ internal sealed class Vring : IDisposable
         static (s, tag, result) => s.Device.CompleteIo(s.Queue, tag, result);
 
     public int Index { get; }
+    /// <summary>The CPU the worker pins itself to when it starts; -1: wherever the scheduler puts it.</summary>
+    public int Cpu { get; }
 
     // --- configuration (connection thread) ---
     /// <summary>SET_VRING_NUM; 0 until set.</summary>
@@ -147,6 +150,8 @@ internal sealed class Vring : IDisposable
         var kick = Kick!;
         bool kickRef = false, controlRef = false, completedRef = false;
         IoUring? ring = null;
+        if (Cpu >= 0 && !ThreadAffinity.TryPinCurrentThread(Cpu, out var pinError))
+            _log.Warn($"queue {Index}: worker not pinned: {pinError}");
         try
         {
             kick.Handle.DangerousAddRef(ref kickRef);

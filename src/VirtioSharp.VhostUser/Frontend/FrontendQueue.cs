@@ -1,3 +1,4 @@
+using VirtioSharp.Diagnostics;
 using VirtioSharp.Driver;
 using VirtioSharp.Native;
 
@@ -13,12 +14,15 @@ internal sealed unsafe class FrontendQueue : IDisposable
     private readonly ushort* _availIdx;
     private readonly ushort* _usedIdx;
     private readonly Func<IInterruptHandler?> _handler;
+    private readonly ILogSink? _log;
     private Thread? _thread;
     private volatile bool _stopping;
 
     /// <param name="descriptorTable">Ring addresses as this process sees them (vhost-user's user addresses).</param>
-    public FrontendQueue(int index, int size, ulong descriptorTable, ulong availRing, ulong usedRing, Func<IInterruptHandler?> handler, int pollMicroseconds = 0, bool packed = false)
+    public FrontendQueue(int index, int size, ulong descriptorTable, ulong availRing, ulong usedRing, Func<IInterruptHandler?> handler, int pollMicroseconds = 0, bool packed = false, int cpu = -1, ILogSink? log = null)
     {
+        Cpu = cpu;
+        _log = log;
         Packed = packed;
         // A packed ring keeps no indices in memory (2.8): neither the progress check nor the poller watches it.
         Poller = new AdaptivePoller(packed ? 0 : pollMicroseconds);
@@ -36,6 +40,8 @@ internal sealed unsafe class FrontendQueue : IDisposable
     }
 
     public int Index { get; }
+    /// <summary>The CPU the call thread pins itself to; -1: not pinned.</summary>
+    public int Cpu { get; }
     public int Size { get; }
     /// <summary>Where the ring lies, for SET_VRING_ADDR (sent again to a back-end reached anew).</summary>
     public ulong DescriptorUser { get; }
@@ -67,6 +73,8 @@ internal sealed unsafe class FrontendQueue : IDisposable
 
     private void Run()
     {
+        if (Cpu >= 0 && !ThreadAffinity.TryPinCurrentThread(Cpu, out var pinError))
+            _log?.Warn($"vhost-user: queue {Index}: call thread not pinned: {pinError}");
         var seen = UsedIndex;
         IInterruptHandler? polled = null; // the handler told that this thread polls (no interrupts meanwhile)
         while (true)

@@ -48,5 +48,8 @@ public sealed record VhostUserFrontendOptions
     /// <summary>Microseconds each queue's call thread keeps watching the used ring after completions before it sleeps (adapted down when nothing comes); 0: sleep at once.</summary>
     public int PollMicroseconds { get; init; }
 
+    /// <summary>CPUs the queues' call threads are pinned to, queue i to entry i mod count (null: not pinned).</summary>
+    public IReadOnlyList<int>? QueueCpus { get; init; }
+
     public ILogSink? Log { get; init; }
 }

@@ -209,7 +209,7 @@ public sealed unsafe partial class VhostUserFrontendTransport : IDriverTransport
         var desc = ToUser(descriptorTable, descBytes);
         var avail = ToUser(driverArea, driverBytes);
         var used = ToUser(deviceArea, deviceBytes);
-        var q = new FrontendQueue(queue, size, desc, avail, used, () => _handler, _options.PollMicroseconds, packed);
+        var q = new FrontendQueue(queue, size, desc, avail, used, () => _handler, _options.PollMicroseconds, packed, CpuList.ForQueue(_options.QueueCpus, queue), _options.Log);
         try
         {
             try

@@ -39,7 +39,9 @@ internal sealed unsafe class BlkRequestExecutor(BlkDevice device, IBlockBackend 
                 }
             case BlkRequestType.Flush:
                 if (trace is { Active: true })
-                    trace.Event(RingEvents.Backend(req.Queue, req.Head, "flush", 0, 0, $"backend flush (fdatasync) of the {backend.Description}"));
+                    trace.Event(RingEvents.Backend(req.Queue, req.Head, "flush", 0, 0, backend.FlushIgnored is { } ignored
+                        ? $"flush acknowledged without syncing the {backend.Description} ({ignored})"
+                        : $"backend flush of the {backend.Description}"));
                 return backend.Flush() ? BlkStatus.Ok : BlkStatus.IoErr;
             case BlkRequestType.GetId:
                 {

@@ -6,14 +6,15 @@ namespace VirtioSharp.Block;
 /// One aligned buffer per queue, allocated at start, through which a direct-I/O transfer whose
 /// guest buffers are not aligned is copied. Each queue's worker uses only its own buffer, so no
 /// lock is taken; a caller without a queue (or with one beyond those counted) gets a buffer of
-/// its own for the call. Counts, per queue, the requests that went through it.
+/// its own for the call. Counts, per queue, the requests that went through it, those that went
+/// through the page cache instead, and the direct writes handed to the queue's io_uring.
 /// </summary>
 internal sealed unsafe class BounceBuffers : IDisposable
 {
     private sealed class Shard
     {
         public byte* Buffer;
-        public long Bounced, PageCached;
+        public long Bounced, PageCached, RingWrites;
     }
 
     private readonly Shard[] _shards; // one per queue, and a last one for callers without a queue
@@ -47,7 +48,11 @@ internal sealed unsafe class BounceBuffers : IDisposable
     /// <summary>A request whose offset or length was not aligned, done through the page cache instead.</summary>
     public void CountPageCached(int queue) => Interlocked.Increment(ref ShardOf(queue).PageCached);
 
+    /// <summary>An aligned write handed to the queue's io_uring on the O_DIRECT descriptor.</summary>
+    public void CountRingWrite(int queue) => Interlocked.Increment(ref ShardOf(queue).RingWrites);
+
     public long Bounced(int queue) => Volatile.Read(ref ShardOf(queue).Bounced);
+    public long RingWrites(int queue) => Volatile.Read(ref ShardOf(queue).RingWrites);
     public long PageCached(int queue) => Volatile.Read(ref ShardOf(queue).PageCached);
 
     public long TotalBounced

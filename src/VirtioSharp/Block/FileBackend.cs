@@ -159,6 +159,8 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend, IResizableBackend
     public long PageCached => _bounce?.TotalPageCached ?? 0;
     public long BouncedOn(int queue) => _bounce?.Bounced(queue) ?? 0;
     public long PageCachedOn(int queue) => _bounce?.PageCached(queue) ?? 0;
+    /// <summary>Aligned writes queue <paramref name="queue"/> handed to its io_uring on the O_DIRECT descriptor (<see cref="FileCacheMode.None"/>).</summary>
+    public long RingWritesOn(int queue) => _bounce?.RingWrites(queue) ?? 0;
 
     /// <summary>
     /// Hands a read, a flush, or (O_DIRECT) an aligned write to the worker's kernel ring. The
@@ -207,6 +209,8 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend, IResizableBackend
         };
         if (started && op.Kind == BlkIoKind.Flush)
             Interlocked.Increment(ref _syncs);
+        else if (started && op.Kind == BlkIoKind.Write)
+            _bounce!.CountRingWrite(op.Queue); // only O_DIRECT writes get here, and they have bounce buffers
         if (!started && added)
             handle.DangerousRelease();
         return started;
@@ -417,6 +421,8 @@ public sealed unsafe class FileBackend : IAsyncBlockBackend, IResizableBackend
         }
         return true;
     }
+
+    public string? FlushIgnored => CacheMode == FileCacheMode.Unsafe ? "--cache unsafe ignores flushes" : null;
 
     public bool Flush()
     {

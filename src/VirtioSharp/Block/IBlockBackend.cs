@@ -30,6 +30,12 @@ public interface IBlockBackend : IDisposable
     bool Write(int queue, ulong offset, ReadOnlySpan<IoVec> iov) => Write(offset, iov);
 
     bool Flush();
+
+    /// <summary>
+    /// Why <see cref="Flush"/> makes nothing durable (an image served with <c>--cache unsafe</c>, a
+    /// device that stores nothing), so that logs do not claim a flush; null when it does flush.
+    /// </summary>
+    string? FlushIgnored => null;
     bool Discard(ulong offset, ulong length);
     bool WriteZeroes(ulong offset, ulong length, bool mayUnmap);
 }

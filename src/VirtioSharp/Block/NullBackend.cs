@@ -22,6 +22,7 @@ public sealed unsafe class NullBackend(ulong capacity, bool readOnly = false, ui
 
     public bool Write(ulong offset, ReadOnlySpan<IoVec> iov) => !ReadOnly;
     public bool Flush() => true;
+    public string? FlushIgnored => "a null device stores nothing";
     public bool Discard(ulong offset, ulong length) => !ReadOnly;
     public bool WriteZeroes(ulong offset, ulong length, bool mayUnmap) => !ReadOnly;
     public void Dispose() { }

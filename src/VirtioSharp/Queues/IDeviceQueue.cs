@@ -20,6 +20,11 @@ public interface IDeviceQueue
     void AddUsed(ushort head, uint written);
     /// <summary>Ends a batch of used elements; true if the driver wants an interrupt for them (2.7.7.2).</summary>
     bool PublishUsed();
+    /// <summary>
+    /// Ends a batch without deciding on an interrupt, for a caller that never interrupts (it knows
+    /// the driver polls): no read of the driver's suppression state, so no full barrier before it.
+    /// </summary>
+    void PublishUsedForPoller() => PublishUsed();
     /// <summary>The next batch of used buffers interrupts the driver whatever its suppression state (a ring resumed after another device process).</summary>
     void SignalNextBatch();
     /// <summary>Asks the driver to stop notifying (a worker is about to drain).</summary>

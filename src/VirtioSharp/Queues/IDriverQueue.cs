@@ -32,6 +32,11 @@ public interface IDriverQueue
     void WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers);
     /// <summary>Publishes the available index; true if the device wants a notification (2.7.13.4, 2.8.21.2).</summary>
     bool Publish();
+    /// <summary>
+    /// Publishes without deciding on a notification, for a caller that never notifies (it knows
+    /// the device polls): no read of the device's suppression state, so no full barrier before it.
+    /// </summary>
+    void PublishForPoller() => Publish();
     /// <summary>Takes the next used element, if any. A bogus element yields false with an error.</summary>
     bool TryTakeUsed(out ushort head, out uint length, out UsedError error);
     /// <summary>Asks the device to stop interrupting for this queue.</summary>

@@ -35,6 +35,11 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     private int _usedSinceEvent;           // slots used since the last PublishUsed
     private int _inFlightCount;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
+    // Ends the object on a cache line of its own, so the fields above (written by the device's
+    // thread) never share a line with an object the driver's thread writes.
+#pragma warning disable CS0169 // never read: it only takes room
+    private CacheLinePad _pad;
+#pragma warning restore CS0169
 
     private PackedDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint driverEvent, nint deviceEvent, bool eventIdx, bool indirect,
         ushort availState, ushort usedState)
@@ -430,6 +435,21 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             interrupt = PackedRing.NeedEvent(offWrap, _nextUsed, _usedWrap, count, Size);
         _recorder?.PublishDecision(offWrap, rawFlags, count, interrupt);
         return interrupt;
+    }
+
+    /// <summary>
+    /// Ends a batch for a caller that will not interrupt whatever the driver asks (it knows the
+    /// driver polls). Each used descriptor went out with its flags (release); 2.8.21.3.1's full
+    /// barrier comes before reading the Driver Event Suppression, and nothing is read here.
+    /// </summary>
+    public void PublishUsedForPoller()
+    {
+        if (_recorder is not null)
+        {
+            PublishUsed(); // a recording shows the decision the driver's state would give
+            return;
+        }
+        _usedSinceEvent = 0;
     }
 
     /// <summary>2.8.10 / 2.8.14: what the Driver Event Suppression structure may hold.</summary>

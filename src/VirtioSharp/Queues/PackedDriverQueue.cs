@@ -28,6 +28,11 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     private ushort _eventFlags;            // what the driver last wrote into the Driver Event Suppression flags
     private readonly GuestMemory _memory;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
+    // Ends the object on a cache line of its own, so the fields above (written by the driver's
+    // thread) never share a line with an object the device's thread writes.
+#pragma warning disable CS0169 // never read: it only takes room
+    private CacheLinePad _pad;
+#pragma warning restore CS0169
 
     public PackedDriverQueue(int index, int size, GuestMemory memory, ulong descAddr, ulong driverAddr, ulong deviceAddr, bool eventIdx)
     {
@@ -257,6 +262,21 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             notify = PackedRing.NeedEvent(offWrap, _nextAvail, _availWrap, added, Size);
         _recorder?.Published(offWrap, (ushort)flags, added, notify);
         return notify;
+    }
+
+    /// <summary>
+    /// Ends a batch for a caller that will not notify whatever the device asks (it knows the device
+    /// polls). Each list went out with its first descriptor's flags (release); 2.8.21.3.1 asks for
+    /// the full barrier only before reading the Device Event Suppression, and nothing is read here.
+    /// </summary>
+    public void PublishForPoller()
+    {
+        if (_recorder is not null)
+        {
+            Publish(); // a recording shows the decision the device's state would give
+            return;
+        }
+        _addedSincePublish = 0;
     }
 
     public bool TryTakeUsed(out ushort head, out uint length, out UsedError error)

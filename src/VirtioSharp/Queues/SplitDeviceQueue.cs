@@ -18,12 +18,18 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     private readonly bool[] _inFlight;
     private readonly bool _indirect;
     private ushort _lastAvail;
+    private ushort _availSeen;             // the driver's avail idx as last read (checked); entries up to it are known
     private ushort _usedShadow;
     private ushort _usedPublished;
     private bool _signalNext; // signal the next used batch whatever used_event says
     private int _inFlightCount;
     private readonly GuestMemory _memory;
     private SplitQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
+    // Ends the object on a cache line of its own, so the fields above (written by the device's
+    // thread) never share a line with an object the driver's thread writes.
+#pragma warning disable CS0169 // never read: it only takes room
+    private CacheLinePad _pad;
+#pragma warning restore CS0169
 
     private SplitDeviceQueue(int index, ushort size, GuestMemory memory, nint desc, nint avail, nint used, bool eventIdx, bool indirect, ushort startIndex, ushort usedStartIndex)
     {
@@ -38,6 +44,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         _scratch = new ChainBuffer[size];
         _inFlight = new bool[size];
         _lastAvail = startIndex;
+        _availSeen = startIndex;
         _usedShadow = usedStartIndex;
         _usedPublished = usedStartIndex;
     }
@@ -119,19 +126,25 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     public PopResult TryPop(out DescriptorChain chain)
     {
         chain = default;
-        var availIdx = AvailIdx; // acquire: ring entries below it are visible (2.7.13.3)
-        var pending = (ushort)(availIdx - _lastAvail);
-        if (pending == 0)
-            return PopResult.Empty;
-        if (pending > Size)
-            return Corrupt(RingError.AvailIndexTooFarAhead, availIdx);
+        if (_lastAvail == _availSeen)
+        {
+            // The driver's avail idx is read only when every entry known from the last read is
+            // taken: the line it sits on moves between the cores each time the driver publishes.
+            var availIdx = AvailIdx; // acquire: ring entries below it are visible (2.7.13.3)
+            var pending = (ushort)(availIdx - _lastAvail);
+            if (pending == 0)
+                return PopResult.Empty;
+            if (pending > Size)
+                return Corrupt(RingError.AvailIndexTooFarAhead, availIdx);
+            _availSeen = availIdx;
+        }
 
         var head = AvailRing(_lastAvail & (Size - 1));
         if (head >= Size)
             return Corrupt(RingError.HeadOutOfRange, head);
         if (_inFlight[head])
             return Corrupt(RingError.HeadInFlight, head);
-        _recorder?.Popped(availIdx, _lastAvail & (Size - 1), head);
+        _recorder?.Popped(_availSeen, _lastAvail & (Size - 1), head);
         _lastAvail++;
         _inFlight[head] = true;
         _inFlightCount++;
@@ -290,6 +303,21 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         if (EventIdx)
             return SplitRing.NeedEvent(UsedEvent, newIdx, oldIdx);
         return (AvailFlags & SplitRing.AvailFNoInterrupt) == 0;
+    }
+
+    /// <summary>
+    /// Ends a batch for a caller that will not interrupt whatever the driver asks (it knows the
+    /// driver polls). 2.7.7.2 asks for the full barrier only before reading the driver's flags or
+    /// used_event; nothing is read here, and <see cref="AddUsed"/> already released used idx.
+    /// </summary>
+    public void PublishUsedForPoller()
+    {
+        if (_recorder is not null)
+        {
+            PublishUsed(); // a recording shows the decision the driver's state would give
+            return;
+        }
+        _usedPublished = _usedShadow;
     }
 
     /// <summary>PublishUsed's decision, read once and reported with the value it rests on.</summary>

@@ -21,9 +21,15 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
     private ushort _availShadow;
     private ushort _availPublished;
     private ushort _lastUsed;
+    private ushort _usedSeen;              // the device's used idx as last read (checked); elements up to it are known
     private bool _interruptsOff;           // DisableInterrupts was called and EnableInterrupts not since
     private readonly GuestMemory _memory;
     private SplitQueueRecorder? _recorder; // null unless someone records
+    // Ends the object on a cache line of its own, so the fields above (written by the driver's
+    // thread) never share a line with an object the device's thread writes.
+#pragma warning disable CS0169 // never read: it only takes room
+    private CacheLinePad _pad;
+#pragma warning restore CS0169
 
     public SplitDriverQueue(int index, int size, GuestMemory memory, ulong descAddr, ulong availAddr, ulong usedAddr, bool eventIdx)
     {
@@ -187,18 +193,44 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         return (UsedFlags & SplitRing.UsedFNoNotify) == 0;
     }
 
+    /// <summary>
+    /// Publishes the available index without deciding on a notification, for a caller that will
+    /// not notify whatever the device asks (it knows the device polls). 2.7.13.4 asks for the full
+    /// barrier only before reading the device's flags or avail_event; nothing is read here, so the
+    /// release store of idx (2.7.13.3.1) is all it takes.
+    /// </summary>
+    public void PublishForPoller()
+    {
+        if (_recorder is not null)
+        {
+            Publish(); // a recording shows the decision the device's state would give
+            return;
+        }
+        var newIdx = _availShadow;
+        if (_availPublished == newIdx)
+            return;
+        Volatile.Write(ref AvailIdx, newIdx); // 2.7.13.3.1: ring entries visible before idx
+        _availPublished = newIdx;
+    }
+
     public bool TryTakeUsed(out ushort head, out uint length, out UsedError error)
     {
         head = 0;
         length = 0;
         error = UsedError.None;
-        var usedIdx = UsedIdx; // acquire: elements below it are visible
-        if (usedIdx == _lastUsed)
-            return false;
-        if ((ushort)(usedIdx - _lastUsed) > Size)
+        if (_lastUsed == _usedSeen)
         {
-            error = UsedError.UsedIndexTooFarAhead;
-            return false;
+            // The device's used idx is read only when every element known from the last read is
+            // taken: the line it sits on moves between the cores each time the device adds one.
+            var usedIdx = UsedIdx; // acquire: elements below it are visible (2.7.8.2)
+            if (usedIdx == _lastUsed)
+                return false;
+            if ((ushort)(usedIdx - _lastUsed) > Size)
+            {
+                error = UsedError.UsedIndexTooFarAhead;
+                return false;
+            }
+            _usedSeen = usedIdx;
         }
         var elem = Unsafe.ReadUnaligned<ulong>(_used + 4 + 8 * (_lastUsed & (Size - 1)));
         var id = (uint)elem;
@@ -257,7 +289,7 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         }
         _freeHead = 0;
         _free = Size;
-        _availShadow = _availPublished = _lastUsed = 0;
+        _availShadow = _availPublished = _lastUsed = _usedSeen = 0;
         _interruptsOff = false;
         Interlocked.MemoryBarrier(); // the zeroed ring is visible before the device is told its addresses
     }

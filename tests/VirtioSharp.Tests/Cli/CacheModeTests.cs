@@ -14,7 +14,7 @@ namespace VirtioSharp.Tests.Cli;
 
 /// <summary>
 /// <c>vblk serve --cache writeback|none|unsafe</c>: bytes round-trip through our front-end in each
-/// mode on an image on a disk file system; unsafe makes no fdatasync; unaligned guest buffers are
+/// mode on an image on a disk file system, and the log says a flush was done only where one was; unsafe makes no fdatasync; unaligned guest buffers are
 /// bounced; direct I/O refused by the file system, an unknown mode and a non-file backend are one line.
 /// </summary>
 public sealed class CacheModeTests
@@ -67,6 +67,25 @@ public sealed class CacheModeTests
             Assert.Contains(startNote, started);
         else
             Assert.DoesNotContain("cache", started);
+
+        // Every front-end that left (verify, flush, info) and the stop are logged as what was done:
+        // unsafe ignores flushes, so no line may claim one.
+        var lines = log.Lines.Select(l => l.Message).ToList();
+        var stopping = lines.Single(l => l.StartsWith("stopping (", StringComparison.Ordinal));
+        if (mode == FileCacheMode.Unsafe)
+        {
+            Assert.DoesNotContain(lines, l => l.Contains("flushed", StringComparison.Ordinal) || l.Contains("flushing", StringComparison.Ordinal));
+            Assert.Equal(3, lines.Count(l => l.EndsWith("left as it is: --cache unsafe ignores flushes (the front-end left)", StringComparison.Ordinal)));
+            Assert.Single(lines, l => l.EndsWith("left as it is: --cache unsafe ignores flushes (the server stopped)", StringComparison.Ordinal));
+            Assert.EndsWith("closing the connection (--cache unsafe ignores flushes)", stopping);
+        }
+        else
+        {
+            Assert.DoesNotContain(lines, l => l.Contains("ignores flushes", StringComparison.Ordinal));
+            Assert.Equal(3, lines.Count(l => l.StartsWith("flushed file", StringComparison.Ordinal) && l.EndsWith("(the front-end left)", StringComparison.Ordinal)));
+            Assert.Single(lines, l => l.StartsWith("flushed file", StringComparison.Ordinal) && l.EndsWith("(the server stopped)", StringComparison.Ordinal));
+            Assert.EndsWith("closing the connection and flushing the image", stopping);
+        }
 
         // What the front-end verified is what the file holds.
         var expected = new byte[3 << 20];

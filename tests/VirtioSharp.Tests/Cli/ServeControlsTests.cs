@@ -147,13 +147,51 @@ public sealed class ServeControlsTests
     [InlineData("--iops-burst", "10", "--iops-burst and --bps-burst go with a limit (--iops-limit, --bps-limit or a read or write variant)")]
     [InlineData("--poll-us", "-1", "--poll-us -1 must be 0..1000000 microseconds")]
     [InlineData("--metrics", "nowhere", "--metrics 'nowhere' is not HOST:PORT (for example 127.0.0.1:9100)")]
+    [InlineData("--queue-cpus", "0,x", "--queue-cpus '0,x' is not a list of CPU numbers such as 0,1 or 0-3")]
+    [InlineData("--queue-cpus", "3-1", "--queue-cpus '3-1' is not a list of CPU numbers such as 0,1 or 0-3")]
+    [InlineData("--queue-cpus", "1023", "--queue-cpus: CPU 1023 does not exist (this machine has CPUs 0..{last})")]
     public async Task Bad_controls_are_one_line_and_exit_2_at_start(string option, string value, string message)
     {
         using var dir = new TempDir();
         var (code, _, error) = await Run(ServeCommand.Create(), "--backend", "null", "--size", "1M", "--socket", dir.File("s.sock"), option, value);
         Assert.Equal(ServeCommand.UsageError, code);
-        Assert.Equal($"vblk serve: {message}", error.TrimEnd());
+        Assert.Equal($"vblk serve: {message.Replace("{last}", (Environment.ProcessorCount - 1).ToString(CultureInfo.InvariantCulture), StringComparison.Ordinal)}", error.TrimEnd());
         Assert.False(File.Exists(dir.File("s.sock")));
+    }
+
+    [Fact]
+    public async Task Queues_pinned_on_both_sides_carry_every_request_and_no_pinning_fails()
+    {
+        using var dir = new TempDir();
+        var socket = dir.File("s.sock");
+        var last = Environment.ProcessorCount - 1;
+        var log = new ListLogSink();
+        using var stop = new CancellationTokenSource();
+        var error = new StringWriter();
+        var run = Task.Run(() => ServeCommand.Run(NullDisk(socket, queues: 2) with { QueueCpus = $"0,{last}" }, error, stop.Token, log));
+        TestServer.Eventually(() => log.Contains("QEMU: -chardev") || run.IsCompleted, "the start-up lines");
+        Assert.False(run.IsCompleted, error.ToString());
+        Assert.True(log.Contains($"queue workers pinned to CPUs 0,{last}"), string.Join("\n", log.Lines.Select(l => l.Message)));
+
+        var (code, output, err) = await Run(BenchCommand.Create(), "--socket", socket, "--queues", "2", "--iodepth", "8", "--completions", "inline",
+            "--queue-cpus", $"0-{last}", "--runtime", "0.5", "--ramp", "0.1", "--json");
+        Assert.True(code == 0, err);
+        using var doc = JsonDocument.Parse(output);
+        Assert.Equal(2, doc.RootElement.GetProperty("queues").GetInt32());
+        Assert.True(doc.RootElement.GetProperty("read").GetProperty("ops").GetInt64() > 0, output);
+        stop.Cancel();
+        Assert.Equal(0, await run.WaitAsync(TimeSpan.FromSeconds(30)));
+        Assert.DoesNotContain(log.Lines, l => l.Message.Contains("not pinned", StringComparison.Ordinal));
+        // Every queue's requests were served (a pinned worker that never ran would leave its queue at zero).
+        Assert.Equal(2, log.Lines.Count(l => Regex.IsMatch(l.Message, @"^queue [01]: stopped at available index [1-9]")));
+    }
+
+    [Fact]
+    public async Task Bench_refuses_a_CPU_the_machine_lacks_in_one_line()
+    {
+        var (code, _, error) = await Run(BenchCommand.Create(), "--socket", "/nonexistent.sock", "--queue-cpus", "1023");
+        Assert.NotEqual(0, code);
+        Assert.Equal($"vblk bench: --queue-cpus: CPU 1023 does not exist (this machine has CPUs 0..{Environment.ProcessorCount - 1})", error.TrimEnd());
     }
 
     [Fact]

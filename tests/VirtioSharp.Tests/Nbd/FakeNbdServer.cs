@@ -101,7 +101,7 @@ internal sealed class FakeNbdPeer(Socket socket, CancellationToken stopping)
     public const ulong InitMagic = 0x4e42444d41474943, OptMagic = 0x49484156454F5054, OptReplyMagic = 0x3e889045565a9;
     public const uint RequestMagic = 0x25609513, SimpleMagic = 0x67446698, StructuredMagic = 0x668e33ef;
     public const uint OptGo = 7, OptStructuredReply = 8, RepAck = 1, RepInfo = 3, RepErrUnsup = 0x80000001, RepErrUnknown = 0x80000006;
-    public const ushort TxHasFlags = 1, TxSendFlush = 4, ChunkDone = 1, ChunkNone = 0, ChunkData = 1, ChunkHole = 2, ChunkError = 0x8001;
+    public const ushort TxHasFlags = 1, TxSendFlush = 4, ChunkDone = 1, ChunkNone = 0, ChunkData = 1, ChunkHole = 2, ChunkError = 0x8001, ChunkErrorOffset = 0x8002;
     public const ushort CmdRead = 0, CmdWrite = 1, CmdDisc = 2;
 
     public Socket Socket => socket;
@@ -220,6 +220,13 @@ internal sealed class FakeNbdPeer(Socket socket, CancellationToken stopping)
 
     public NbdRequest ReadRequest()
     {
+        var r = ReadRequestHeader();
+        return r.Type == CmdWrite ? r with { Data = Receive((int)r.Length) } : r;
+    }
+
+    /// <summary>A request's 28-byte header only: a write's data is left in the socket.</summary>
+    public NbdRequest ReadRequestHeader()
+    {
         var h = Receive(28);
         if (BinaryPrimitives.ReadUInt32BigEndian(h) != RequestMagic)
             throw new IOException("bad request magic from the client");
@@ -228,8 +235,7 @@ internal sealed class FakeNbdPeer(Socket socket, CancellationToken stopping)
         var cookie = BinaryPrimitives.ReadUInt64BigEndian(h.AsSpan(8));
         var offset = BinaryPrimitives.ReadUInt64BigEndian(h.AsSpan(16));
         var length = BinaryPrimitives.ReadUInt32BigEndian(h.AsSpan(24));
-        var data = type == CmdWrite ? Receive((int)length) : [];
-        return new NbdRequest(flags, type, cookie, offset, length, data);
+        return new NbdRequest(flags, type, cookie, offset, length, []);
     }
 
     public static byte[] SimpleReply(ulong cookie, uint error = 0) => Cat(Be32(SimpleMagic), Be32(error), Be64(cookie));
@@ -245,6 +251,10 @@ internal sealed class FakeNbdPeer(Socket socket, CancellationToken stopping)
             b[i] = Content(offset + (ulong)i);
         return b;
     }
+
+    /// <summary>A well-formed NBD_REPLY_TYPE_OFFSET_HOLE chunk.</summary>
+    public static byte[] HoleChunk(ushort flags, ulong cookie, ulong offset, uint length) =>
+        Cat(ChunkHeader(flags, ChunkHole, cookie, 12), Be64(offset), Be32(length));
 
     /// <summary>A well-formed NBD_REPLY_TYPE_OFFSET_DATA chunk with the export's bytes.</summary>
     public static byte[] DataChunk(ushort flags, ulong cookie, ulong offset, int length) =>
@@ -312,6 +322,13 @@ internal sealed unsafe class GuardedBuffer : IDisposable
         .. new ReadOnlySpan<byte>(_memory + Guard, _pieceA),
         .. new ReadOnlySpan<byte>(_memory + Guard + _pieceA + Gap, _pieceB),
     ];
+
+    /// <summary>Writes <paramref name="data"/> (<see cref="Length"/> bytes) into piece A then piece B, as a guest reusing its buffer does.</summary>
+    public void Write(ReadOnlySpan<byte> data)
+    {
+        data[.._pieceA].CopyTo(new Span<byte>(_memory + Guard, _pieceA));
+        data.Slice(_pieceA, _pieceB).CopyTo(new Span<byte>(_memory + Guard + _pieceA + Gap, _pieceB));
+    }
 
     /// <summary>Where the first byte outside the two pieces differs from the fill, or -1.</summary>
     public int FirstChangedOutside()

@@ -1,6 +1,9 @@
+using System.Runtime.CompilerServices;
 using VirtioSharp.Block;
 using VirtioSharp.Block.Nbd;
+using VirtioSharp.Devices;
 using VirtioSharp.Diagnostics;
+using VirtioSharp.Memory;
 using VirtioSharp.Tests.VhostUser;
 using VirtioSharp.Tests.Vm;
 using static VirtioSharp.Tests.Nbd.FakeNbdPeer;
@@ -82,6 +85,9 @@ public sealed class HostileNbdServerTests : IDisposable
             case "an error message longer than its chunk":
                 peer.Send(Cat(ChunkHeader(ChunkDone, ChunkError, r.Cookie, 10), Be32(5), Be16(3000), new byte[4]));
                 break;
+            case "an error offset past the end of the read":
+                peer.Send(Cat(ChunkHeader(ChunkDone, ChunkErrorOffset, r.Cookie, 14), Be32(5), Be16(0), Be64(r.Offset + r.Length)));
+                break;
             case "a simple reply to a structured read":
                 peer.Send(Cat(SimpleReply(r.Cookie), Contents(r.Offset, (int)r.Length)));
                 break;
@@ -94,6 +100,22 @@ public sealed class HostileNbdServerTests : IDisposable
             case "done after half the data":
                 peer.Send(DataChunk(ChunkDone, r.Cookie, r.Offset, 2048));
                 peer.ServeRequests(); // a failed read, not a broken stream: the connection goes on
+                return;
+            case "the first half twice, the second half never":
+                peer.Send(DataChunk(0, r.Cookie, r.Offset, 2048));
+                peer.Send(DataChunk(ChunkDone, r.Cookie, r.Offset, 2048));
+                peer.ServeRequests();
+                return;
+            case "a hole over data already sent, a gap after it":
+                peer.Send(DataChunk(0, r.Cookie, r.Offset, 3072));
+                peer.Send(HoleChunk(ChunkDone, r.Cookie, r.Offset + 2048, 1024));
+                peer.ServeRequests();
+                return;
+            case "out of order and overlapping, a gap at the start":
+                peer.Send(DataChunk(0, r.Cookie, r.Offset + 2048, 2048));
+                peer.Send(HoleChunk(0, r.Cookie, r.Offset + 1024, 1536));
+                peer.Send(DataChunk(ChunkDone, r.Cookie, r.Offset + 2560, 512));
+                peer.ServeRequests();
                 return;
             case "an error chunk":
                 var message = "the disk is on fire"u8.ToArray();
@@ -119,6 +141,7 @@ public sealed class HostileNbdServerTests : IDisposable
     [InlineData("a hole past the end of the read", "outside the read")]
     [InlineData("a hole of 4 GiB", "outside the read")]
     [InlineData("an error message longer than its chunk", "does not fit")]
+    [InlineData("an error offset past the end of the read", "an error offset 12288 outside the Read at 8192 + 4096")]
     [InlineData("a simple reply to a structured read", "a simple reply to a read")]
     [InlineData("a reply with a bad magic", "reply magic 0x42424242")]
     [InlineData("a block-status chunk to a read", "unknown reply chunk type 5")]
@@ -151,6 +174,169 @@ public sealed class HostileNbdServerTests : IDisposable
         Assert.Equal(Contents(12288, 4096), again.Data);
         Assert.Equal(-1, again.FirstChangedOutside());
         Assert.Equal(reason is null ? 1 : 2, server.Accepted);
+    }
+
+    [Theory]
+    [InlineData("the first half twice, the second half never", "MUST NOT overlap")]
+    [InlineData("a hole over data already sent, a gap after it", "MUST NOT overlap")]
+    [InlineData("out of order and overlapping, a gap at the start", "MUST NOT overlap")]
+    [InlineData("done after half the data", "without covering the whole read")]
+    public async Task Chunks_that_overlap_or_leave_a_gap_fail_the_read_with_one_line_naming_the_rule_and_the_connection_goes_on(string scenario, string rule)
+    {
+        using var server = new FakeNbdServer(SocketPath(), n => n == 0
+            ? peer =>
+            {
+                peer.Handshake();
+                Misbehave(scenario, peer, peer.ReadRequest());
+            }
+        : peer => peer.Serve());
+        var log = new ListLogSink();
+        using var backend = NbdBackend.Open(NbdUri.Parse(server.Uri), Options(log));
+        using var buffer = new GuardedBuffer(2048, 2048);
+        Assert.False(await Task.Run(() => backend.Read(8192, buffer.Iov)).WaitAsync(Bound), $"{scenario}: the read succeeded\n{Lines(log)}");
+        Assert.Equal(-1, buffer.FirstChangedOutside());
+        var lines = log.Lines.Where(l => l.Message.Contains(rule, StringComparison.Ordinal)).ToArray();
+        Assert.True(lines is [{ Level: LogLevel.Warning }], $"{scenario}: expected one warning with \"{rule}\"\n{Lines(log)}");
+        Assert.Contains("read at 8192 + 4096 failed", lines[0].Message, StringComparison.Ordinal);
+        Assert.False(log.Contains("connection lost"), Lines(log));
+
+        using var again = new GuardedBuffer(1024, 3072);
+        Assert.True(await Task.Run(() => backend.Read(12288, again.Iov)).WaitAsync(Bound), Lines(log));
+        Assert.Equal(Contents(12288, 4096), again.Data);
+        Assert.Equal(1, server.Accepted);
+    }
+
+    [Fact]
+    public async Task Chunks_out_of_order_with_a_hole_between_them_land_in_place()
+    {
+        using var server = new FakeNbdServer(SocketPath(), _ => peer =>
+        {
+            peer.Handshake();
+            var r = peer.ReadRequest();
+            peer.Send(DataChunk(0, r.Cookie, r.Offset + 3072, 1024));
+            peer.Send(HoleChunk(0, r.Cookie, r.Offset + 1024, 1024));
+            peer.Send(DataChunk(0, r.Cookie, r.Offset + 2048, 1024));
+            peer.Send(DataChunk(0, r.Cookie, r.Offset, 1024));
+            peer.Send(ChunkHeader(ChunkDone, ChunkNone, r.Cookie, 0));
+            peer.ServeRequests();
+        });
+        var log = new ListLogSink();
+        using var backend = NbdBackend.Open(NbdUri.Parse(server.Uri), Options(log));
+        using var buffer = new GuardedBuffer(1536, 2560);
+        Assert.True(await Task.Run(() => backend.Read(8192, buffer.Iov)).WaitAsync(Bound), Lines(log));
+        var expected = Contents(8192, 4096);
+        Array.Clear(expected, 1024, 1024);
+        Assert.Equal(expected, buffer.Data);
+        Assert.Equal(-1, buffer.FirstChangedOutside());
+        Assert.DoesNotContain(log.Lines, l => l.Level >= LogLevel.Warning);
+    }
+
+    [Fact]
+    public void Read_coverage_finds_what_a_byte_map_finds()
+    {
+        const int length = 64;
+        var rng = new Random(13);
+        var coverage = new NbdReadCoverage();
+        var scattered = 0;
+        for (var round = 0; round < 3000; round++)
+        {
+            var model = new bool[length];
+            coverage.Reset();
+            for (var c = 0; c < 48; c++)
+            {
+                var at = rng.Next(0, length);
+                var size = rng.Next(1, Math.Min(round % 2 == 0 ? 4 : length, length - at) + 1);
+                var result = coverage.Add((uint)at, (uint)size);
+                if (model.AsSpan(at, size).Contains(true))
+                {
+                    Assert.Equal(NbdReadCoverage.Result.Overlap, result);
+                    continue;
+                }
+                var with = (bool[])model.Clone();
+                with.AsSpan(at, size).Fill(true);
+                var pieces = Enumerable.Range(0, length).Count(i => with[i] && (i == 0 || !with[i - 1]));
+                if (pieces > NbdReadCoverage.MaxPieces)
+                {
+                    Assert.Equal(NbdReadCoverage.Result.TooScattered, result);
+                    scattered++;
+                    continue;
+                }
+                Assert.Equal(NbdReadCoverage.Result.Added, result);
+                model = with;
+                Assert.Equal(!model.Contains(false), coverage.Covers(length));
+            }
+        }
+        Assert.True(scattered > 0, "no round scattered a reply past the limit");
+    }
+
+    // ---------------- a reply that overtakes the send of a write's data ----------------
+
+    private const int EarlyWrite = 1 << 20; // far more than a socket buffer holds: most of it is still ours to send when the reply comes
+
+    private static unsafe bool StartWrite(NbdBackend backend, IoVec[] pinnedIov, CompletionPort port) =>
+        backend.TryStart(new BlkIo
+        {
+            Kind = BlkIoKind.Write,
+            Offset = 0,
+            Length = EarlyWrite,
+            Iov = (IoVec*)Unsafe.AsPointer(ref pinnedIov[0]),
+            IovCount = pinnedIov.Length,
+        }, new CompletionPortQueueIo(port));
+
+    [Fact]
+    public async Task A_write_answered_before_its_data_was_sent_completes_only_once_the_data_is_out()
+    {
+        using var completed = new ManualResetEventSlim();
+        var received = new TaskCompletionSource<byte[]>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var server = new FakeNbdServer(SocketPath(), _ => peer =>
+        {
+            peer.Handshake();
+            var w = peer.ReadRequestHeader();
+            peer.Send(SimpleReply(w.Cookie)); // success, before a byte of the data was read
+            completed.Wait(TimeSpan.FromSeconds(1)); // long enough for a completion that comes too early to show
+            received.SetResult(peer.Receive((int)w.Length));
+            peer.ServeRequests();
+        });
+        var log = new ListLogSink();
+        using var backend = NbdBackend.Open(NbdUri.Parse(server.Uri), Options(log));
+        using var buffer = new GuardedBuffer(EarlyWrite / 2, EarlyWrite / 2);
+        var data = Contents(0, EarlyWrite);
+        buffer.Write(data);
+        var iov = GC.AllocateArray<IoVec>(2, pinned: true);
+        buffer.Iov.CopyTo(iov);
+        using var port = new CompletionPort(1, () =>
+        {
+            buffer.Write(new byte[EarlyWrite]); // the guest takes its buffer back as soon as the request completes
+            completed.Set();
+        });
+        Assert.True(await Task.Run(() => StartWrite(backend, iov, port)).WaitAsync(Bound));
+        Assert.True(await Task.Run(() => completed.Wait(Bound)), Lines(log));
+        var sent = await received.Task.WaitAsync(Bound);
+        Assert.True(sent.AsSpan().SequenceEqual(data), $"the server received bytes the guest wrote after the write completed (first difference at {sent.AsSpan().CommonPrefixLength(data)})");
+        var results = new List<int>();
+        port.Drain(results, (list, _, result) => list.Add(result));
+        Assert.Equal([0], results);
+    }
+
+    [Fact]
+    public async Task A_write_answered_before_its_data_was_sent_and_never_read_fails_within_the_timeout()
+    {
+        using var server = new FakeNbdServer(SocketPath(), n => n == 0
+            ? peer =>
+            {
+                peer.Handshake();
+                var w = peer.ReadRequestHeader();
+                peer.Send(SimpleReply(w.Cookie));
+                peer.Silence(); // never takes the data
+            }
+        : peer => peer.Serve());
+        var log = new ListLogSink();
+        using var backend = NbdBackend.Open(NbdUri.Parse(server.Uri), Options(log));
+        using var buffer = new GuardedBuffer(EarlyWrite / 2, EarlyWrite / 2);
+        Assert.False(await Task.Run(() => backend.Write(0, buffer.Iov)).WaitAsync(Bound), $"the write succeeded\n{Lines(log)}");
+        Assert.True(log.Contains("a request not fully sent within 2 s (the server stopped reading)"), Lines(log));
+        Assert.True(await Task.Run(() => backend.Write(0, buffer.Iov)).WaitAsync(Bound), Lines(log));
+        Assert.Equal(2, server.Accepted);
     }
 
     [Fact]

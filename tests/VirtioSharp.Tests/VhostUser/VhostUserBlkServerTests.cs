@@ -283,6 +283,19 @@ public class VhostUserBlkServerTests
     }
 
     [Fact]
+    public void A_front_end_that_reconnects_at_once_is_served_not_refused()
+    {
+        using var server = new TestServer();
+        for (var k = 0; k < 50; k++)
+        {
+            using var fe = server.Connect(); // the previous connection's thread may still be ending
+            Assert.NotEqual(0UL, fe.Negotiate());
+        }
+        Assert.Equal(0, server.Server.Refused);
+        Assert.Equal(50, server.Server.Connections);
+    }
+
+    [Fact]
     public void SecondSimultaneousFrontEndIsRefused()
     {
         using var server = new TestServer();

@@ -265,6 +265,8 @@ public sealed unsafe class NbdBackend : IAsyncBlockBackend
 
     public bool Write(ulong offset, ReadOnlySpan<IoVec> iov) => !ReadOnly && Transfer(BlkIoKind.Write, 0, offset, iov);
 
+    public string? FlushIgnored => _info.Has(TxSendFlush) ? null : "the NBD server offers no flush";
+
     public bool Flush() => !_info.Has(TxSendFlush) || Run(BlkIoKind.Flush, 0, 0, 0, null, 0);
 
     public bool Discard(ulong offset, ulong length) => SupportsDiscard && Ranges(BlkIoKind.Discard, 0, offset, length);

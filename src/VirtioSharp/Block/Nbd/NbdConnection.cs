@@ -17,7 +17,9 @@ namespace VirtioSharp.Block.Nbd;
 /// generation, both checked), receives read data straight into the request's buffers, and
 /// completes the request. Any protocol break, a closed socket or a request older than the
 /// timeout ends the connection: every request in flight fails with -EIO and no byte of guest
-/// memory is written after that. Only the receiver thread completes requests.
+/// memory is written after that. A request completes only once both its reply (or failure) is
+/// in and its sender is done with it: a reply that overtakes the send of a write's data is held
+/// until the data is out, so no guest byte of a request is read or written after it completes.
 /// </summary>
 internal sealed unsafe class NbdConnection : IDisposable
 {
@@ -41,9 +43,18 @@ internal sealed unsafe class NbdConnection : IDisposable
         public ushort Tag;
         public NbdSyncWaiter? Waiter;
         public long Started;
-        public ulong Covered;
         public int Error;
+        /// <summary><see cref="StateSent"/>, <see cref="StateSendFailed"/>, <see cref="StateReplied"/>; changed with Interlocked.Or.</summary>
+        public int State;
+        /// <summary>The result the reply brought, held while the send is still going on.</summary>
+        public int Result;
+        public readonly NbdReadCoverage Coverage = new();
     }
+
+    // A request completes when the second of (sender done, result in) happens, on that thread.
+    private const int StateSent = 1;        // the sender has finished with the header and data
+    private const int StateSendFailed = 2;  // ... and not all of them went out
+    private const int StateReplied = 4;     // the result is in: a reply, or the end of the connection
 
     public enum StartResult
     {
@@ -127,6 +138,7 @@ internal sealed unsafe class NbdConnection : IDisposable
         if (iovCount > MaxIov)
             return StartResult.NoSlot;
         Slot slot;
+        ulong cookie;
         lock (_slotLock)
         {
             if (_dead)
@@ -145,11 +157,13 @@ internal sealed unsafe class NbdConnection : IDisposable
             slot.Tag = tag;
             slot.Waiter = waiter;
             slot.Started = Environment.TickCount64;
-            slot.Covered = 0;
             slot.Error = 0;
+            slot.State = 0;
+            slot.Result = 0;
+            slot.Coverage.Reset();
+            cookie = ((ulong)slot.Generation << 32) | (uint)slot.Index;
             _inFlight++;
         }
-        var cookie = ((ulong)slot.Generation << 32) | (uint)slot.Index;
         var command = kind switch
         {
             BlkIoKind.Read => CmdRead,
@@ -158,7 +172,9 @@ internal sealed unsafe class NbdConnection : IDisposable
             BlkIoKind.Discard => CmdTrim,
             _ => CmdWriteZeroes,
         };
-        // From here on the slot may be completed (by a failure) at any time: only locals are used.
+        // The slot stays this request's until Sent below: a reply (or the connection's end) that
+        // comes first is held in the slot, and the request completes only after the send.
+        bool sent;
         lock (_sendLock)
         {
             var header = new Span<byte>(Unsafe.AsPointer(ref _headers[slot.Index * 32]), RequestSize);
@@ -177,11 +193,37 @@ internal sealed unsafe class NbdConnection : IDisposable
                     for (var i = 0; i < iovCount; i++)
                         send[count++] = iov[i];
                 }
-                if (!SendAll(send, count))
-                    Kill("the connection broke while sending");
+                sent = SendAll(send, count);
             }
         }
+        if (!sent)
+            Kill("the connection broke while sending");
+        Sent(slot, sent);
         return StartResult.Started;
+    }
+
+    /// <summary>
+    /// The sender is done with the request's header and data. If its result is already in (a
+    /// reply that overtook the data, or the connection's end), the request completes here. A
+    /// request whose data did not all go out fails, whatever the server answered. (proto.md,
+    /// NBD_CMD_WRITE: the server writes the data, then replies; a success before the data left us
+    /// is therefore not one. It is not logged: a correct server's reply can also win the race
+    /// against the return of our last sendmsg, so the order seen here proves nothing.)
+    /// </summary>
+    private void Sent(Slot slot, bool ok)
+    {
+        var before = Interlocked.Or(ref slot.State, ok ? StateSent : StateSent | StateSendFailed); // full fence: reads Result after
+        if ((before & StateReplied) != 0)
+            Finish(slot, ok ? slot.Result : -EIO, onReceiver: false);
+    }
+
+    /// <summary>Receiver thread: the request's result is in; it completes now, or when its sender is done.</summary>
+    private void Complete(Slot slot, int result)
+    {
+        slot.Result = result;
+        var before = Interlocked.Or(ref slot.State, StateReplied); // full fence: Result is visible to the sender first
+        if ((before & StateSent) != 0)
+            Finish(slot, (before & StateSendFailed) != 0 ? -EIO : result, onReceiver: true);
     }
 
     private bool SendAll(IoVec* iov, int count)
@@ -316,7 +358,7 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
         if (error != 0)
             _log.Debug($"nbd {_name}: {slot.Kind} at {slot.Offset} + {slot.Length} failed on the server (error {error})");
-        Finish(slot, error == 0 ? Success(slot) : -EIO);
+        Complete(slot, error == 0 ? Success(slot) : -EIO);
         return null;
     }
 
@@ -350,9 +392,9 @@ internal sealed unsafe class NbdConnection : IDisposable
                     var size = length - 8;
                     if (!Within(slot, offset, size, out var at))
                         return $"protocol error: data chunk at {offset} + {size} outside the read at {slot.Offset} + {slot.Length}";
+                    Cover(slot, at, size);
                     if ((failed = ReceiveData(slot, at, size)) != null)
                         return failed;
-                    slot.Covered += size;
                     break;
                 }
             case ReplyTypeOffsetHole:
@@ -366,8 +408,8 @@ internal sealed unsafe class NbdConnection : IDisposable
                     _rxStart += 12;
                     if (size == 0 || !Within(slot, offset, size, out var at))
                         return $"protocol error: hole chunk at {offset} + {size} outside the read at {slot.Offset} + {slot.Length}";
+                    Cover(slot, at, size);
                     ZeroInto(slot, at, size);
-                    slot.Covered += size;
                     break;
                 }
             default:
@@ -384,6 +426,11 @@ internal sealed unsafe class NbdConnection : IDisposable
                     var rest = length - 6;
                     if (messageLength > rest || (type == ReplyTypeErrorOffset && rest != messageLength + 8u))
                         return $"protocol error: an error chunk whose message ({messageLength} bytes) does not fit its {length} bytes";
+                    // proto.md, NBD_REPLY_TYPE_ERROR_OFFSET: the offset MUST lie within the request (a
+                    // flush has no range: there the type is unexpected, and only errors the reply).
+                    if (type == ReplyTypeErrorOffset && slot.Kind != BlkIoKind.Flush
+                        && !Within(slot, Be64(6 + messageLength), 1, out _))
+                        return $"protocol error: an error offset {Be64(6 + messageLength)} outside the {slot.Kind} at {slot.Offset} + {slot.Length}";
                     var message = new ReadOnlySpan<byte>(Rx + _rxStart + 6, messageLength);
                     slot.Error = error != 0 ? (int)Math.Min(error, int.MaxValue) : EIO;
                     _log.Debug($"nbd {_name}: {slot.Kind} at {slot.Offset} failed on the server (error {error}): {Printable(message)}");
@@ -393,12 +440,35 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
         if ((flags & ReplyFlagDone) != 0)
         {
-            var result = slot.Error != 0 ? -EIO
-                : slot.Kind == BlkIoKind.Read && slot.Covered != slot.Length ? -EIO
-                : Success(slot);
-            Finish(slot, result);
+            var result = Success(slot);
+            if (slot.Error != 0)
+                result = -EIO;
+            else if (slot.Kind == BlkIoKind.Read && !slot.Coverage.Covers(slot.Length))
+            {
+                _log.Warn($"nbd {_name}: read at {slot.Offset} + {slot.Length} failed: the server's chunks ended without covering the whole read (proto.md: chunks MUST cover the entire request)");
+                result = -EIO;
+            }
+            Complete(slot, result);
         }
         return null;
+    }
+
+    /// <summary>
+    /// Notes that a content chunk described [at, at + size) of the read (inside it: checked by the
+    /// caller). proto.md, NBD_CMD_READ with structured replies: content chunks MUST NOT overlap
+    /// an earlier one. One that does fails the read, even if the byte count adds up; the stream
+    /// itself is still in step, so the connection goes on.
+    /// </summary>
+    private void Cover(Slot slot, uint at, uint size)
+    {
+        var added = slot.Coverage.Add(at, size);
+        if (added == NbdReadCoverage.Result.Added || slot.Error != 0)
+            return;
+        slot.Error = EIO;
+        var chunk = $"chunk at {slot.Offset + at} + {size}";
+        _log.Warn(added == NbdReadCoverage.Result.Overlap
+            ? $"nbd {_name}: read at {slot.Offset} + {slot.Length} failed: its {chunk} overlaps an earlier chunk (proto.md: content chunks MUST NOT overlap)"
+            : $"nbd {_name}: read at {slot.Offset} + {slot.Length} failed: its {chunk} makes more than {NbdReadCoverage.MaxPieces} separate pieces, more than this client tracks");
     }
 
     private static string Printable(ReadOnlySpan<byte> text)
@@ -428,8 +498,9 @@ internal sealed unsafe class NbdConnection : IDisposable
         if (index >= Slots)
             return null;
         var slot = _slots[index];
+        // A request whose result is in (held until its send ends) has had its reply: another one is not for it.
         lock (_slotLock)
-            return slot.Busy && slot.Generation == (uint)(cookie >> 32) ? slot : null;
+            return slot.Busy && slot.Generation == (uint)(cookie >> 32) && (Volatile.Read(ref slot.State) & StateReplied) == 0 ? slot : null;
     }
 
     /// <summary>
@@ -591,8 +662,10 @@ internal sealed unsafe class NbdConnection : IDisposable
             if (now - _lastCheck >= TickMs)
             {
                 _lastCheck = now;
-                if (OldestAge(now) > _timeoutMs)
-                    return $"no reply within {_timeoutMs / 1000.0:0.#} s";
+                if (OldestAge(now, out var unsent) > _timeoutMs)
+                    return unsent
+                        ? $"a request not fully sent within {_timeoutMs / 1000.0:0.#} s (the server stopped reading)"
+                        : $"no reply within {_timeoutMs / 1000.0:0.#} s";
             }
             if (n > 0)
             {
@@ -602,23 +675,29 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
     }
 
-    private long OldestAge(long now)
+    /// <summary>The age of the oldest request in flight; <paramref name="unsent"/>: its sender is not done with it yet.</summary>
+    private long OldestAge(long now, out bool unsent)
     {
         long oldest = 0;
+        unsent = false;
         lock (_slotLock)
         {
             if (_inFlight == 0)
                 return 0;
             foreach (var s in _slots)
             {
-                if (s.Busy)
-                    oldest = Math.Max(oldest, now - s.Started);
+                if (s.Busy && now - s.Started >= oldest)
+                {
+                    oldest = now - s.Started;
+                    unsent = (Volatile.Read(ref s.State) & StateSent) == 0;
+                }
             }
         }
         return oldest;
     }
 
-    private void Finish(Slot slot, int result)
+    /// <summary>Completes the request (after both its send and its result): frees the slot, then tells the waiting side.</summary>
+    private void Finish(Slot slot, int result, bool onReceiver)
     {
         CompletionPort? port;
         ushort tag;
@@ -637,8 +716,10 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
         if (port != null)
         {
-            // Woken once per batch of replies (RecvSome), not once per reply.
-            if (port.PostDeferred(tag, result, out var wake) && wake && !Defer(port))
+            // The receiver wakes a worker once per batch of replies (RecvSome), not once per reply.
+            if (!onReceiver)
+                port.Post(tag, result);
+            else if (port.PostDeferred(tag, result, out var wake) && wake && !Defer(port))
                 port.Wake();
         }
         else
@@ -683,11 +764,12 @@ internal sealed unsafe class NbdConnection : IDisposable
             _log.Warn(line);
         foreach (var slot in _slots)
         {
-            bool busy;
+            // Only this thread sets Replied, so a slot seen busy and without a result stays busy until Complete.
+            bool open;
             lock (_slotLock)
-                busy = slot.Busy;
-            if (busy)
-                Finish(slot, -EIO);
+                open = slot.Busy && (Volatile.Read(ref slot.State) & StateReplied) == 0;
+            if (open)
+                Complete(slot, -EIO);
         }
         WakeWorkers();
     }
@@ -698,6 +780,8 @@ internal sealed unsafe class NbdConnection : IDisposable
         _closing = true;
         Kill("closed");
         _receiver.Join();
+        // A request still in its send completes as its sender leaves SendAll (it looks at _dead every TickMs).
+        SpinWait.SpinUntil(() => Volatile.Read(ref _inFlight) == 0, TimeSpan.FromSeconds(10));
         _socket.Dispose();
     }
 }

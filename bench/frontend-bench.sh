@@ -96,12 +96,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_socket() {
+wait_file() { # test path: -S for vblk serve's socket (it appears once the server listens), -s for qsd's pid file
     for _ in $(seq 1 200); do
-        [[ -S "$1" ]] && return 0
+        test "$1" "$2" && return 0
         sleep 0.05
     done
-    echo "frontend-bench: no socket at $1" >&2
+    echo "frontend-bench: nothing at $2" >&2
     exit 1
 }
 
@@ -119,11 +119,13 @@ null_bytes=$(numfmt --from=iec "$IMAGE_SIZE")
 start_qsd() { # name blockdev-args...
     local name=$1
     shift
+    # qemu-storage-daemon writes its pid file once the export listens (its socket file exists
+    # a moment before that).
     "$qsd" "$@" --export "type=vhost-user-blk,id=exp0,node-name=disk0,addr.type=unix,addr.path=$work/$name.sock,writable=on" \
-        >"$work/$name.log" 2>&1 &
+        --pidfile "$work/$name.pid" >"$work/$name.log" 2>&1 &
     pids+=($!)
     bepid[$name]=$!
-    wait_socket "$work/$name.sock"
+    wait_file -s "$work/$name.pid"
 }
 
 start_vblk() { # name serve-args...
@@ -133,7 +135,7 @@ start_vblk() { # name serve-args...
     "${vblk[@]}" serve "$@" $SERVE_ARGS --socket "$work/$name.sock" >"$work/$name.log" 2>&1 &
     pids+=($!)
     bepid[$name]=$!
-    wait_socket "$work/$name.sock"
+    wait_file -S "$work/$name.sock"
 }
 
 start_qsd qsd-null --blockdev "driver=null-co,node-name=disk0,size=$null_bytes,read-zeroes=on"

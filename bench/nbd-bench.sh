@@ -26,9 +26,12 @@ trap cleanup EXIT
 nbdkit -f -U "$work/nbd.sock" memory "$SIZE" & pids+=($!)
 for _ in $(seq 100); do [[ -S "$work/nbd.sock" ]] && break; sleep 0.05; done
 "$vblk" serve "nbd+unix:///?socket=$work/nbd.sock" --socket "$work/vblk.sock" 2>"$work/vblk.log" & vblk_pid=$!; pids+=($vblk_pid)
+# qemu-storage-daemon writes its pid file once the export listens; its socket file exists a
+# moment before that. vblk serve's socket file appears only once it listens.
 qemu-storage-daemon --blockdev "driver=nbd,node-name=n0,server.type=unix,server.path=$work/nbd.sock,export=,cache.direct=on" \
-    --export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$work/qsd.sock,writable=on" & qsd_pid=$!; pids+=($qsd_pid)
-for _ in $(seq 200); do [[ -S "$work/vblk.sock" && -S "$work/qsd.sock" ]] && break; sleep 0.05; done
+    --export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$work/qsd.sock,writable=on" \
+    --pidfile "$work/qsd.pid" & qsd_pid=$!; pids+=($qsd_pid)
+for _ in $(seq 200); do [[ -S "$work/vblk.sock" && -s "$work/qsd.pid" ]] && break; sleep 0.05; done
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks
 hz=$(getconf CLK_TCK)
 echo "date $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), nbdkit $(nbdkit --version | awk '{print $2}'), $(qemu-storage-daemon --version | head -1)"

@@ -527,29 +527,41 @@ internal sealed unsafe class NbdConnection : IDisposable
         return null;
     }
 
+    /// <summary>
+    /// Fills <see cref="_recvIov"/> with the pieces of the slot's buffers that hold bytes
+    /// [<paramref name="at"/>, <paramref name="at"/> + <paramref name="size"/>) of its data, and
+    /// returns how many there are, or -1 when the buffers are shorter (the caller checked the
+    /// range with Within(), so that cannot happen). Receiver thread only: the array is its own.
+    /// </summary>
+    private int Window(Slot slot, uint at, uint size)
+    {
+        var count = 0;
+        var skip = (nuint)at;
+        var left = (nuint)size;
+        for (var i = 0; i < slot.IovCount && left > 0; i++)
+        {
+            var v = slot.Iov[i];
+            if (skip >= v.Length)
+            {
+                skip -= v.Length;
+                continue;
+            }
+            var take = Math.Min(v.Length - skip, left);
+            _recvIov[count++] = new IoVec(v.Base + (nint)skip, take);
+            skip = 0;
+            left -= take;
+        }
+        return left == 0 ? count : -1;
+    }
+
     /// <summary>Receives <paramref name="size"/> bytes straight into the slot's buffers, <paramref name="at"/> bytes in (checked by the caller).</summary>
     private string? RecvInto(Slot slot, uint at, uint size)
     {
+        var count = Window(slot, at, size);
+        if (count < 0)
+            return "internal error: a reply larger than the request's buffers"; // Within() makes this unreachable
         fixed (IoVec* dst = _recvIov)
         {
-            var count = 0;
-            var skip = (nuint)at;
-            var left = (nuint)size;
-            for (var i = 0; i < slot.IovCount && left > 0; i++)
-            {
-                var v = slot.Iov[i];
-                if (skip >= v.Length)
-                {
-                    skip -= v.Length;
-                    continue;
-                }
-                var take = Math.Min(v.Length - skip, left);
-                dst[count++] = new IoVec(v.Base + (nint)skip, take);
-                skip = 0;
-                left -= take;
-            }
-            if (left != 0)
-                return "internal error: a reply larger than the request's buffers"; // Within() makes this unreachable
             var next = dst;
             while (count > 0)
             {
@@ -562,43 +574,22 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
     }
 
-    private static void CopyInto(Slot slot, uint at, byte* source, uint size)
+    private void CopyInto(Slot slot, uint at, byte* source, uint size)
     {
-        var skip = (nuint)at;
-        var left = (nuint)size;
-        for (var i = 0; i < slot.IovCount && left > 0; i++)
+        var count = Window(slot, at, size);
+        for (var i = 0; i < count; i++)
         {
-            var v = slot.Iov[i];
-            if (skip >= v.Length)
-            {
-                skip -= v.Length;
-                continue;
-            }
-            var take = Math.Min(v.Length - skip, left);
-            Buffer.MemoryCopy(source, (void*)(v.Base + (nint)skip), take, take);
-            source += take;
-            skip = 0;
-            left -= take;
+            var v = _recvIov[i];
+            Buffer.MemoryCopy(source, (void*)v.Base, v.Length, v.Length);
+            source += v.Length;
         }
     }
 
-    private static void ZeroInto(Slot slot, uint at, uint size)
+    private void ZeroInto(Slot slot, uint at, uint size)
     {
-        var skip = (nuint)at;
-        var left = (nuint)size;
-        for (var i = 0; i < slot.IovCount && left > 0; i++)
-        {
-            var v = slot.Iov[i];
-            if (skip >= v.Length)
-            {
-                skip -= v.Length;
-                continue;
-            }
-            var take = Math.Min(v.Length - skip, left);
-            NativeMemory.Clear((void*)(v.Base + (nint)skip), take);
-            skip = 0;
-            left -= take;
-        }
+        var count = Window(slot, at, size);
+        for (var i = 0; i < count; i++)
+            NativeMemory.Clear((void*)_recvIov[i].Base, _recvIov[i].Length);
     }
 
     /// <summary>Makes sure <paramref name="count"/> bytes (at most the buffer's size) are buffered.</summary>

@@ -34,6 +34,8 @@ internal sealed class InflightTrackingQueue : IDeviceQueue
     public int LastRingErrorValue => _inner.LastRingErrorValue;
     public ushort LastAvailIndex => _inner.LastAvailIndex;
     public int InFlight => _inner.InFlight;
+    public string DescribeRing() => _inner.DescribeRing();
+    public bool DriverAwaitsUsed(out uint position) => _inner.DriverAwaitsUsed(out position);
     /// <summary>Requests from the previous back-end not handed out yet.</summary>
     public int ResubmitPending => _resubmit.Length - _resubmitted;
 

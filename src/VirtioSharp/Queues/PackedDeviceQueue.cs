@@ -503,6 +503,40 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         return (Unsafe.ReadUnaligned<ulong>(d), Unsafe.ReadUnaligned<uint>(d + 8), Unsafe.ReadUnaligned<ushort>(d + 12), Volatile.Read(ref *(ushort*)(d + 14)));
     }
 
+    public bool DriverAwaitsUsed(out uint position)
+    {
+        var offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
+        var flags = Volatile.Read(ref *(ushort*)(_driverEvent + 2)) & PackedRing.EventFlagsMask;
+        position = offWrap | (uint)UsedIndex << 16;
+        if (!EventIdx || flags != PackedRing.EventFlagsDesc)
+            return false;
+        // 2.8.10: the descriptor the driver asked to hear about, in the used lap's positions; at or
+        // past the next used slot it is still to come, more than a lap behind it means nothing.
+        int off = offWrap & ~PackedRing.EventWrapBit;
+        if (off >= Size)
+            return false;
+        var e = ((offWrap & PackedRing.EventWrapBit) != 0) == _usedWrap ? off : off - Size;
+        return e < _nextUsed && e >= _nextUsed - Size;
+    }
+
+    public string DescribeRing()
+    {
+        var (off, flags) = DriverEvent;
+        var devOff = Volatile.Read(ref *(ushort*)_deviceEvent);
+        var devFlags = Volatile.Read(ref *(ushort*)(_deviceEvent + 2));
+        return $"packed: next available slot {_nextAvail} (wrap {(_availWrap ? 1 : 0)}, its flags {PackedRing.DescribeFlags(ReadFlags(Slot(_nextAvail)))}), "
+            + $"next used slot {_nextUsed} (wrap {(_usedWrap ? 1 : 0)}), {_inFlightCount} in flight over {_slotsInFlight} slots, {_usedSinceEvent} used slots not published; "
+            + $"driver event: {DescribeEvent(off, flags)}; device event: {DescribeEvent(devOff, devFlags)}";
+    }
+
+    private static string DescribeEvent(ushort offWrap, ushort flags) => (flags & PackedRing.EventFlagsMask) switch
+    {
+        PackedRing.EventFlagsEnable => "ENABLE",
+        PackedRing.EventFlagsDisable => "DISABLE",
+        PackedRing.EventFlagsDesc => $"DESC at slot {offWrap & 0x7fff} wrap {offWrap >> 15}",
+        _ => $"flags 0x{flags:x4}",
+    };
+
     /// <summary>The Driver Event Suppression structure as the device reads it (for tracing).</summary>
     public (ushort OffWrap, ushort Flags) DriverEvent => (Volatile.Read(ref *(ushort*)_driverEvent), Volatile.Read(ref *(ushort*)(_driverEvent + 2)));
 }

@@ -347,6 +347,21 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         }
     }
 
+    public bool DriverAwaitsUsed(out uint position)
+    {
+        var usedEvent = UsedEvent;
+        var usedIdx = Volatile.Read(ref UsedIdx);
+        position = usedEvent | (uint)usedIdx << 16;
+        // 2.7.10: the driver asked to hear once idx passes used_event; idx is past it by at most a
+        // queue's worth when that element is written and the driver has not caught up.
+        var behind = (ushort)(usedIdx - usedEvent);
+        return EventIdx && behind != 0 && behind <= Size;
+    }
+
+    public string DescribeRing() =>
+        $"split: avail idx {AvailIdx} (flags 0x{AvailFlags:x4}, used_event {UsedEvent}), next available {_lastAvail}; "
+        + $"used idx {Volatile.Read(ref UsedIdx)} (flags 0x{Volatile.Read(ref UsedFlags):x4}, avail_event {Volatile.Read(ref AvailEvent)}), published {_usedPublished}; {_inFlightCount} in flight";
+
     /// <summary>Whether the driver has made a chain available that the device has not taken (a look, for polling).</summary>
     public bool HasAvailable => AvailIdx != _lastAvail;
 

@@ -61,6 +61,12 @@ internal sealed class InflightTrackingQueue : IDeviceQueue
             _record.EndUsed(head, _usedIdx); // inflight = 0; used_idx = used idx
     }
 
+    /// <summary>
+    /// As <see cref="AddUsed"/>: the record's used_idx follows the ring's used idx element by
+    /// element, so a batch here is a batch of one (used idx is never left behind for PublishUsed).
+    /// </summary>
+    public void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
+
     public bool PublishUsed() => _inner.PublishUsed();
     public void DisableNotifications() => _inner.DisableNotifications();
     public bool Polled { get => _inner.Polled; set => _inner.Polled = value; }

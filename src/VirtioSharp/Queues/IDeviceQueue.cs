@@ -18,6 +18,13 @@ public interface IDeviceQueue
     PopResult TryPop(out DescriptorChain chain);
     /// <summary>Returns a chain to the driver; <paramref name="written"/> bytes were written into its writable buffers.</summary>
     void AddUsed(ushort head, uint written);
+    /// <summary>
+    /// <see cref="AddUsed"/> for a caller that ends the batch with <see cref="PublishUsed"/> or
+    /// <see cref="PublishUsedForPoller"/>: the driver may see the element only then. A split ring
+    /// moves used idx once per batch (2.7.8.2), as the driver moves avail idx once per publish;
+    /// a packed ring hands each used descriptor over with its flags as before (2.8.6).
+    /// </summary>
+    void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
     /// <summary>Ends a batch of used elements; true if the driver wants an interrupt for them (2.7.7.2).</summary>
     bool PublishUsed();
     /// <summary>

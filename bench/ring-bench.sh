@@ -17,6 +17,7 @@ DEVICE_CPU=1
 OURS="split packed split+decide packed+decide"
 MODELS="virtio_ring_0_9 virtio_ring_inorder ring"
 OUT=""
+RT_PRIORITY=""
 SOURCE_TARBALL=/usr/src/linux-source-6.1.tar.xz
 
 usage() {
@@ -56,6 +57,12 @@ measure the same thing (they are run anyway, as given).
   --device-cpu N    CPU of the device (ringtest: host) thread (default $DEVICE_CPU)
   --ours LIST       our rows (default "$OURS"; "" for none)
   --models LIST     ringtest models (default "$MODELS"; "" for none)
+  --rt-priority N    run every row under SCHED_FIFO priority N (chrt -f N; needs
+                    root or CAP_SYS_NICE): two polling threads pinned to the only
+                    two CPUs are otherwise preempted by any other thread, the
+                    runtime's own included, and while one is off its CPU the other
+                    spins; rows measure the scheduler then, not the ring.  Every
+                    row, ringtest's too, runs so (default: normal scheduling)
   --out FILE        also write the report to FILE
   -h, --help        this text
 EOF
@@ -74,12 +81,21 @@ while [[ $# -gt 0 ]]; do
         --ours) OURS=$2; shift 2 ;;
         --models) MODELS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
+        --rt-priority) RT_PRIORITY=$2; shift 2 ;;
         *) echo "ring-bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "ring-bench: --rounds must be a positive number" >&2; exit 2; }
 [[ "$BUFFERS" =~ ^[1-9][0-9]*$ && ${#BUFFERS} -le 10 && $BUFFERS -lt 2147483647 ]] \
     || { echo "ring-bench: --buffers must be a positive number below 2^31 (ringtest's --run-cycles is an int)" >&2; exit 2; }
+
+RT=()
+if [[ -n "$RT_PRIORITY" ]]; then
+    [[ "$RT_PRIORITY" =~ ^[1-9][0-9]?$ ]] || { echo "ring-bench: --rt-priority must be 1-99" >&2; exit 2; }
+    command -v chrt >/dev/null || { echo "ring-bench: chrt is needed for --rt-priority: apt-get install -y util-linux" >&2; exit 1; }
+    chrt -f "$RT_PRIORITY" true 2>/dev/null || { echo "ring-bench: chrt -f $RT_PRIORITY was refused (root or CAP_SYS_NICE needed)" >&2; exit 1; }
+    RT=(chrt -f "$RT_PRIORITY")
+fi
 
 WORK=$(mktemp -d /tmp/ring-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -105,14 +121,14 @@ fi
 run_ours() { # row batch
     local decide=()
     [[ $1 != *+decide ]] || decide=(--decide)
-    dotnet "$WORK/bench/VirtioSharp.Benchmarks.dll" ring --format "${1%%+*}" "${decide[@]}" --batch "$2" --buffers "$BUFFERS" --warmup "$WARMUP" \
+    "${RT[@]}" dotnet "$WORK/bench/VirtioSharp.Benchmarks.dll" ring --format "${1%%+*}" "${decide[@]}" --batch "$2" --buffers "$BUFFERS" --warmup "$WARMUP" \
         --ring-size "$RING_SIZE" --driver-cpu "$DRIVER_CPU" --device-cpu "$DEVICE_CPU" \
         | sed -n 's/.*buffers_per_second=\([0-9]*\).*/\1/p'
 }
 run_model() { # model batch
     local t0 t1
     t0=$EPOCHREALTIME
-    "$RINGTEST/$1" --run-cycles "$BUFFERS" --batch "$2" --ring-size "$RING_SIZE" \
+    "${RT[@]}" "$RINGTEST/$1" --run-cycles "$BUFFERS" --batch "$2" --ring-size "$RING_SIZE" \
         --guest-affinity "$DRIVER_CPU" --host-affinity "$DEVICE_CPU"
     t1=$EPOCHREALTIME
     awk -v n="$BUFFERS" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", n / (b - a) }'
@@ -128,6 +144,7 @@ report "# ring-bench $(date -u +%Y-%m-%dT%H:%MZ)"
 report "# Linux $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 report "# .NET $(dotnet --version 2>/dev/null || echo '?'), $(cc --version 2>/dev/null | head -1)"
 report "# $BUFFERS buffers per run, ring size $RING_SIZE, driver on CPU $DRIVER_CPU, device on CPU $DEVICE_CPU, $ROUNDS rounds"
+report "# scheduling: $([[ -n "$RT_PRIORITY" ]] && echo "SCHED_FIFO priority $RT_PRIORITY (chrt -f)" || echo "normal (SCHED_OTHER)")"
 report "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 declare -A RESULTS

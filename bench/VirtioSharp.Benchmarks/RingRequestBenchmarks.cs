@@ -63,7 +63,7 @@ public class RingRequestBenchmarks
                 _driver.TryAdd(_chain, out _);
             _driver.Publish();
             while (_device.TryPop(out var chain) == PopResult.Chain)
-                _device.AddUsed(chain.Head, 4097);
+                _device.AddUsedToBatch(chain.Head, 4097); // as the drain loop returns chains
             _device.PublishUsed();
             while (_driver.TryTakeUsed(out _, out _, out _))
                 n++;

@@ -277,7 +277,7 @@ public static class RingThroughput
         {
             var result = q.TryPop(out var chain);
             if (result == PopResult.Chain)
-                q.AddUsed(chain.Head, chain.Buffers[0].Length);
+                q.AddUsedToBatch(chain.Head, chain.Buffers[0].Length); // as QueueDrainer: published with the batch
             return result;
         }
         public void PublishUsed(bool decide)
@@ -297,7 +297,7 @@ public static class RingThroughput
         {
             var result = q.TryPop(out var chain);
             if (result == PopResult.Chain)
-                q.AddUsed(chain.Head, chain.Buffers[0].Length);
+                q.AddUsedToBatch(chain.Head, chain.Buffers[0].Length); // as QueueDrainer: published with the batch
             return result;
         }
         public void PublishUsed(bool decide)

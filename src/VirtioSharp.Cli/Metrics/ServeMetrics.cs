@@ -20,7 +20,7 @@ internal sealed class ServeMetrics : IDisposable
     private readonly BlkDevice _device;
     private readonly VhostUserBlkServer _server;
     private readonly CollectorRegistry _registry = Prometheus.Metrics.NewCustomRegistry();
-    private readonly Counter _requests, _bytes, _errors, _pollWindows, _pollHits, _sleeps, _throttled, _bounced, _pageCached, _ringWrites, _syncs;
+    private readonly Counter _requests, _bytes, _errors, _pollWindows, _pollHits, _sleeps, _throttled, _bounced, _pageCached, _ringWrites, _syncs, _resent;
     private readonly Gauge _inFlight, _pollWindow;
     private readonly Histogram _latency;
     private readonly long[][] _latencySeen;
@@ -47,6 +47,7 @@ internal sealed class ServeMetrics : IDisposable
         _bounced = f.CreateCounter("vblk_bounced_requests_total", "Requests copied through the aligned bounce buffer (--cache none, unaligned guest buffers)", "queue");
         _pageCached = f.CreateCounter("vblk_page_cache_requests_total", "Requests done through the page cache (--cache none, offset or length not aligned)", "queue");
         _ringWrites = f.CreateCounter("vblk_direct_ring_writes_total", "Aligned writes handed to the queue's io_uring on the O_DIRECT descriptor (--cache none)", "queue");
+        _resent = f.CreateCounter("vblk_calls_resent_total", "Interrupts sent again because the driver kept waiting for used buffers it had been told about (a lost interrupt)", "queue");
         _syncs = f.CreateCounter("vblk_fdatasyncs_total", "fdatasync calls made for flushes and stable writes (none with --cache unsafe)");
         _latencySeen = new long[device.NumQueues][];
         for (var q = 0; q < _latencySeen.Length; q++)
@@ -112,6 +113,7 @@ internal sealed class ServeMetrics : IDisposable
                 _sleeps.WithLabels(label).IncTo(p.Sleeps);
                 _pollWindow.WithLabels(label).Set(p.WindowMicroseconds * 1e-6);
                 _throttled.WithLabels(label).IncTo(throttle?.ThrottledSeconds(q) ?? 0);
+                _resent.WithLabels(label).IncTo(_server.Watchdogs[q].Resent);
                 if (_device.Backend is FileBackend file)
                 {
                     _bounced.WithLabels(label).IncTo(file.BouncedOn(q));
@@ -137,12 +139,15 @@ internal sealed class ServeMetrics : IDisposable
             line.Append(CultureInfo.InvariantCulture, $"queue {q}: {s.ByType[0]} reads ({s.BytesRead} bytes), {s.ByType[1]} writes ({s.BytesWritten} bytes), {s.ByType[4]} flushes, ");
             line.Append(CultureInfo.InvariantCulture, $"{s.ByType.Sum() - s.ByType[0] - s.ByType[1] - s.ByType[4]} other; errors: {s.IoErrors} ioerr, {s.Unsupported} unsupp, {s.Malformed} malformed; ");
             line.Append(CultureInfo.InvariantCulture, $"in flight {_server.QueueInFlight(q)}; latency mean {(done > 0 ? s.LatencySeconds / done * 1e6 : 0):0.0} us, p50 <= {Percentile(s.Latency, 50)}, p99 <= {Percentile(s.Latency, 99)}; ");
-            line.Append(CultureInfo.InvariantCulture, $"polling {p.Windows} windows, {p.Hits} found work, {p.Sleeps} sleeps, window {p.WindowMicroseconds:0.#} us");
+            line.Append(CultureInfo.InvariantCulture, $"polling {p.Windows} windows, {p.Hits} found work, {p.Sleeps} sleeps, window {p.WindowMicroseconds:0.#} us; ");
+            line.Append(CultureInfo.InvariantCulture, $"{_server.Watchdogs[q].Resent} interrupts sent again");
             if (_device.Throttle is { } t)
                 line.Append(CultureInfo.InvariantCulture, $"; throttled {t.ThrottledSeconds(q):0.000} s in {t.Waits(q)} waits");
             if (_device.Backend is FileBackend { Alignment: not null } file)
                 line.Append(CultureInfo.InvariantCulture, $"; {file.BouncedOn(q)} bounced, {file.PageCachedOn(q)} through the page cache, {file.RingWritesOn(q)} direct writes through io_uring");
             yield return line.ToString();
+            if (_server.DescribeRing(q) is { } ring)
+                yield return $"queue {q} ring: {ring}";
         }
         if (_device.Backend is FileBackend synced)
             yield return string.Create(CultureInfo.InvariantCulture, $"image: {synced.Syncs} fdatasync calls (cache {FileCacheModes.Name(synced.CacheMode)})");

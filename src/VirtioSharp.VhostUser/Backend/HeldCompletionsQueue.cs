@@ -38,6 +38,8 @@ internal sealed class HeldCompletionsQueue : IDeviceQueue, IDisposable
     public int LastRingErrorValue => _inner.LastRingErrorValue;
     public ushort LastAvailIndex => _inner.LastAvailIndex;
     public int InFlight => _inner.InFlight;
+    public string DescribeRing() => _inner.DescribeRing();
+    public bool DriverAwaitsUsed(out uint position) => _inner.DriverAwaitsUsed(out position);
     public int Held => _count;
 
     public PopResult TryPop(out DescriptorChain chain) => _inner.TryPop(out chain);

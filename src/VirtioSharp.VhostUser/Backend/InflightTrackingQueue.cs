@@ -34,6 +34,8 @@ internal sealed class InflightTrackingQueue : IDeviceQueue
     public int LastRingErrorValue => _inner.LastRingErrorValue;
     public ushort LastAvailIndex => _inner.LastAvailIndex;
     public int InFlight => _inner.InFlight;
+    public string DescribeRing() => _inner.DescribeRing();
+    public bool DriverAwaitsUsed(out uint position) => _inner.DriverAwaitsUsed(out position);
     /// <summary>Requests from the previous back-end not handed out yet.</summary>
     public int ResubmitPending => _resubmit.Length - _resubmitted;
 
@@ -58,6 +60,12 @@ internal sealed class InflightTrackingQueue : IDeviceQueue
         if (tracked)
             _record.EndUsed(head, _usedIdx); // inflight = 0; used_idx = used idx
     }
+
+    /// <summary>
+    /// As <see cref="AddUsed"/>: the record's used_idx follows the ring's used idx element by
+    /// element, so a batch here is a batch of one (used idx is never left behind for PublishUsed).
+    /// </summary>
+    public void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
 
     public bool PublishUsed() => _inner.PublishUsed();
     public void DisableNotifications() => _inner.DisableNotifications();

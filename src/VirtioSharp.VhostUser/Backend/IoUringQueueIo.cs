@@ -18,6 +18,8 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
 
     public CompletionPort Completions => port;
     public const ulong TimerTag = 1UL << 61;
+    /// <summary>The <see cref="CallWatchdog"/>'s timeout (timespec slot 1; the limits' timer has slot 0).</summary>
+    public const ulong WatchdogTag = TimerTag + 1;
 
     public static bool IsIo(ulong userData) => userData <= ushort.MaxValue;
 

@@ -38,6 +38,8 @@ internal sealed class PackedInflightTrackingQueue : IDeviceQueue
     public ushort LastAvailIndex => _inner.LastAvailIndex;
     public ushort UsedIndex => _inner.UsedIndex;
     public int InFlight => _inner.InFlight;
+    public string DescribeRing() => _inner.DescribeRing();
+    public bool DriverAwaitsUsed(out uint position) => _inner.DriverAwaitsUsed(out position);
     public bool Polled { get => _inner.Polled; set => _inner.Polled = value; }
     /// <summary>Lists from the previous back-end not handed out yet.</summary>
     public int ResubmitPending => _resubmit.Length - _resubmitted;

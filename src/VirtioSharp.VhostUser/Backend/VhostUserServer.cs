@@ -48,6 +48,10 @@ public class VhostUserServer : IDisposable
     public IReadOnlyList<AdaptivePoller> Pollers => LazyInitializer.EnsureInitialized(ref _pollers, () => [.. Enumerable.Range(0, Device.NumQueues).Select(_ => new AdaptivePoller(PollMicroseconds))]);
     private AdaptivePoller[]? _pollers;
 
+    /// <summary>Each queue worker's <see cref="CallWatchdog"/>, kept across front-ends so its count only grows.</summary>
+    public IReadOnlyList<CallWatchdog> Watchdogs => LazyInitializer.EnsureInitialized(ref _watchdogs, () => [.. Enumerable.Range(0, Device.NumQueues).Select(_ => new CallWatchdog())]);
+    private CallWatchdog[]? _watchdogs;
+
     /// <summary>Chains of <paramref name="queue"/> taken from the ring and not yet used (0 with no front-end).</summary>
     public int QueueInFlight(int queue)
     {
@@ -55,6 +59,21 @@ public class VhostUserServer : IDisposable
         lock (_lock)
             session = _session;
         return session is not null && (uint)queue < (uint)session.Vrings.Count && session.Vrings[queue].Queue is { } q ? q.InFlight : 0;
+    }
+
+    /// <summary>
+    /// Where queue <paramref name="queue"/>'s ring stands, both sides, and the kicks and calls it
+    /// has seen, in one line (null when the ring is not started): what a stalled guest waits for.
+    /// </summary>
+    public string? DescribeRing(int queue)
+    {
+        VhostUserSession? session;
+        lock (_lock)
+            session = _session;
+        if (session is null || (uint)queue >= (uint)session.Vrings.Count)
+            return null;
+        var vring = session.Vrings[queue];
+        return vring.Queue is { } q ? $"{q.DescribeRing()}; {vring.Kicks} kicks, {vring.Calls} calls" : null;
     }
 
     /// <summary>For crash-recovery tests only: hold each completion this long before it is used (0: off).</summary>
@@ -175,7 +194,7 @@ public class VhostUserServer : IDisposable
                         continue;
                     }
                     Interlocked.Increment(ref _connections);
-                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers, HoldCompletionsMs, QueueCpus);
+                    _session = new VhostUserSession(Device, connection, _log, Aio, MessageTimeout, Pollers, HoldCompletionsMs, QueueCpus, Watchdogs);
                     _sessionThread = new Thread(RunSession) { IsBackground = true, Name = "vhost-user connection" };
                     _sessionThread.Start(_session);
                 }

@@ -50,7 +50,8 @@ internal sealed partial class VhostUserSession : IDisposable
 
     private readonly TimeSpan _messageTimeout;
 
-    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null, IReadOnlyList<AdaptivePoller>? pollers = null, int holdCompletionsMs = 0, IReadOnlyList<int>? queueCpus = null)
+    public VhostUserSession(IVirtioDevice device, UnixFdSocket connection, ILogSink? log, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null, IReadOnlyList<AdaptivePoller>? pollers = null, int holdCompletionsMs = 0, IReadOnlyList<int>? queueCpus = null,
+        IReadOnlyList<CallWatchdog>? watchdogs = null)
     {
         _holdCompletionsMs = holdCompletionsMs;
         _device = device;
@@ -62,7 +63,7 @@ internal sealed partial class VhostUserSession : IDisposable
         _offeredFeatures = device.DeviceFeatures | VhostUserFeatures.ProtocolFeatures;
         _vrings = new Vring[device.NumQueues];
         for (var i = 0; i < _vrings.Length; i++)
-            _vrings[i] = new Vring(i, device, log, aio, pollers?[i], CpuList.ForQueue(queueCpus, i));
+            _vrings[i] = new Vring(i, device, log, aio, pollers?[i], CpuList.ForQueue(queueCpus, i), watchdogs?[i]);
         device.ConfigChanged += OnConfigChanged;
     }
 

@@ -29,7 +29,7 @@ internal sealed class Vring : IDisposable
     private ITraceSink? _trace; // the device's recorder while the worker runs; null when nobody records
     private EventFd? _err;
 
-    public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null, int cpu = -1)
+    public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null, int cpu = -1, CallWatchdog? watchdog = null)
     {
         Index = index;
         Cpu = cpu;
@@ -37,8 +37,12 @@ internal sealed class Vring : IDisposable
         _log = log;
         _aio = aio;
         Poller = poller ?? new AdaptivePoller(0);
+        Watchdog = watchdog ?? new CallWatchdog();
         _port = new CompletionPort(device.MaxQueueSize, () => _completed.Signal());
     }
+
+    /// <summary>Sends the call again when the driver keeps waiting for used buffers (an interrupt lost on its way).</summary>
+    public CallWatchdog Watchdog { get; }
 
     /// <summary>How long the worker looks at the ring after a drain before it sleeps (its counters: polls and sleeps).</summary>
     public AdaptivePoller Poller { get; }
@@ -106,6 +110,7 @@ internal sealed class Vring : IDisposable
         if (Kick is null)
             throw new InvalidOperationException($"queue {Index} has no kick descriptor");
         Queue = queue;
+        Watchdog.Reset();
         _trace = _device.Trace;
         Failed = false;
         _stopRequested = false;
@@ -258,12 +263,17 @@ internal sealed class Vring : IDisposable
                     continue;
                 }
             }
+            var watch = _enabled && !stopped ? Watchdog.BeforeSleep(queue) : -1;
+            if (watch >= 0 && (timeout < 0 || watch < timeout))
+                timeout = watch;
             fds[0] = new PollFd(_control.Fd);
             fds[1] = new PollFd(_enabled && !stopped ? kick.Fd : -1); // poll skips negative descriptors
             fds[2] = new PollFd(_completed.Fd);
             Poller.Sleeping();
             FdPoll.Wait(fds, timeout);
             Poller.Woke();
+            if (Watchdog.Due(queue))
+                SignalCall(ResentWhy);
             if (timeout >= 0)
                 drain = true; // the limits may let more through now
             if (fds[0].Ready)
@@ -305,7 +315,7 @@ internal sealed class Vring : IDisposable
     private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = new IoUringQueueIo(ring, _port);
-        bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false, timerArmed = false;
+        bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false, timerArmed = false, watchArmed = false;
         var pollFailures = 0;
         var drain = true; // buffers may have been made available before the ring started
         while (true)
@@ -339,6 +349,8 @@ internal sealed class Vring : IDisposable
             }
             if (!ring.HasCompletion)
             {
+                if (!watchArmed && !stopped && _enabled && Watchdog.BeforeSleep(queue) is >= 0 and var watch)
+                    watchArmed = ring.QueueTimeout(watch * 1_000_000L + 1, IoUringQueueIo.WatchdogTag, slot: 1);
                 Poller.Sleeping();
                 ring.SubmitAndWait(wait: true);
                 Poller.Woke();
@@ -356,6 +368,13 @@ internal sealed class Vring : IDisposable
                 {
                     timerArmed = false;
                     drain = true; // the limits may let more through now
+                    continue;
+                }
+                if (cqe.UserData == IoUringQueueIo.WatchdogTag)
+                {
+                    watchArmed = false;
+                    if (Watchdog.Due(queue))
+                        SignalCall(ResentWhy);
                     continue;
                 }
                 var more = (cqe.Flags & IoUring.CqeFlagMore) != 0;
@@ -522,6 +541,8 @@ internal sealed class Vring : IDisposable
 
     /// <summary>Makes the worker drain the ring again (from any thread).</summary>
     public void Wake() => _control.Signal(); // false, harmlessly, once the ring is disposed
+
+    private const string ResentWhy = "sent again: the driver still waits for used buffers it was told about (the last interrupt was lost)";
 
     /// <summary>Writes the call eventfd; <paramref name="why"/> (a constant) is recorded while someone records.</summary>
     private void SignalCall(string why)

@@ -314,10 +314,11 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
                 slot.Sequence = ctx.NextSequence();
                 placed = TryPlace(ctx, slot, chain[..n], out head);
             }
-            if (placed)
-            {
+            // A request placed by a continuation that runs inside this thread's reap of the same
+            // queue is published with the others that reap starts, once, when it ends (2.7.13.3:
+            // several heads may go out under one idx update; 2.7.13.4: one notification for them).
+            if (placed && t_reaping != ctx)
                 notify = ctx.Queue.Publish(); // the queue reports descriptors, ring slot, idx and the decision
-            }
             else
                 notify = false;
         }
@@ -439,15 +440,29 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
         }
     }
 
+    /// <summary>
+    /// The queue whose completions this thread is running (inline continuations): what they submit
+    /// on it is placed at once but published when the reap's pass ends.
+    /// </summary>
+    [ThreadStatic]
+    private static BlkQueueContext? t_reaping;
+
     private void Reap(BlkQueueContext ctx)
     {
         var completed = ctx.Completed;
+        var first = true;
         while (true)
         {
             var count = 0;
             string? broken = null;
             lock (ctx.Lock)
             {
+                // 2.7.10 / 2.8.10: no interrupts asked for while this pass takes what is there (no
+                // used_event store and full barrier per buffer); turned on again below, behind the
+                // barrier, when the ring looks empty. A polling transport keeps them off itself.
+                if (first && !ctx.Queue.Polling)
+                    ctx.Queue.DisableInterrupts();
+                first = false;
                 while (count < completed.Length)
                 {
                     if (!ctx.Queue.TryTakeUsed(out var head, out var length, out var error))
@@ -473,12 +488,8 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
                     completed[count++] = slot;
                 }
             }
-            for (var i = 0; i < count; i++)
-            {
-                var slot = completed[i]!;
-                completed[i] = null;
-                CompleteSlot(ctx, slot);
-            }
+            if (count > 0)
+                CompleteBatch(ctx, completed, count);
             if (broken is not null)
             {
                 OnDeviceLost(broken);
@@ -486,6 +497,36 @@ public sealed class BlkDriver : IInterruptHandler, IDeviceRestartHandler, IDispo
             }
             if (count < completed.Length)
                 return;
+        }
+    }
+
+    /// <summary>
+    /// Completes the slots one pass took. Continuations that run here (inline completions) and
+    /// submit again on this queue place their requests without publishing them; the pass then
+    /// publishes them together and notifies at most once, so the device is woken once for the
+    /// batch, not once for its first request while the rest are still being placed.
+    /// </summary>
+    private void CompleteBatch(BlkQueueContext ctx, BlkRequestSlot?[] completed, int count)
+    {
+        var outer = t_reaping;
+        t_reaping = ctx;
+        try
+        {
+            for (var i = 0; i < count; i++)
+            {
+                var slot = completed[i]!;
+                completed[i] = null;
+                CompleteSlot(ctx, slot);
+            }
+        }
+        finally
+        {
+            t_reaping = outer;
+            bool notify;
+            lock (ctx.Lock)
+                notify = _failure is null && ctx.Queue.Publish(); // nothing new: no store, no notification
+            if (notify)
+                _transport.Notify(ctx.Queue.Index);
         }
     }
 

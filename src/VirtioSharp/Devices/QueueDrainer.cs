@@ -37,7 +37,7 @@ public sealed class QueueDrainer(int numQueues, BreachReporter breaches, IChainH
             {
                 var written = handler.HandleChain(queue, chain, io);
                 if (written != Deferred)
-                    queue.AddUsed(chain.Head, written);
+                    queue.AddUsedToBatch(chain.Head, written); // published with the batch, below
                 if (breaches.ResetRequested)
                     break; // strict=fail: stop at the first breach
             }

@@ -38,7 +38,7 @@ public sealed unsafe class IoUring : IDisposable
     private readonly Cqe* _cqes;
     private uint _sqLocalTail;
     private bool _disposed;
-    private readonly long* _timeout = (long*)NativeMemory.AllocZeroed(16); // struct __kernel_timespec, read at submission
+    private readonly long* _timeout = (long*)NativeMemory.AllocZeroed(2 * 16); // two struct __kernel_timespec, read at submission
 
     private IoUring(SafeFdHandle fd, in Params p)
     {
@@ -215,18 +215,22 @@ public sealed unsafe class IoUring : IDisposable
     }
 
     /// <summary>
-    /// Queues a timeout that completes (with -ETIME) after <paramref name="nanoseconds"/>. One at a
-    /// time: the kernel reads the time when the entry is submitted, from storage the ring owns.
+    /// Queues a timeout that completes (with -ETIME) after <paramref name="nanoseconds"/>. The kernel
+    /// reads the time when the entry is submitted, from storage the ring owns: one per
+    /// <paramref name="slot"/> (0 or 1), so two timeouts may wait for the same submission.
     /// </summary>
-    public bool QueueTimeout(long nanoseconds, ulong userData)
+    public bool QueueTimeout(long nanoseconds, ulong userData, int slot = 0)
     {
+        if ((uint)slot > 1)
+            throw new ArgumentOutOfRangeException(nameof(slot), "the ring keeps two timespecs: slot 0 or 1");
         if (!TryNextSqe(out var sqe))
             return false;
-        _timeout[0] = nanoseconds / 1_000_000_000;
-        _timeout[1] = nanoseconds % 1_000_000_000;
+        var ts = _timeout + 2 * slot;
+        ts[0] = nanoseconds / 1_000_000_000;
+        ts[1] = nanoseconds % 1_000_000_000;
         sqe->Opcode = IORING_OP_TIMEOUT;
         sqe->Fd = -1;
-        sqe->Addr = (ulong)_timeout;
+        sqe->Addr = (ulong)ts;
         sqe->Len = 1;
         sqe->Off = 0; // a pure timeout, not counting completions
         sqe->UserData = userData;

@@ -18,6 +18,13 @@ public interface IDeviceQueue
     PopResult TryPop(out DescriptorChain chain);
     /// <summary>Returns a chain to the driver; <paramref name="written"/> bytes were written into its writable buffers.</summary>
     void AddUsed(ushort head, uint written);
+    /// <summary>
+    /// <see cref="AddUsed"/> for a caller that ends the batch with <see cref="PublishUsed"/> or
+    /// <see cref="PublishUsedForPoller"/>: the driver may see the element only then. A split ring
+    /// moves used idx once per batch (2.7.8.2), as the driver moves avail idx once per publish;
+    /// a packed ring hands each used descriptor over with its flags as before (2.8.6).
+    /// </summary>
+    void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
     /// <summary>Ends a batch of used elements; true if the driver wants an interrupt for them (2.7.7.2).</summary>
     bool PublishUsed();
     /// <summary>
@@ -47,4 +54,23 @@ public interface IDeviceQueue
     ushort LastAvailIndex { get; }
     /// <summary>Number of chains taken but not yet returned.</summary>
     int InFlight { get; }
+    /// <summary>
+    /// With VIRTIO_F_EVENT_IDX: whether the driver's event index names a used position the device
+    /// has already written (2.7.10 used_event, 2.8.10 the Driver Event Suppression's offset), so
+    /// the driver is waiting for an interrupt about buffers that are used. True for a moment after
+    /// each interrupt; when it stays true, that interrupt was lost on its way to the driver.
+    /// <paramref name="position"/> holds the driver's event index and the device's used position,
+    /// so a caller can tell whether either moved. False without EVENT_IDX: nothing says then where the driver is.
+    /// </summary>
+    bool DriverAwaitsUsed(out uint position)
+    {
+        position = 0;
+        return false;
+    }
+
+    /// <summary>
+    /// Where the ring stands, both sides, in one line for a log (a stalled guest: who waits for
+    /// which event). Read from another thread while the worker runs, so a snapshot, not exact.
+    /// </summary>
+    string DescribeRing() => $"{InFlight} in flight, next available {LastAvailIndex}";
 }

@@ -25,7 +25,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     // it is below the size and free): its buffer id and how many ring slots it took.
     private readonly ushort[] _tokenId;
     private readonly ushort[] _tokenSlots;  // 0 = token free
-    private readonly ulong[] _idInFlight = new ulong[65536 / 64];
+    private readonly ulong[] _idInFlight = PaddedArray.Of<ulong>(65536 / 64);
     private int _tokenCursor;
     private ushort _nextAvail;             // slot the next list starts at
     private bool _availWrap;               // 2.8.1: the Driver Ring Wrap Counter the device expects there
@@ -53,8 +53,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         EventIdx = eventIdx;
         _indirect = indirect;
         _scratch = new ChainBuffer[size];
-        _tokenId = new ushort[size];
-        _tokenSlots = new ushort[size];
+        _tokenId = PaddedArray.Of<ushort>(size);
+        _tokenSlots = PaddedArray.Of<ushort>(size);
         _nextAvail = (ushort)(availState & 0x7fff);
         _availWrap = (availState & 0x8000) != 0;
         _nextUsed = (ushort)(usedState & 0x7fff);
@@ -174,6 +174,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         var free = Size - _slotsInFlight;
         if (free <= 0)
             return Corrupt(RingError.PackedRingOverrun, _nextAvail); // 2.8.16: every slot is still the device's
+        if ((flags & (PackedRing.DescFNext | PackedRing.DescFIndirect)) == 0 && _captured is null && _recorder is null)
+            return PopOne(first, flags, out chain);
 
         var error = ChainError.None;
         var errorDescriptor = -1;
@@ -208,7 +210,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
                 if (error == ChainError.None)
                     count = ExpandIndirect(addr, len, ref error, ref errorDescriptor);
             }
-            else if (count < _scratch.Length)
+            else if (count < Size)
                 AddBuffer(ref count, addr, len, (flags & PackedRing.DescFWrite) != 0, ref seenWritable, ref error, ref errorDescriptor, slot);
 
             if (++slot == Size)
@@ -239,6 +241,42 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     }
 
     /// <summary>
+    /// <see cref="TryPop"/> for a list of one direct descriptor (neither NEXT nor INDIRECT in the
+    /// <paramref name="flags"/> already read and found available), while nobody records or
+    /// captures: the same reads, each once, and the same checks as the walk, without its loop.
+    /// </summary>
+    private PopResult PopOne(byte* d, ushort flags, out DescriptorChain chain)
+    {
+        chain = default;
+        var addr = Unsafe.ReadUnaligned<ulong>(d);
+        var len = Unsafe.ReadUnaligned<uint>(d + 8);
+        var id = Unsafe.ReadUnaligned<ushort>(d + 12);
+        var at = _nextAvail;
+        // 2.8.4: the buffer inside guest memory, or the chain carries the error.
+        var error = _scratch[0].Set(_memory, addr, len, (flags & PackedRing.DescFWrite) != 0) ? ChainError.None : ChainError.BufferOutOfMemory;
+        ref var inFlight = ref _idInFlight[id >> 6];
+        var bit = 1UL << (id & 63);
+        if ((inFlight & bit) != 0)
+            return Corrupt(RingError.PackedBufferIdInFlight, id);
+        var token = TakeToken(id);
+        inFlight |= bit;
+        _tokenId[token] = id;
+        _tokenSlots[token] = 1;
+        _slotsInFlight++;
+        _inFlightCount++;
+        if (at + 1 == Size)
+        {
+            _nextAvail = 0;
+            _availWrap = !_availWrap;
+        }
+        else
+            _nextAvail = (ushort)(at + 1);
+        _capturedCount = 1;
+        chain = new DescriptorChain(token, new ReadOnlySpan<ChainBuffer>(_scratch, 0, 1), error, error == ChainError.None ? -1 : at, VirtqueueFormat.Packed);
+        return PopResult.Chain;
+    }
+
+    /// <summary>
     /// Takes again a list a previous device process took and did not return, from a copy of its
     /// descriptors (its ring slots may hold used descriptors by now). The queue was created with
     /// its available position past every such list, so their slots already count as in flight;
@@ -264,7 +302,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
                 if (error == ChainError.None)
                     count = ExpandIndirect(d.Address, d.Length, ref error, ref errorDescriptor);
             }
-            else if (count < _scratch.Length)
+            else if (count < Size)
                 AddBuffer(ref count, d.Address, d.Length, (d.Flags & PackedRing.DescFWrite) != 0, ref seenWritable, ref error, ref errorDescriptor, i);
         }
         var id = list[^1].Id;
@@ -398,6 +436,9 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         _usedSinceEvent += slots;
     }
 
+    /// <summary>2.8.6: each used descriptor goes out with its flags, so a batch changes nothing here.</summary>
+    public void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
+
     /// <summary>
     /// Makes the next <see cref="PublishUsed"/> ask for an interrupt whatever the driver's event
     /// suppression says: for a ring resumed from where another device process left it, which may
@@ -502,6 +543,40 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         var d = Slot(slot % Size);
         return (Unsafe.ReadUnaligned<ulong>(d), Unsafe.ReadUnaligned<uint>(d + 8), Unsafe.ReadUnaligned<ushort>(d + 12), Volatile.Read(ref *(ushort*)(d + 14)));
     }
+
+    public bool DriverAwaitsUsed(out uint position)
+    {
+        var offWrap = Volatile.Read(ref *(ushort*)_driverEvent);
+        var flags = Volatile.Read(ref *(ushort*)(_driverEvent + 2)) & PackedRing.EventFlagsMask;
+        position = offWrap | (uint)UsedIndex << 16;
+        if (!EventIdx || flags != PackedRing.EventFlagsDesc)
+            return false;
+        // 2.8.10: the descriptor the driver asked to hear about, in the used lap's positions; at or
+        // past the next used slot it is still to come, more than a lap behind it means nothing.
+        int off = offWrap & ~PackedRing.EventWrapBit;
+        if (off >= Size)
+            return false;
+        var e = ((offWrap & PackedRing.EventWrapBit) != 0) == _usedWrap ? off : off - Size;
+        return e < _nextUsed && e >= _nextUsed - Size;
+    }
+
+    public string DescribeRing()
+    {
+        var (off, flags) = DriverEvent;
+        var devOff = Volatile.Read(ref *(ushort*)_deviceEvent);
+        var devFlags = Volatile.Read(ref *(ushort*)(_deviceEvent + 2));
+        return $"packed: next available slot {_nextAvail} (wrap {(_availWrap ? 1 : 0)}, its flags {PackedRing.DescribeFlags(ReadFlags(Slot(_nextAvail)))}), "
+            + $"next used slot {_nextUsed} (wrap {(_usedWrap ? 1 : 0)}), {_inFlightCount} in flight over {_slotsInFlight} slots, {_usedSinceEvent} used slots not published; "
+            + $"driver event: {DescribeEvent(off, flags)}; device event: {DescribeEvent(devOff, devFlags)}";
+    }
+
+    private static string DescribeEvent(ushort offWrap, ushort flags) => (flags & PackedRing.EventFlagsMask) switch
+    {
+        PackedRing.EventFlagsEnable => "ENABLE",
+        PackedRing.EventFlagsDisable => "DISABLE",
+        PackedRing.EventFlagsDesc => $"DESC at slot {offWrap & 0x7fff} wrap {offWrap >> 15}",
+        _ => $"flags 0x{flags:x4}",
+    };
 
     /// <summary>The Driver Event Suppression structure as the device reads it (for tracing).</summary>
     public (ushort OffWrap, ushort Flags) DriverEvent => (Volatile.Read(ref *(ushort*)_driverEvent), Volatile.Read(ref *(ushort*)(_driverEvent + 2)));

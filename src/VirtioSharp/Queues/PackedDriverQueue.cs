@@ -50,8 +50,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         _deviceEvent = (byte*)memory.GetPointer(deviceAddr, PackedRing.EventSuppressionSize);
         // 2.8.13: the descriptor ring is zero-initialized.
         new Span<byte>(_desc, checked((int)PackedQueueLayout.DescriptorRingSize(size))).Clear();
-        _slotsOfId = new ushort[size];
-        _freeIds = new ushort[size];
+        _slotsOfId = PaddedArray.Of<ushort>(size);
+        _freeIds = PaddedArray.Of<ushort>(size); // its top, near the end while few ids are out, is written per request
         FreeEverything();
         AskForFirstInterrupt();
     }

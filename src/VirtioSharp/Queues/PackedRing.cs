@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace VirtioSharp.Queues;
 
 /// <summary>Flags, sizes and flag arithmetic of the packed virtqueue (spec 2.8).</summary>
@@ -23,16 +25,23 @@ public static class PackedRing
     public static bool IsValidSize(int size) => size is >= 1 and <= MaxQueueSize;
 
     /// <summary>2.8.1 / 2.8.21.1: an available descriptor has AVAIL equal to the Driver Ring Wrap Counter and USED its inverse.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ushort AvailFlags(bool wrap) => wrap ? DescFAvail : DescFUsed;
 
     /// <summary>2.8.1: a used descriptor has AVAIL and USED both equal to the Device Ring Wrap Counter.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static ushort UsedFlags(bool wrap) => wrap ? (ushort)(DescFAvail | DescFUsed) : (ushort)0;
 
-    /// <summary>2.8.1: made available in the lap whose wrap counter is <paramref name="wrap"/>.</summary>
-    public static bool IsAvail(ushort flags, bool wrap) => ((flags & DescFAvail) != 0) == wrap && ((flags & DescFUsed) != 0) != wrap;
+    /// <summary>2.8.1: the AVAIL and USED bits of a descriptor's flags.</summary>
+    public const ushort DescFAvailUsed = DescFAvail | DescFUsed;
 
-    /// <summary>2.8.1: marked used in the lap whose wrap counter is <paramref name="wrap"/>.</summary>
-    public static bool IsUsed(ushort flags, bool wrap) => ((flags & DescFAvail) != 0) == wrap && ((flags & DescFUsed) != 0) == wrap;
+    /// <summary>2.8.1: made available in the lap whose wrap counter is <paramref name="wrap"/> (AVAIL equal to it, USED not).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool IsAvail(ushort flags, bool wrap) => (flags & DescFAvailUsed) == AvailFlags(wrap);
+
+    /// <summary>2.8.1: marked used in the lap whose wrap counter is <paramref name="wrap"/> (AVAIL and USED both equal to it).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool IsUsed(ushort flags, bool wrap) => (flags & DescFAvailUsed) == UsedFlags(wrap);
 
     /// <summary>2.8.14: the desc field of an event suppression structure: 15-bit offset and the wrap counter in bit 15.</summary>
     public static ushort OffWrap(int offset, bool wrap) => (ushort)(offset | (wrap ? EventWrapBit : 0));

@@ -21,6 +21,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     private ushort _availSeen;             // the driver's avail idx as last read (checked); entries up to it are known
     private ushort _usedShadow;
     private ushort _usedPublished;
+    private bool _usedIdxBehind;           // AddUsedToBatch wrote elements that used idx in the ring does not count yet
     private bool _signalNext; // signal the next used batch whatever used_event says
     private int _inFlightCount;
     private readonly GuestMemory _memory;
@@ -42,7 +43,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         EventIdx = eventIdx;
         _indirect = indirect;
         _scratch = new ChainBuffer[size];
-        _inFlight = new bool[size];
+        _inFlight = PaddedArray.Of<bool>(size);
         _lastAvail = startIndex;
         _availSeen = startIndex;
         _usedShadow = usedStartIndex;
@@ -251,7 +252,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
 
             if ((flags & SplitRing.DescFNext) == 0)
                 return count;
-            if (count == _scratch.Length)
+            if (count == Size)
             {
                 error = ChainError.ChainTooLong;
                 errorDescriptor = (int)index;
@@ -284,6 +285,40 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         _recorder?.Used(head, written, (ushort)(_usedShadow - 1), _usedShadow);
         // 2.7.8.2: the element must be visible before idx moves (release store).
         Volatile.Write(ref UsedIdx, _usedShadow);
+        _usedIdxBehind = false;
+    }
+
+    /// <summary>
+    /// Writes the used element and leaves used idx to the end of the batch (<see cref="PublishUsed"/>,
+    /// <see cref="PublishUsedForPoller"/>): the line used idx sits on, which a polling driver reads,
+    /// then moves between the cores once per batch instead of once per element. While a recorder
+    /// is attached each element moves idx at once, so a recording shows it as before.
+    /// </summary>
+    public void AddUsedToBatch(ushort head, uint written)
+    {
+        if (_recorder is not null)
+        {
+            AddUsed(head, written);
+            return;
+        }
+        if (head < Size && _inFlight[head])
+        {
+            _inFlight[head] = false;
+            _inFlightCount--;
+        }
+        // 2.7.8: struct virtq_used_elem { le32 id; le32 len; }, written as one 8-byte store.
+        Unsafe.WriteUnaligned(_used + 4 + 8 * (_usedShadow & (Size - 1)), (ulong)head | ((ulong)written << 32));
+        _usedShadow++;
+        _usedIdxBehind = true;
+    }
+
+    /// <summary>2.7.8.2: moves used idx over the elements <see cref="AddUsedToBatch"/> wrote (release store: they are visible first).</summary>
+    private void WriteUsedIdx()
+    {
+        if (!_usedIdxBehind)
+            return;
+        _usedIdxBehind = false;
+        Volatile.Write(ref UsedIdx, _usedShadow);
     }
 
     public bool PublishUsed()
@@ -293,6 +328,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         if (oldIdx == newIdx)
             return false;
         _usedPublished = newIdx;
+        WriteUsedIdx();
         // Full fence: publish idx, then read the driver's used_event / flags (2.7.7.2).
         Interlocked.MemoryBarrier();
         if (_signalNext)
@@ -311,7 +347,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
     /// <summary>
     /// Ends a batch for a caller that will not interrupt whatever the driver asks (it knows the
     /// driver polls). 2.7.7.2 asks for the full barrier only before reading the driver's flags or
-    /// used_event; nothing is read here, and <see cref="AddUsed"/> already released used idx.
+    /// used_event; nothing is read here, so the release store of used idx is all it takes.
     /// </summary>
     public void PublishUsedForPoller()
     {
@@ -320,6 +356,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             PublishUsed(); // a recording shows the decision the driver's state would give
             return;
         }
+        WriteUsedIdx();
         _usedPublished = _usedShadow;
     }
 
@@ -346,6 +383,21 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             Volatile.Write(ref UsedFlags, (ushort)(old | SplitRing.UsedFNoNotify));
         }
     }
+
+    public bool DriverAwaitsUsed(out uint position)
+    {
+        var usedEvent = UsedEvent;
+        var usedIdx = Volatile.Read(ref UsedIdx);
+        position = usedEvent | (uint)usedIdx << 16;
+        // 2.7.10: the driver asked to hear once idx passes used_event; idx is past it by at most a
+        // queue's worth when that element is written and the driver has not caught up.
+        var behind = (ushort)(usedIdx - usedEvent);
+        return EventIdx && behind != 0 && behind <= Size;
+    }
+
+    public string DescribeRing() =>
+        $"split: avail idx {AvailIdx} (flags 0x{AvailFlags:x4}, used_event {UsedEvent}), next available {_lastAvail}; "
+        + $"used idx {Volatile.Read(ref UsedIdx)} (flags 0x{Volatile.Read(ref UsedFlags):x4}, avail_event {Volatile.Read(ref AvailEvent)}), published {_usedPublished}; {_inFlightCount} in flight";
 
     /// <summary>Whether the driver has made a chain available that the device has not taken (a look, for polling).</summary>
     public bool HasAvailable => AvailIdx != _lastAvail;

@@ -45,8 +45,8 @@ public sealed unsafe class SplitDriverQueue : IDriverQueue
         _desc = (byte*)memory.GetPointer(descAddr, SplitQueueLayout.DescriptorTableSize(size));
         _avail = (byte*)memory.GetPointer(availAddr, SplitQueueLayout.AvailRingSize(size));
         _used = (byte*)memory.GetPointer(usedAddr, SplitQueueLayout.UsedRingSize(size));
-        _next = new ushort[size];
-        _chainLength = new ushort[size];
+        _next = PaddedArray.Of<ushort>(size);
+        _chainLength = PaddedArray.Of<ushort>(size);
         for (var i = 0; i < size; i++)
             _next[i] = (ushort)((i + 1) % size);
         _freeHead = 0;

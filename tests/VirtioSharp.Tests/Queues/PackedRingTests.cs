@@ -310,6 +310,59 @@ public sealed class PackedDeviceQueueTests : IDisposable
     private const ushort N = PackedRing.DescFNext, W = PackedRing.DescFWrite, I = PackedRing.DescFIndirect;
 
     [Fact]
+    public void A_list_of_one_descriptor_is_taken_as_the_walk_takes_it_over_two_laps_2_8_6()
+    {
+        // One queue takes one-descriptor lists by its short path; the other captures lists, which
+        // sends every list through the walk. Both read the same ring and must agree on everything.
+        var fast = Device(3);
+        var walked = Device(3);
+        walked.CaptureLists();
+        (ushort Head, ChainError Error, int ErrorDescriptor) Same(PopResult expected)
+        {
+            var r1 = fast.TryPop(out var a);
+            var r2 = walked.TryPop(out var b);
+            Assert.Equal(expected, r1);
+            Assert.Equal(expected, r2);
+            if (expected == PopResult.RingCorrupt)
+                Assert.Equal((walked.LastRingError, walked.LastRingErrorValue), (fast.LastRingError, fast.LastRingErrorValue));
+            if (expected != PopResult.Chain)
+                return default;
+            Assert.Equal((b.Head, b.Error, b.ErrorDescriptor, b.Format), (a.Head, a.Error, a.ErrorDescriptor, a.Format));
+            Assert.Equal(b.Buffers.Length, a.Buffers.Length);
+            for (var i = 0; i < a.Buffers.Length; i++)
+                Assert.Equal(b.Buffers[i], a.Buffers[i]);
+            Assert.Equal(walked.BufferId(b.Head), fast.BufferId(a.Head));
+            Assert.Equal(walked.LastAvailIndex, fast.LastAvailIndex);
+            Assert.Equal((walked.InFlight, walked.SlotsInFlight), (fast.InFlight, fast.SlotsInFlight));
+            return (a.Head, a.Error, a.ErrorDescriptor);
+        }
+
+        // Lap 1 (wrap counter 1): a readable buffer, a buffer outside guest memory with an id above
+        // the size, and a writable one in the ring's last slot.
+        Write(0, DataBase, 16, 5, A);
+        Write(1, Base + (4 << 20), 16, 40000, (ushort)(A | W));
+        Write(2, DataBase + 64, 8, 1, (ushort)(A | W));
+        var lists = new[] { Same(PopResult.Chain), Same(PopResult.Chain), Same(PopResult.Chain) };
+        Assert.Equal((ChainError.None, ChainError.BufferOutOfMemory, 1, ChainError.None), (lists[0].Error, lists[1].Error, lists[1].ErrorDescriptor, lists[2].Error));
+        Assert.Equal(PackedRing.OffWrap(0, false), fast.LastAvailIndex); // the counter flipped after slot 2
+        Same(PopResult.Empty);
+        foreach (var q in new[] { fast, walked })
+        {
+            foreach (var l in lists)
+                q.AddUsed(l.Head, 0);
+        }
+        Assert.Equal((0u, (ushort)1, PackedRing.UsedFlags(true)), Read(2));
+
+        // Lap 2 (wrap counter 0): id 2, then id 2 again while it is in flight.
+        var a2 = PackedRing.AvailFlags(false);
+        Write(0, DataBase, 16, 2, (ushort)(a2 | W));
+        Write(1, DataBase, 16, 2, (ushort)(a2 | W));
+        Same(PopResult.Chain);
+        Same(PopResult.RingCorrupt);
+        Assert.Equal((RingError.PackedBufferIdInFlight, 2), (fast.LastRingError, fast.LastRingErrorValue));
+    }
+
+    [Fact]
     public void A_buffer_id_above_the_queue_size_is_served_and_returned_2_8_13()
     {
         var q = Device(4);

@@ -74,6 +74,56 @@ public sealed class PublishForPollerTests
     }
 
     [Fact]
+    public void Used_elements_added_to_a_batch_move_used_idx_once_at_the_end_of_the_batch_2_7_8_2()
+    {
+        using var ring = new RingBuilder(8);
+        var q = ring.Device(eventIdx: true);
+        var heads = new[] { ring.Chain(Buf.W(ring.Alloc(4), 4)), ring.Chain(Buf.W(ring.Alloc(4), 4)), ring.Chain(Buf.W(ring.Alloc(4), 4)) };
+        ring.Offer(heads);
+        ring.UsedEvent = 0; // the driver wants an interrupt once the first element is used
+
+        Assert.Equal(PopResult.Chain, q.TryPop(out var c0));
+        q.AddUsedToBatch(c0.Head, 1);
+        Assert.Equal(PopResult.Chain, q.TryPop(out var c1));
+        q.AddUsedToBatch(c1.Head, 2);
+        // The elements are in the ring, and the driver cannot see them yet: idx has not moved.
+        Assert.Equal(((uint)heads[0], 1u), ring.UsedElement(0));
+        Assert.Equal(((uint)heads[1], 2u), ring.UsedElement(1));
+        Assert.Equal(0, ring.UsedIdx);
+        Assert.Equal(0, q.InFlight);
+        Assert.Equal(2, q.UsedIndex);
+
+        Assert.True(q.PublishUsed()); // moves idx over both, then decides (used_event 0 was passed)
+        Assert.Equal(2, ring.UsedIdx);
+        Assert.False(q.PublishUsed());
+
+        // An element returned at once after one left to the batch moves idx over both.
+        Assert.Equal(PopResult.Chain, q.TryPop(out var c2));
+        q.AddUsedToBatch(c2.Head, 3);
+        Assert.Equal(2, ring.UsedIdx);
+        q.PublishUsedForPoller();
+        Assert.Equal(3, ring.UsedIdx);
+        Assert.Equal(((uint)heads[2], 3u), ring.UsedElement(2));
+    }
+
+    [Fact]
+    public void AddUsed_after_elements_added_to_a_batch_moves_used_idx_over_all_of_them_2_7_8_2()
+    {
+        using var ring = new RingBuilder(8);
+        var q = ring.Device();
+        var heads = new[] { ring.Chain(Buf.W(ring.Alloc(4), 4)), ring.Chain(Buf.W(ring.Alloc(4), 4)) };
+        ring.Offer(heads);
+        Assert.Equal(PopResult.Chain, q.TryPop(out var c0));
+        Assert.Equal(PopResult.Chain, q.TryPop(out var c1));
+        q.AddUsedToBatch(c0.Head, 4);
+        q.AddUsed(c1.Head, 4);
+        Assert.Equal(2, ring.UsedIdx);
+        q.PublishUsedForPoller();
+        Assert.Equal(2, ring.UsedIdx);
+        Assert.Equal(((uint)heads[1], 4u), ring.UsedElement(1));
+    }
+
+    [Fact]
     public void The_device_takes_the_entries_it_knows_then_finds_avail_idx_too_far_ahead_2_7_13_3()
     {
         using var ring = new RingBuilder(8);

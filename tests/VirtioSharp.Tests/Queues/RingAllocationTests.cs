@@ -49,8 +49,15 @@ public sealed class RingAllocationTests
                         throw new InvalidOperationException("the ring ran out of descriptors");
                 }
                 driver.Publish();
+                var k = 0;
                 while (device.TryPop(out var c) == PopResult.Chain)
-                    device.AddUsed(c.Head, 4097);
+                {
+                    // Both ways of returning a chain: at once, and with the batch (as the drain loop does).
+                    if ((k++ & 1) == 0)
+                        device.AddUsedToBatch(c.Head, 4097);
+                    else
+                        device.AddUsed(c.Head, 4097);
+                }
                 if (device.PublishUsed())
                     interrupts++;
                 while (driver.TryTakeUsed(out _, out var length, out _))

@@ -301,6 +301,16 @@ internal sealed class TestQueue : IDisposable
     /// <summary>Runs one block request and returns its status byte; <paramref name="data"/> is sent (OUT) or filled (IN).</summary>
     public BlkStatus Request(BlkRequestType type, ulong sector, Span<byte> data)
     {
+        var head = Submit(type, sector, data);
+        WaitUsed(head);
+        if (type is BlkRequestType.In or BlkRequestType.GetId)
+            _frontEnd.Memory.GetSpan(Data, data.Length).CopyTo(data);
+        return (BlkStatus)_frontEnd.Memory.GetSpan(Status, 1)[0];
+    }
+
+    /// <summary>Makes one block request available and kicks; returns its head (the status byte is at <see cref="Status"/>).</summary>
+    public ushort Submit(BlkRequestType type, ulong sector, ReadOnlySpan<byte> data)
+    {
         var memory = _frontEnd.Memory;
         new BlkRequestHeader((uint)type, 0, sector).Write(memory.GetSpan(Header, 16));
         memory.GetSpan(Status, 1)[0] = 0xff;
@@ -313,10 +323,7 @@ internal sealed class TestQueue : IDisposable
         Assert.True(Driver.TryAdd(chain, out var head));
         if (Driver.Publish())
             Kick.Signal();
-        WaitUsed(head);
-        if (deviceWrites)
-            memory.GetSpan(Data, data.Length).CopyTo(data);
-        return (BlkStatus)memory.GetSpan(Status, 1)[0];
+        return head;
     }
 
     /// <summary>Waits for the call eventfd until <paramref name="head"/> comes back in the used ring.</summary>

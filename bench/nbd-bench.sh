@@ -9,7 +9,9 @@ usage() {
     cat <<'TXT'
 Usage: bench/nbd-bench.sh [--help]
 Environment: ROUNDS (2), RUNTIME seconds per run (5), SIZE of the export (1G),
-             ROWS ("randread:1 randwrite:1 randread:32 randwrite:32").
+             ROWS ("randread:1 randwrite:1 randread:32 randwrite:32"),
+             BASE_VBLK: a second vblk executable (another build, e.g. of an earlier commit)
+             served as "base" in every round beside this tree's "vblk" and qsd.
 TXT
 }
 [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]] && { usage; exit 0; }
@@ -26,12 +28,17 @@ trap cleanup EXIT
 nbdkit -f -U "$work/nbd.sock" memory "$SIZE" & pids+=($!)
 for _ in $(seq 100); do [[ -S "$work/nbd.sock" ]] && break; sleep 0.05; done
 "$vblk" serve "nbd+unix:///?socket=$work/nbd.sock" --socket "$work/vblk.sock" 2>"$work/vblk.log" & vblk_pid=$!; pids+=($vblk_pid)
+servers="vblk qsd"
+if [[ -n "${BASE_VBLK:-}" ]]; then
+    "$BASE_VBLK" serve "nbd+unix:///?socket=$work/nbd.sock" --socket "$work/base.sock" 2>"$work/base.log" & base_pid=$!; pids+=($base_pid)
+    servers="base vblk qsd"
+fi
 # qemu-storage-daemon writes its pid file once the export listens; its socket file exists a
 # moment before that. vblk serve's socket file appears only once it listens.
 qemu-storage-daemon --blockdev "driver=nbd,node-name=n0,server.type=unix,server.path=$work/nbd.sock,export=,cache.direct=on" \
     --export "type=vhost-user-blk,id=e0,node-name=n0,addr.type=unix,addr.path=$work/qsd.sock,writable=on" \
     --pidfile "$work/qsd.pid" & qsd_pid=$!; pids+=($qsd_pid)
-for _ in $(seq 200); do [[ -S "$work/vblk.sock" && -s "$work/qsd.pid" ]] && break; sleep 0.05; done
+for _ in $(seq 200); do [[ -S "$work/vblk.sock" && -s "$work/qsd.pid" && ( -z "${BASE_VBLK:-}" || -S "$work/base.sock" ) ]] && break; sleep 0.05; done
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks
 hz=$(getconf CLK_TCK)
 echo "date $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), nbdkit $(nbdkit --version | awk '{print $2}'), $(qemu-storage-daemon --version | head -1)"
@@ -39,8 +46,12 @@ printf '%-10s %-5s %-6s %-5s %10s %10s %14s\n' rw depth server round IOPS p99_us
 for round in $(seq "$ROUNDS"); do
     for row in $ROWS; do
         rw=${row%%:*}; depth=${row##*:}
-        for server in vblk qsd; do
-            if [[ $server == vblk ]]; then sock=$work/vblk.sock; pid=$vblk_pid; else sock=$work/qsd.sock; pid=$qsd_pid; fi
+        for server in $servers; do
+            case $server in
+                vblk) sock=$work/vblk.sock; pid=$vblk_pid ;;
+                base) sock=$work/base.sock; pid=$base_pid ;;
+                *) sock=$work/qsd.sock; pid=$qsd_pid ;;
+            esac
             before=$(cpu "$pid")
             json=$("$vblk" bench --socket "$sock" --rw "$rw" --iodepth "$depth" --runtime "$RUNTIME" --ramp 1 --size 256M --json)
             after=$(cpu "$pid")

@@ -28,7 +28,8 @@ qemu-storage-daemon --blockdev driver=rbd,...,cache.direct=on (librbd's cache of
 
 Settings come from the environment:
   WORKLOADS=...  space-separated RW:BS:DEPTH (default: randread and randwrite, 4K, depths 1 and 32)
-  BACKENDS=...   any of qsd vblk vblk-t0 (default all three; vblk-t0 is --ceph-io-timeout 0)
+  BACKENDS=...   any of qsd vblk vblk-t0 base (default qsd vblk vblk-t0; vblk-t0 is
+                 --ceph-io-timeout 0; base is `vblk serve` of another build, BASE_VBLK_DLL=its vblk.dll)
   RUNTIME=S      seconds measured per run (default 5)
   RAMP=S         warm-up seconds per run (default 1)
   ROUNDS=N       rounds (default 3)
@@ -96,9 +97,14 @@ for be in "${backends[@]}"; do
         qsd) continue ;;
         vblk) extra=() ;;
         vblk-t0) extra=(--ceph-io-timeout 0) ;;
-        *) echo "rbd-bench: unknown back-end $be (qsd, vblk, vblk-t0)" >&2; exit 2 ;;
+        base)
+            [[ -f ${BASE_VBLK_DLL:-} ]] || { echo "rbd-bench: back-end base needs BASE_VBLK_DLL, the vblk.dll of another build" >&2; exit 2; }
+            extra=() ;;
+        *) echo "rbd-bench: unknown back-end $be (qsd, vblk, vblk-t0, base)" >&2; exit 2 ;;
     esac
-    dotnet "$vblk_dll" serve rbd:rbd/bench --ceph-conf "$conf" --socket "$work/$be.sock" "${extra[@]}" >"$work/$be.log" 2>&1 &
+    dll=$vblk_dll
+    [[ $be == base ]] && dll=$BASE_VBLK_DLL
+    dotnet "$dll" serve rbd:rbd/bench --ceph-conf "$conf" --socket "$work/$be.sock" "${extra[@]}" >"$work/$be.log" 2>&1 &
     pid_of[$be]=$!
     pids+=("$!")
     wait_socket "$work/$be.sock"

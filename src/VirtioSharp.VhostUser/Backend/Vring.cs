@@ -378,9 +378,12 @@ internal sealed class Vring : IDisposable
                     continue;
                 }
                 var more = (cqe.Flags & IoUring.CqeFlagMore) != 0;
+                // The eventfds behind the polls below are not read: a multishot poll posts a CQE
+                // for each wake-up of its descriptor whether or not the counter was reset, so the
+                // read(2) per wake-up would only cost a system call. (Re-arming a poll on a counter
+                // left non-zero posts one spare CQE at once: a drain that finds nothing.)
                 if (cqe.UserData == IoUringQueueIo.CompletionTag)
                 {
-                    _completed.TryRead(out _);
                     armCompleted |= !more;
                     completed |= _port.Drain((_device, queue), s_complete) > 0;
                     continue;
@@ -392,11 +395,11 @@ internal sealed class Vring : IDisposable
                 }
                 else
                 {
-                    if (kick.TryRead(out var count))
+                    if (cqe.Result >= 0)
                     {
                         Interlocked.Increment(ref _kicks);
-                        if (_trace is not null)
-                            RecordKick(count);
+                        if (_trace is not null && kick.TryRead(out var count))
+                            RecordKick(count); // only a recording needs how many kicks this wake-up stood for
                     }
                     armKick |= !more;
                 }

@@ -1,7 +1,10 @@
 using System.Buffers.Binary;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using System.Text;
+using VirtioSharp.Memory;
+using VirtioSharp.Native;
 using static VirtioSharp.Block.Nbd.NbdProtocol;
 
 namespace VirtioSharp.Block.Nbd;
@@ -28,10 +31,8 @@ internal static class NbdHandshake
         var socket = Open(uri, timeout);
         try
         {
-            socket.SendTimeout = (int)timeout.TotalMilliseconds;
             // One deadline for the whole negotiation: a server that sends a byte now and then must not keep us here.
             info = Negotiate(socket, uri, Environment.TickCount64 + (long)timeout.TotalMilliseconds);
-            socket.ReceiveTimeout = socket.SendTimeout = 0;
             return socket;
         }
         catch (Exception e) when (e is SocketException or IOException)
@@ -76,9 +77,12 @@ internal static class NbdHandshake
         }
         try
         {
-            // A non-blocking connect and poll, not ConnectAsync: one asynchronous operation would
-            // register the descriptor with .NET's epoll thread for good, and that thread would then
-            // wake for every batch of replies our own receiver reads.
+            // The descriptor stays non-blocking, and every byte of the handshake goes through our own
+            // sendmsg/recvmsg and poll(2) (SendExact, ReadExact): none through the Socket's Send or
+            // Receive. Once .NET has made a descriptor non-blocking, a blocking Socket call on it (or
+            // one with a timeout, or ConnectAsync) registers it with .NET's epoll thread for good; that
+            // thread then woke for every batch of replies our receiver read and handed each to the
+            // thread pool, whose workers spun in sched_yield: more CPU than the requests themselves.
             socket.Blocking = false;
             try
             {
@@ -92,7 +96,6 @@ internal static class NbdHandshake
                 if (error != 0)
                     throw new SocketException(error);
             }
-            socket.Blocking = true;
             return socket;
         }
         catch (SocketException e)
@@ -121,10 +124,10 @@ internal static class NbdHandshake
         var noZeroes = (serverFlags & FlagNoZeroes) != 0;
         Span<byte> clientFlags = stackalloc byte[4];
         BinaryPrimitives.WriteUInt32BigEndian(clientFlags, ClientFlagFixedNewstyle | (noZeroes ? ClientFlagNoZeroes : 0));
-        s.Send(clientFlags);
+        SendExact(s, clientFlags, deadline);
 
         // NBD_OPT_STRUCTURED_REPLY: ACK turns them on; an error leaves simple replies.
-        SendOption(s, OptStructuredReply, []);
+        SendOption(s, OptStructuredReply, [], deadline);
         var structured = false;
         for (var replies = 1; ; replies++)
         {
@@ -147,7 +150,7 @@ internal static class NbdHandshake
         name.CopyTo(go, 4);
         BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(4 + name.Length), 1);
         BinaryPrimitives.WriteUInt16BigEndian(go.AsSpan(6 + name.Length), InfoBlockSize);
-        SendOption(s, OptGo, go);
+        SendOption(s, OptGo, go, deadline);
         ulong? size = null;
         ushort flags = 0;
         uint min = 1, preferred = 4096, max = 32 << 20;
@@ -191,14 +194,14 @@ internal static class NbdHandshake
         return new NbdExportInfo(size.Value, flags, min, preferred, max, structured);
     }
 
-    private static void SendOption(Socket s, uint option, ReadOnlySpan<byte> data)
+    private static void SendOption(Socket s, uint option, ReadOnlySpan<byte> data, long deadline)
     {
         var m = new byte[16 + data.Length];
         BinaryPrimitives.WriteUInt64BigEndian(m, OptMagic);
         BinaryPrimitives.WriteUInt32BigEndian(m.AsSpan(8), option);
         BinaryPrimitives.WriteUInt32BigEndian(m.AsSpan(12), (uint)data.Length);
         data.CopyTo(m.AsSpan(16));
-        s.Send(m);
+        SendExact(s, m, deadline);
     }
 
     private static (uint Type, byte[] Payload) ReadOptionReply(Socket s, uint option, NbdUri uri, long deadline, int replies)
@@ -221,18 +224,66 @@ internal static class NbdHandshake
     }
 
     /// <summary>Fills <paramref name="buffer"/> before <paramref name="deadline"/> (Environment.TickCount64) or throws.</summary>
-    private static void ReadExact(Socket s, Span<byte> buffer, long deadline)
+    private static unsafe void ReadExact(Socket s, Span<byte> buffer, long deadline)
     {
         while (buffer.Length > 0)
         {
-            var left = deadline - Environment.TickCount64;
-            if (left <= 0)
-                throw new SocketException((int)SocketError.TimedOut);
-            s.ReceiveTimeout = (int)Math.Min(left, int.MaxValue);
-            var n = s.Receive(buffer);
+            nint n;
+            fixed (byte* p = buffer)
+            {
+                var iov = new IoVec((nint)p, (nuint)buffer.Length);
+                var msg = new MsgHdr { Iov = &iov, IovLength = 1 };
+                n = Interop.RecvMsg(s.SafeHandle, &msg, Interop.MSG_DONTWAIT);
+            }
             if (n == 0)
                 throw new IOException("the server closed the connection");
-            buffer = buffer[n..];
+            if (n < 0)
+                Await(s, PollFd.In, Marshal.GetLastPInvokeError(), deadline);
+            else
+                buffer = buffer[(int)n..];
+        }
+    }
+
+    /// <summary>Sends all of <paramref name="data"/> before <paramref name="deadline"/> or throws.</summary>
+    private static unsafe void SendExact(Socket s, ReadOnlySpan<byte> data, long deadline)
+    {
+        while (data.Length > 0)
+        {
+            nint n;
+            fixed (byte* p = data)
+            {
+                var iov = new IoVec((nint)p, (nuint)data.Length);
+                var msg = new MsgHdr { Iov = &iov, IovLength = 1 };
+                n = Interop.SendMsg(s.SafeHandle, &msg, Interop.MSG_DONTWAIT | Interop.MSG_NOSIGNAL);
+            }
+            if (n < 0)
+                Await(s, PollFd.Out, Marshal.GetLastPInvokeError(), deadline);
+            else
+                data = data[(int)n..];
+        }
+    }
+
+    /// <summary>After a failed non-blocking call: waits (poll) until the socket is ready or the deadline passes; throws for a real error.</summary>
+    private static void Await(Socket s, short events, int errno, long deadline)
+    {
+        if (errno == Errno.EINTR)
+            return;
+        if (errno != Errno.EAGAIN)
+            throw new IOException(Errno.Describe(errno));
+        var left = deadline - Environment.TickCount64;
+        if (left <= 0)
+            throw new SocketException((int)SocketError.TimedOut);
+        var added = false;
+        try
+        {
+            s.SafeHandle.DangerousAddRef(ref added);
+            Span<PollFd> set = [new PollFd((int)s.SafeHandle.DangerousGetHandle(), events)];
+            FdPoll.Wait(set, (int)Math.Min(left, int.MaxValue));
+        }
+        finally
+        {
+            if (added)
+                s.SafeHandle.DangerousRelease();
         }
     }
 

@@ -18,7 +18,9 @@ public static class Errno
     public const int EBUSY = 16;
     public const int EINVAL = 22;
     public const int ENOSPC = 28;
+    public const int EPIPE = 32;
     public const int EOPNOTSUPP = 95;
+    public const int ECONNRESET = 104;
 
     public static string Describe(int errno) => $"{Marshal_GetPInvokeErrorMessage(errno)} (errno {errno})";
 

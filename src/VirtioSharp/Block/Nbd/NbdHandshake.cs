@@ -268,6 +268,10 @@ internal static class NbdHandshake
     {
         if (errno == Errno.EINTR)
             return;
+        // A send after the server hung up fails with EPIPE, a read may see ECONNRESET: the same
+        // event as a read of 0 bytes, and said the same way.
+        if (errno is Errno.EPIPE or Errno.ECONNRESET)
+            throw new IOException("the server closed the connection");
         if (errno != Errno.EAGAIN)
             throw new IOException(Errno.Describe(errno));
         var left = deadline - Environment.TickCount64;

@@ -142,7 +142,7 @@ public sealed unsafe class NbdBackend : IAsyncBlockBackend
             }
             catch (NbdException e)
             {
-                _options.Log.Debug($"reconnect failed: {e.Message}");
+                _options.Log.Warn($"connection {index}: reconnect failed (next attempt in 1 s): {e.Message}"); // at most once a second
                 return null;
             }
         }

@@ -270,15 +270,7 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
 
     public void AddUsed(ushort head, uint written)
     {
-        if (head < Size && _inFlight[head])
-        {
-            _inFlight[head] = false;
-            _inFlightCount--;
-        }
-        // 2.7.8: struct virtq_used_elem { le32 id; le32 len; }, written as one 8-byte store.
-        var elem = _used + 4 + 8 * (_usedShadow & (Size - 1));
-        Unsafe.WriteUnaligned(elem, (ulong)head | ((ulong)written << 32));
-        _usedShadow++;
+        WriteUsedElement(head, written);
         // Recorded before the store below hands the element to the driver: it may take it, and reuse
         // the head for its next request, before a later record would run (the recording would then
         // give this write to that request).
@@ -301,6 +293,13 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
             AddUsed(head, written);
             return;
         }
+        WriteUsedElement(head, written);
+        _usedIdxBehind = true;
+    }
+
+    /// <summary>Ends <paramref name="head"/>'s flight and writes its used element at the shadow index, which moves on; used idx does not.</summary>
+    private void WriteUsedElement(ushort head, uint written)
+    {
         if (head < Size && _inFlight[head])
         {
             _inFlight[head] = false;
@@ -309,7 +308,6 @@ public sealed unsafe class SplitDeviceQueue : IDeviceQueue
         // 2.7.8: struct virtq_used_elem { le32 id; le32 len; }, written as one 8-byte store.
         Unsafe.WriteUnaligned(_used + 4 + 8 * (_usedShadow & (Size - 1)), (ulong)head | ((ulong)written << 32));
         _usedShadow++;
-        _usedIdxBehind = true;
     }
 
     /// <summary>2.7.8.2: moves used idx over the elements <see cref="AddUsedToBatch"/> wrote (release store: they are visible first).</summary>

@@ -315,6 +315,18 @@ internal sealed class Vring : IDisposable
     private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = new IoUringQueueIo(ring, _port);
+        try
+        {
+            return RunUring(queue, kick, ring, io);
+        }
+        finally
+        {
+            io.ReleaseWatches(); // what the worker received for a backend goes back to the backend's own thread
+        }
+    }
+
+    private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring, IoUringQueueIo io)
+    {
         bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false, timerArmed = false, watchArmed = false;
         var pollFailures = 0;
         var drain = true; // buffers may have been made available before the ring started
@@ -336,6 +348,7 @@ internal sealed class Vring : IDisposable
                 armKick = !ring.QueuePollMultishot(kick.Fd, IoUringQueueIo.KickTag);
             if (armCompleted)
                 armCompleted = !ring.QueuePollMultishot(_completed.Fd, IoUringQueueIo.CompletionTag);
+            io.ArmWatches();
             var wait = !stopped && _enabled ? _device.QueueWaitTicks(queue.Index) : 0;
             if (wait > 0)
             {
@@ -377,6 +390,16 @@ internal sealed class Vring : IDisposable
                         SignalCall(ResentWhy);
                     continue;
                 }
+                if (IoUringQueueIo.IsWatch(cqe.UserData))
+                {
+                    // A backend's descriptor (an NBD socket): it receives on this thread and posts
+                    // what finished to the port without waking it, so the port is taken here.
+                    io.OnWatch(cqe);
+                    completed |= _port.Drain((_device, queue), s_complete) > 0;
+                    continue;
+                }
+                if (IoUringQueueIo.IsWatchRemove(cqe.UserData))
+                    continue;
                 var more = (cqe.Flags & IoUring.CqeFlagMore) != 0;
                 // The eventfds behind the polls below are not read: a multishot poll posts a CQE
                 // for each wake-up of its descriptor whether or not the counter was reset, so the
@@ -385,6 +408,8 @@ internal sealed class Vring : IDisposable
                 if (cqe.UserData == IoUringQueueIo.CompletionTag)
                 {
                     armCompleted |= !more;
+                    if (io.Watching)
+                        io.ServeWatches(); // the wake-up may be a backend handing a descriptor over
                     completed |= _port.Drain((_device, queue), s_complete) > 0;
                     continue;
                 }

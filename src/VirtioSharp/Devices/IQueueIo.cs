@@ -28,4 +28,27 @@ public unsafe interface IQueueIo
 
     /// <summary>Where other threads post completions for this queue; null when the worker takes none.</summary>
     CompletionPort? Completions => null;
+
+    /// <summary>
+    /// Asks the worker to call <see cref="IReadableWatcher.Readable"/> on its own thread each time
+    /// <paramref name="fd"/> becomes readable, beside its other waits, until the watcher declines or
+    /// the worker stops (<see cref="IReadableWatcher.Released"/>, on the worker's thread, in both
+    /// cases). The worker takes the completions posted to <see cref="Completions"/> right after each
+    /// call. False when the worker cannot watch (no kernel ring, every watch slot taken).
+    /// </summary>
+    bool TryWatch(int fd, IReadableWatcher watcher) => false;
+}
+
+/// <summary>
+/// Something a queue's worker serves on its own thread when a descriptor becomes readable
+/// (<see cref="IQueueIo.TryWatch"/>): a storage client that receives its replies there instead of
+/// on a thread of its own.
+/// </summary>
+public interface IReadableWatcher
+{
+    /// <summary>The descriptor may be readable (a spare call is possible); false: stop watching.</summary>
+    bool Readable();
+
+    /// <summary>The worker no longer watches (it stops, or <see cref="Readable"/> said so). Called once.</summary>
+    void Released();
 }

@@ -24,6 +24,7 @@ public sealed unsafe class IoUring : IDisposable
     private const byte IORING_OP_WRITEV = 2;
     private const byte IORING_OP_FSYNC = 3;
     private const byte IORING_OP_POLL_ADD = 6;
+    private const byte IORING_OP_POLL_REMOVE = 7;
     private const byte IORING_OP_TIMEOUT = 11;
     private const uint IORING_FSYNC_DATASYNC = 1u << 0;
     private const uint IORING_POLL_ADD_MULTI = 1u << 0;
@@ -162,6 +163,18 @@ public sealed unsafe class IoUring : IDisposable
         sqe->Fd = fd;
         sqe->OpFlags = 0x0001; // POLLIN, as poll32_events
         sqe->Len = IORING_POLL_ADD_MULTI;
+        sqe->UserData = userData;
+        return true;
+    }
+
+    /// <summary>Queues the removal of the poll queued with <paramref name="pollUserData"/> (IORING_OP_POLL_REMOVE, Linux 5.1).</summary>
+    public bool QueuePollRemove(ulong pollUserData, ulong userData)
+    {
+        if (!TryNextSqe(out var sqe))
+            return false;
+        sqe->Opcode = IORING_OP_POLL_REMOVE;
+        sqe->Fd = -1;
+        sqe->Addr = pollUserData;
         sqe->UserData = userData;
         return true;
     }

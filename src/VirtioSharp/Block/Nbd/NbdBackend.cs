@@ -20,8 +20,9 @@ public sealed record NbdOptions
 
 /// <summary>
 /// A disk on an NBD server (NBD proto.md): many requests of every queue in flight on one or
-/// more connections, completed from the connections' receiver threads through each queue's
-/// <see cref="CompletionPort"/>. Reads and writes go between guest memory and the socket
+/// more connections. A connection that one queue alone uses is received from by that queue's
+/// worker, on its own thread, when the worker has an io_uring to wait in; otherwise the
+/// connection's receiver thread completes requests through each queue's <see cref="CompletionPort"/>. Reads and writes go between guest memory and the socket
 /// without a bounce buffer. FLUSH, TRIM, WRITE_ZEROES and FUA are used when the server offers
 /// them. A lost connection fails its requests with EIO; the next request reconnects (at most
 /// one attempt a second per connection).
@@ -111,6 +112,9 @@ public sealed unsafe class NbdBackend : IAsyncBlockBackend
     public NbdExportInfo Export => _info;
     public int Connections => _connections.Length;
 
+    /// <summary>How many connections a queue's worker receives from now (the others: their own thread).</summary>
+    public int ReceivedByWorkers => _connections.Count(c => c is { ReceivedByWorker: true });
+
     /// <summary>Connection <paramref name="index"/>, reconnected if it died and an attempt is due; null while it is down.</summary>
     private NbdConnection? Connection(int index)
     {
@@ -191,6 +195,7 @@ public sealed unsafe class NbdBackend : IAsyncBlockBackend
         }
         var index = op.Queue % _connections.Length;
         var c = Connection(index);
+        c?.Offer(op.Queue, io); // a connection this queue alone uses: its worker receives the replies itself
         var started = c?.Start(op.Kind, flags, op.Offset, op.Length, op.Iov, op.IovCount, port, op.Tag, null) ?? NbdConnection.StartResult.Dead;
         switch (started)
         {
@@ -218,7 +223,7 @@ public sealed unsafe class NbdBackend : IAsyncBlockBackend
             waiter.Reset();
             var r = c.Start(kind, flags, offset, length, iov, count, null, 0, waiter);
             if (r == NbdConnection.StartResult.Started)
-                return waiter.Wait() >= 0;
+                return c.Wait(waiter) >= 0;
             if (r == NbdConnection.StartResult.Dead)
                 return false;
             Thread.Sleep(1); // every slot busy: wait for one

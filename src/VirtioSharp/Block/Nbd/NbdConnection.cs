@@ -13,15 +13,17 @@ namespace VirtioSharp.Block.Nbd;
 /// <summary>
 /// One NBD connection in transmission mode. Requests from any thread (each queue's worker) go
 /// out whole under a send lock, header and data in one sendmsg straight from guest memory. One
-/// receiver thread reads every reply: it finds the request by its cookie (slot index and
-/// generation, both checked), receives read data straight into the request's buffers, and
-/// completes the request. Any protocol break, a closed socket or a request older than the
+/// side at a time reads the replies: the connection's receiver thread, or, when one queue alone
+/// uses the connection and its worker has an io_uring, that worker on its own thread (see
+/// <see cref="Offer"/>). It finds the request by its cookie (slot index and generation, both
+/// checked), puts read data into the request's buffers (straight from the socket when much is
+/// still to come), and completes the request. Any protocol break, a closed socket or a request older than the
 /// timeout ends the connection: every request in flight fails with -EIO and no byte of guest
 /// memory is written after that. A request completes only once both its reply (or failure) is
 /// in and its sender is done with it: a reply that overtakes the send of a write's data is held
 /// until the data is out, so no guest byte of a request is read or written after it completes.
 /// </summary>
-internal sealed unsafe class NbdConnection : IDisposable
+internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
 {
     public const int Slots = 1024;
     private const int MaxIov = 1024;          // IOV_MAX
@@ -79,8 +81,20 @@ internal sealed unsafe class NbdConnection : IDisposable
     private const int RxSize = 64 * 1024;  // receive buffer: holds an error chunk's largest message, and many replies
     private const int DirectMin = 16 * 1024; // read data still to come beyond this goes straight into the request's buffers
     private readonly byte[] _rx = GC.AllocateArray<byte>(RxSize, pinned: true);
-    private int _rxStart, _rxEnd;             // receiver thread only: the unparsed bytes of _rx
-    private readonly CompletionPort?[] _wake = new CompletionPort?[64]; // receiver thread only: workers to wake before it blocks
+    private int _rxStart, _rxEnd;             // receiving side only: the unparsed bytes of _rx
+    private Slot? _data;                      // receiving side only: the read whose data is coming, where, how much is left
+    private uint _dataAt, _dataLeft;
+    private bool _dataCompletes, _dataDone;   // ... a simple reply (its end completes the read), a chunk with the done flag
+    private readonly CompletionPort?[] _wake = new CompletionPort?[64]; // receiving side only: workers to wake before it blocks
+    private const int ByThread = 0, HandOver = 1, ByWorker = 2;
+    private int _receiveBy;                   // who receives: ByThread, HandOver (a worker asked), ByWorker
+    private int _claimed;                     // 1 from a worker's Offer until it lets go (Released)
+    private CompletionPort? _workerPort;      // the port of the worker that receives (or asked to)
+    private int _workerThread;                // ... its managed thread id
+    private int _firstQueue = -1;             // the first queue that started a request here
+    private volatile bool _shared;            // a second queue did too: the thread receives
+    private int _failedAll;                   // 1 once the requests in flight at the end were failed
+    private readonly ManualResetEventSlim _unpark = new(false); // wakes the thread when a worker gives the receive side back
     private int _wakeCount;
     private readonly Thread _receiver;
     private volatile bool _dead;
@@ -175,7 +189,8 @@ internal sealed unsafe class NbdConnection : IDisposable
         // The slot stays this request's until Sent below: a reply (or the connection's end) that
         // comes first is held in the slot, and the request completes only after the send.
         bool sent;
-        lock (_sendLock)
+        EnterSend();
+        try
         {
             var header = new Span<byte>(Unsafe.AsPointer(ref _headers[slot.Index * 32]), RequestSize);
             BinaryPrimitives.WriteUInt32BigEndian(header, RequestMagic);
@@ -196,10 +211,33 @@ internal sealed unsafe class NbdConnection : IDisposable
                 sent = SendAll(send, count);
             }
         }
+        finally
+        {
+            _sendLock.Exit();
+        }
         if (!sent)
             Kill("the connection broke while sending");
         Sent(slot, sent);
         return StartResult.Started;
+    }
+
+    /// <summary>
+    /// Takes the send lock. The worker that receives the replies goes on receiving while another
+    /// thread sends: that send may wait for the server, and the server for its replies to be read.
+    /// </summary>
+    private void EnterSend()
+    {
+        if (!ReceivingHere)
+        {
+            _sendLock.Enter();
+            return;
+        }
+        while (!_sendLock.TryEnter())
+        {
+            Span<PollFd> p = [new PollFd((int)_fd.DangerousGetHandle(), PollFd.In | PollFd.RdHup)];
+            if (FdPoll.Wait(p, 1) > 0)
+                Pump(wakeOwnPort: true);
+        }
     }
 
     /// <summary>
@@ -217,7 +255,7 @@ internal sealed unsafe class NbdConnection : IDisposable
             Finish(slot, ok ? slot.Result : -EIO, onReceiver: false);
     }
 
-    /// <summary>Receiver thread: the request's result is in; it completes now, or when its sender is done.</summary>
+    /// <summary>Receiving side: the request's result is in; it completes now, or when its sender is done.</summary>
     private void Complete(Slot slot, int result)
     {
         slot.Result = result;
@@ -243,8 +281,13 @@ internal sealed unsafe class NbdConnection : IDisposable
                         continue;
                     if (errno != Errno.EAGAIN)
                         return false;
-                    Span<PollFd> p = [new PollFd((int)_fd.DangerousGetHandle(), PollFd.Out)];
+                    // The worker that receives must go on receiving while it waits to send: a server
+                    // may stop reading requests until its replies are read.
+                    var receiving = ReceivingHere;
+                    Span<PollFd> p = [new PollFd((int)_fd.DangerousGetHandle(), receiving ? (short)(PollFd.Out | PollFd.In) : PollFd.Out)];
                     FdPoll.Wait(p, TickMs);
+                    if (receiving && (p[0].ReturnedEvents & ~PollFd.Out) != 0)
+                        Pump(wakeOwnPort: true);
                     continue;
                 }
                 Advance(ref iov, ref count, (nuint)n);
@@ -275,6 +318,7 @@ internal sealed unsafe class NbdConnection : IDisposable
     {
         _deathReason ??= reason;
         _dead = true;
+        _unpark.Set();
         try
         {
             _socket.Shutdown(SocketShutdown.Both);
@@ -284,11 +328,131 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
     }
 
-    // ---------------- receiver thread ----------------
+    // ---------------- the receive side: the connection's thread, or a queue's worker ----------------
+    //
+    // One side at a time receives and parses replies: the receiver thread, or the worker of the
+    // one queue that uses this connection, on its own thread, woken by its io_uring poll of the
+    // socket (IQueueIo.TryWatch). The hand-over goes through _receiveBy: a worker asks (HandOver),
+    // the thread lets go between two receives (ByWorker) and then only watches the timeout; the
+    // worker gives it back when it stops, or when a second queue starts using the connection
+    // (ByThread). The parse state below belongs to whichever side receives; each hand-over is a
+    // full fence.
+
+    /// <summary>
+    /// A queue's worker offers to receive this connection's replies on its own thread. It is taken
+    /// when this connection serves that queue alone and nobody else receives for it yet; from the
+    /// second queue on, the connection's own thread receives (and a worker that had it gives it back).
+    /// </summary>
+    public void Offer(int queue, IQueueIo io)
+    {
+        var first = Volatile.Read(ref _firstQueue);
+        if (first != queue)
+        {
+            if (first >= 0 || Interlocked.CompareExchange(ref _firstQueue, queue, -1) != -1)
+            {
+                _shared = true;
+                return;
+            }
+        }
+        if (_shared || _dead || Volatile.Read(ref _claimed) != 0 || io.Completions is not { } port)
+            return;
+        if (Interlocked.CompareExchange(ref _claimed, 1, 0) != 0)
+            return;
+        _workerPort = port;
+        _workerThread = Environment.CurrentManagedThreadId;
+        if (!io.TryWatch((int)_fd.DangerousGetHandle(), this))
+        {
+            _workerPort = null;
+            _workerThread = 0;
+            Volatile.Write(ref _claimed, 0);
+            return;
+        }
+        Interlocked.Exchange(ref _receiveBy, HandOver); // the thread lets go at its next turn
+    }
+
+    /// <summary>Whether a queue's worker receives the replies (for tests and the log).</summary>
+    public bool ReceivedByWorker => Volatile.Read(ref _receiveBy) == ByWorker;
+
+    private bool ReceivingHere => Volatile.Read(ref _receiveBy) == ByWorker && _workerThread == Environment.CurrentManagedThreadId;
+
+    /// <summary>The worker's poll saw the socket readable: receive and parse what has come, without blocking.</summary>
+    bool IReadableWatcher.Readable()
+    {
+        if (_shared || Volatile.Read(ref _failedAll) != 0)
+            return false; // the worker gives the receive side back (Released)
+        if (Volatile.Read(ref _receiveBy) != ByWorker)
+            return true; // the thread has not let go yet; it wakes the worker's port when it does
+        Pump(wakeOwnPort: false); // the worker takes its port right after this call
+        return Volatile.Read(ref _failedAll) == 0;
+    }
+
+    /// <summary>The worker stops receiving (it stops, or gave the connection up): the thread takes over.</summary>
+    void IReadableWatcher.Released()
+    {
+        if (Volatile.Read(ref _receiveBy) == ByWorker && _dead && Volatile.Read(ref _failedAll) == 0)
+        {
+            FailAll(); // the connection ended under the worker: fail what is left before letting go
+            WakeWorkers(null);
+        }
+        Interlocked.Exchange(ref _receiveBy, ByThread);
+        _workerPort = null;
+        _workerThread = 0;
+        Volatile.Write(ref _claimed, 0);
+        _unpark.Set();
+    }
+
+    /// <summary>
+    /// Receives and parses until the socket has nothing more (a receive that did not fill what it
+    /// was given), on the worker that receives. A broken stream or a closed connection fails every
+    /// request in flight here.
+    /// </summary>
+    private void Pump(bool wakeOwnPort)
+    {
+        string? failed;
+        while (true)
+        {
+            failed = ReceiveSome(block: false, out var got, out var full);
+            if (failed != null || got == 0)
+                break;
+            if ((failed = Parse()) != null || !full)
+                break;
+        }
+        if ((failed != null || _dead) && Volatile.Read(ref _failedAll) == 0)
+        {
+            failed ??= _deathReason ?? "closed";
+            _deathReason ??= failed;
+            Kill(failed);
+            FailAll();
+        }
+        WakeWorkers(wakeOwnPort ? null : _workerPort);
+    }
+
+    /// <summary>
+    /// Waits for a synchronous request of this thread. On the worker that receives the replies,
+    /// nobody else would receive them: it receives them itself meanwhile.
+    /// </summary>
+    public int Wait(NbdSyncWaiter waiter)
+    {
+        if (Volatile.Read(ref _claimed) == 0 || _workerThread != Environment.CurrentManagedThreadId)
+            return waiter.Wait(); // only this thread could make it its own, and it is here
+        while (true)
+        {
+            var here = ReceivingHere;
+            if (waiter.Wait(here ? 0 : 10, out var result))
+                return result;
+            if (!here)
+                continue; // the thread still receives; it lets go at its next turn
+            Pump(wakeOwnPort: true); // completions of this queue's asynchronous requests: the worker takes them later
+            if (waiter.Wait(0, out result))
+                return result;
+            Span<PollFd> p = [new PollFd((int)_fd.DangerousGetHandle(), PollFd.In | PollFd.RdHup)];
+            FdPoll.Wait(p, TickMs);
+        }
+    }
 
     private void Receive()
     {
-        string reason;
+        string? reason;
         try
         {
             reason = ReceiveLoop();
@@ -297,10 +461,66 @@ internal sealed unsafe class NbdConnection : IDisposable
         {
             reason = $"unexpected {e.GetType().Name}: {e.Message}";
         }
+        if (reason is null)
+            return; // the connection ended while a worker received: the worker fails what is in flight
         _deathReason ??= reason;
         Kill(reason);
-        FailAll();
+        if (Volatile.Read(ref _failedAll) == 0)
+            FailAll();
+        WakeWorkers(null);
     }
+
+    /// <summary>Receives replies until the connection ends; returns why, or null when it ended while a worker received.</summary>
+    private string? ReceiveLoop()
+    {
+        while (true)
+        {
+            if (Volatile.Read(ref _receiveBy) != ByThread)
+            {
+                if (!LetWorkerReceive())
+                    return null;
+                continue;
+            }
+            var failed = ReceiveSome(block: true, out var got, out _);
+            if (failed != null)
+                return failed;
+            if (got > 0 && (failed = Parse()) != null)
+                return failed;
+        }
+    }
+
+    /// <summary>
+    /// The thread lets the worker that asked receive, and watches the timeout until the worker
+    /// gives the receive side back (true) or the connection ends (false).
+    /// </summary>
+    private bool LetWorkerReceive()
+    {
+        WakeWorkers(null);
+        var port = _workerPort;
+        if (Interlocked.CompareExchange(ref _receiveBy, ByWorker, HandOver) == HandOver)
+            port?.Wake(); // the worker receives from now on, starting with what came before its poll saw it
+        while (true)
+        {
+            _unpark.Reset();
+            if (Volatile.Read(ref _receiveBy) == ByThread)
+                return true;
+            if (_dead)
+                return false;
+            _unpark.Wait(TickMs);
+            var now = Environment.TickCount64;
+            if (now - _lastCheck >= TickMs)
+            {
+                _lastCheck = now;
+                if (TimedOut(now) is { } reason)
+                    Kill(reason); // the socket's end wakes the worker, which fails what is in flight
+            }
+        }
+    }
+
+    private string? TimedOut(long now) =>
+        OldestAge(now, out var unsent) <= _timeoutMs ? null
+        : unsent ? $"a request not fully sent within {_timeoutMs / 1000.0:0.#} s (the server stopped reading)"
+        : $"no reply within {_timeoutMs / 1000.0:0.#} s";
 
     private byte* Rx => (byte*)Unsafe.AsPointer(ref _rx[0]); // pinned array
 
@@ -313,35 +533,160 @@ internal sealed unsafe class NbdConnection : IDisposable
     private ulong Be64(int at) => BinaryPrimitives.ReadUInt64BigEndian(new ReadOnlySpan<byte>(Rx + _rxStart + at, 8));
 
     /// <summary>
-    /// Reads replies until the connection ends; returns why it ended. Replies are parsed from a
-    /// receive buffer that one recvmsg fills with as many as have arrived; read data is copied
-    /// from it into the request's buffers, or received straight into them when much is still to come.
+    /// One recvmsg: into the receive buffer, or, when a read's data is being received, nothing of it
+    /// is buffered and at least <see cref="DirectMin"/> bytes of it are still to come, straight into
+    /// the request's buffers. <paramref name="got"/>: bytes received (0: none yet, the receive would
+    /// block, or the thread's tick); <paramref name="full"/>: they filled what the receive was given.
+    /// Returns why the connection is over, or null. The thread blocks (up to <see cref="TickMs"/>,
+    /// SO_RCVTIMEO) and looks at the timeout; the worker does not block.
     /// </summary>
-    private string ReceiveLoop()
+    private string? ReceiveSome(bool block, out nint got, out bool full)
     {
-        while (true)
+        got = 0;
+        full = false;
+        if (block)
+            WakeWorkers(null); // the receive may block: wake the workers of what completed so far
+        if (_dead)
+            return _deathReason ?? "closed";
+        IoVec* iov;
+        int count;
+        nuint want;
+        var direct = _data != null && Buffered == 0 && _dataLeft >= DirectMin;
+        var free = default(IoVec);
+        fixed (IoVec* window = _recvIov)
         {
-            var failed = Need(4);
-            if (failed != null)
-                return failed;
-            var magic = Be32(0);
-            string? broken;
-            if (magic == SimpleReplyMagic)
-                broken = SimpleReply();
-            else if (magic == StructuredReplyMagic && Info.Structured)
-                broken = StructuredChunk();
+            if (direct)
+            {
+                count = Window(_data!, _dataAt, _dataLeft);
+                if (count < 0)
+                    return "internal error: a reply larger than the request's buffers"; // Within() makes this unreachable
+                iov = window;
+                want = _dataLeft;
+            }
             else
-                broken = $"protocol error: reply magic 0x{magic:x8}";
-            if (broken != null)
-                return broken;
+            {
+                // Keep the partial reply at the front, so the rest of the buffer is free to fill.
+                if (_rxStart > 0)
+                {
+                    new Span<byte>(Rx + _rxStart, Buffered).CopyTo(new Span<byte>(Rx, RxSize));
+                    _rxEnd -= _rxStart;
+                    _rxStart = 0;
+                }
+                if (_rxEnd == RxSize)
+                    return "internal error: the receive buffer is full"; // no reply part waited for is larger
+                free = new IoVec((nint)(Rx + _rxEnd), (nuint)(RxSize - _rxEnd));
+                iov = &free;
+                count = 1;
+                want = free.Length;
+            }
+            var msg = new MsgHdr { Iov = iov, IovLength = (nuint)count };
+            nint n;
+            try
+            {
+                n = Interop.RecvMsg(_fd, &msg, block ? 0 : Interop.MSG_DONTWAIT);
+            }
+            catch (ObjectDisposedException)
+            {
+                return "closed";
+            }
+            if (n == 0)
+                return "the server closed the connection";
+            if (n < 0)
+            {
+                var errno = Marshal.GetLastPInvokeError();
+                if (errno != Errno.EINTR && errno != Errno.EAGAIN)
+                    return $"receive failed: {Errno.Describe(errno)}";
+            }
+            if (block)
+            {
+                // Looked at whether bytes came or not, and across calls (the clock is a field): a server
+                // that sends a byte now and then, or a reply in endless small chunks, must not hold a
+                // request past the timeout.
+                var now = Environment.TickCount64;
+                if (now - _lastCheck >= TickMs)
+                {
+                    _lastCheck = now;
+                    if (TimedOut(now) is { } reason)
+                        return reason;
+                }
+            }
+            if (n < 0)
+                return null;
+            got = n;
+            full = (nuint)n == want;
+            if (direct)
+            {
+                _dataAt += (uint)n;
+                _dataLeft -= (uint)n;
+            }
+            else
+                _rxEnd += (int)n;
+            return null;
         }
     }
 
-    private string? SimpleReply()
+    /// <summary>
+    /// Parses every whole reply part that is buffered; returns why the stream is broken, or null
+    /// when it needs more bytes. A part is looked at only once all of its fixed fields are in (a
+    /// header, a chunk's offset, an error chunk whole), so a reply split anywhere parses the same;
+    /// a read's data goes into the request's buffers as it comes.
+    /// </summary>
+    private string? Parse()
     {
-        var failed = Need(SimpleReplySize);
-        if (failed != null)
-            return failed;
+        while (true)
+        {
+            if (_data is { } reading)
+            {
+                var take = (uint)Math.Min(Buffered, _dataLeft);
+                if (take > 0)
+                {
+                    CopyInto(reading, _dataAt, Rx + _rxStart, take);
+                    _rxStart += (int)take;
+                    _dataAt += take;
+                    _dataLeft -= take;
+                }
+                if (_dataLeft > 0)
+                    return null;
+                _data = null;
+                if (_dataCompletes)
+                    Complete(reading, Success(reading));
+                else if (_dataDone)
+                    Done(reading);
+                continue;
+            }
+            if (Buffered < 4)
+                return null;
+            var magic = Be32(0);
+            string? broken;
+            bool wait;
+            if (magic == SimpleReplyMagic)
+                broken = SimpleReply(out wait);
+            else if (magic == StructuredReplyMagic && Info.Structured)
+                broken = StructuredChunk(out wait);
+            else
+                return $"protocol error: reply magic 0x{magic:x8}";
+            if (broken != null)
+                return broken;
+            if (wait)
+                return null;
+        }
+    }
+
+    /// <summary>A read's data follows: [at, at + size) of the slot's buffers (checked by the caller).</summary>
+    private void ExpectData(Slot slot, uint at, uint size, bool completes, bool done)
+    {
+        _data = slot;
+        _dataAt = at;
+        _dataLeft = size;
+        _dataCompletes = completes;
+        _dataDone = done;
+    }
+
+    private string? SimpleReply(out bool wait)
+    {
+        wait = Buffered < SimpleReplySize;
+        if (wait)
+            return null;
         var error = Be32(4);
         var cookie = Be64(8);
         _rxStart += SimpleReplySize;
@@ -352,9 +697,8 @@ internal sealed unsafe class NbdConnection : IDisposable
             return "protocol error: a simple reply to a read after structured replies were negotiated";
         if (slot.Kind == BlkIoKind.Read && error == 0)
         {
-            failed = ReceiveData(slot, 0, slot.Length);
-            if (failed != null)
-                return failed;
+            ExpectData(slot, 0, slot.Length, completes: true, done: false);
+            return null;
         }
         if (error != 0)
             _log.Debug($"nbd {_name}: {slot.Kind} at {slot.Offset} + {slot.Length} failed on the server (error {error})");
@@ -362,11 +706,21 @@ internal sealed unsafe class NbdConnection : IDisposable
         return null;
     }
 
-    private string? StructuredChunk()
+    /// <summary>Bytes of a chunk's payload that must be buffered before it is looked at (its data excepted).</summary>
+    private static int FixedPayload(ushort type, uint length) => type switch
     {
-        var failed = Need(StructuredReplySize);
-        if (failed != null)
-            return failed;
+        ReplyTypeOffsetData => length > 8 ? 8 : 0,
+        ReplyTypeOffsetHole => length == 12 ? 12 : 0,
+        _ when (type & ReplyTypeErrorBit) != 0 && length >= 6 && length <= 6 + MaxMessage + 8 => (int)length,
+        _ => 0, // refused as soon as the header is in
+    };
+
+    private string? StructuredChunk(out bool wait)
+    {
+        wait = Buffered < StructuredReplySize
+            || Buffered < StructuredReplySize + FixedPayload(Be16(6), Be32(16));
+        if (wait)
+            return null;
         var flags = Be16(4);
         var type = Be16(6);
         var cookie = Be64(8);
@@ -385,24 +739,19 @@ internal sealed unsafe class NbdConnection : IDisposable
                 {
                     if (slot.Kind != BlkIoKind.Read || length <= 8)
                         return $"protocol error: a data chunk of {length} bytes for a {slot.Kind}";
-                    if ((failed = Need(8)) != null)
-                        return failed;
                     var offset = Be64(0);
                     _rxStart += 8;
                     var size = length - 8;
                     if (!Within(slot, offset, size, out var at))
                         return $"protocol error: data chunk at {offset} + {size} outside the read at {slot.Offset} + {slot.Length}";
                     Cover(slot, at, size);
-                    if ((failed = ReceiveData(slot, at, size)) != null)
-                        return failed;
-                    break;
+                    ExpectData(slot, at, size, completes: false, done: (flags & ReplyFlagDone) != 0);
+                    return null;
                 }
             case ReplyTypeOffsetHole:
                 {
                     if (slot.Kind != BlkIoKind.Read || length != 12)
                         return $"protocol error: a hole chunk of {length} bytes for a {slot.Kind}";
-                    if ((failed = Need(12)) != null)
-                        return failed;
                     var offset = Be64(0);
                     var size = Be32(8);
                     _rxStart += 12;
@@ -419,8 +768,6 @@ internal sealed unsafe class NbdConnection : IDisposable
                     // proto.md: error chunks carry error (32), message length (16), message[, offset (64)].
                     if (length < 6 || length > 6 + MaxMessage + 8)
                         return $"protocol error: an error chunk of {length} bytes";
-                    if ((failed = Need((int)length)) != null)
-                        return failed;
                     var error = Be32(0);
                     var messageLength = Be16(4);
                     var rest = length - 6;
@@ -439,19 +786,24 @@ internal sealed unsafe class NbdConnection : IDisposable
                 }
         }
         if ((flags & ReplyFlagDone) != 0)
-        {
-            var result = Success(slot);
-            if (slot.Error != 0)
-                result = -EIO;
-            else if (slot.Kind == BlkIoKind.Read && !slot.Coverage.Covers(slot.Length))
-            {
-                _log.Warn($"nbd {_name}: read at {slot.Offset} + {slot.Length} failed: the server's chunks ended without covering the whole read (proto.md: chunks MUST cover the entire request)");
-                result = -EIO;
-            }
-            Complete(slot, result);
-        }
+            Done(slot);
         return null;
     }
+
+    /// <summary>The request's last chunk is in: it completes with what its chunks said.</summary>
+    private void Done(Slot slot)
+    {
+        var result = Success(slot);
+        if (slot.Error != 0)
+            result = -EIO;
+        else if (slot.Kind == BlkIoKind.Read && !slot.Coverage.Covers(slot.Length))
+        {
+            _log.Warn($"nbd {_name}: read at {slot.Offset} + {slot.Length} failed: the server's chunks ended without covering the whole read (proto.md: chunks MUST cover the entire request)");
+            result = -EIO;
+        }
+        Complete(slot, result);
+    }
+
 
     /// <summary>
     /// Notes that a content chunk described [at, at + size) of the read (inside it: checked by the
@@ -504,30 +856,6 @@ internal sealed unsafe class NbdConnection : IDisposable
     }
 
     /// <summary>
-    /// <paramref name="size"/> bytes of read data into the slot's buffers, <paramref name="at"/>
-    /// bytes in (both checked by the caller against the request): what is buffered is copied,
-    /// a large rest is received straight into the buffers, a small one through the buffer.
-    /// </summary>
-    private string? ReceiveData(Slot slot, uint at, uint size)
-    {
-        var take = (uint)Math.Min(Buffered, size);
-        CopyInto(slot, at, Rx + _rxStart, take);
-        _rxStart += (int)take;
-        at += take;
-        size -= take;
-        if (size == 0)
-            return null;
-        if (size >= DirectMin)
-            return RecvInto(slot, at, size);
-        var failed = Need((int)size);
-        if (failed != null)
-            return failed;
-        CopyInto(slot, at, Rx + _rxStart, size);
-        _rxStart += (int)size;
-        return null;
-    }
-
-    /// <summary>
     /// Fills <see cref="_recvIov"/> with the pieces of the slot's buffers that hold bytes
     /// [<paramref name="at"/>, <paramref name="at"/> + <paramref name="size"/>) of its data, and
     /// returns how many there are, or -1 when the buffers are shorter (the caller checked the
@@ -554,26 +882,6 @@ internal sealed unsafe class NbdConnection : IDisposable
         return left == 0 ? count : -1;
     }
 
-    /// <summary>Receives <paramref name="size"/> bytes straight into the slot's buffers, <paramref name="at"/> bytes in (checked by the caller).</summary>
-    private string? RecvInto(Slot slot, uint at, uint size)
-    {
-        var count = Window(slot, at, size);
-        if (count < 0)
-            return "internal error: a reply larger than the request's buffers"; // Within() makes this unreachable
-        fixed (IoVec* dst = _recvIov)
-        {
-            var next = dst;
-            while (count > 0)
-            {
-                var failed = RecvSome(next, count, out var n);
-                if (failed != null)
-                    return failed;
-                Advance(ref next, ref count, (nuint)n);
-            }
-            return null;
-        }
-    }
-
     private void CopyInto(Slot slot, uint at, byte* source, uint size)
     {
         var count = Window(slot, at, size);
@@ -590,80 +898,6 @@ internal sealed unsafe class NbdConnection : IDisposable
         var count = Window(slot, at, size);
         for (var i = 0; i < count; i++)
             NativeMemory.Clear((void*)_recvIov[i].Base, _recvIov[i].Length);
-    }
-
-    /// <summary>Makes sure <paramref name="count"/> bytes (at most the buffer's size) are buffered.</summary>
-    private string? Need(int count)
-    {
-        if (Buffered >= count)
-            return null;
-        // Keep the partial reply at the front, so the rest of the buffer is free to fill.
-        if (_rxStart > 0)
-        {
-            new Span<byte>(Rx + _rxStart, Buffered).CopyTo(new Span<byte>(Rx, RxSize));
-            _rxEnd -= _rxStart;
-            _rxStart = 0;
-        }
-        while (_rxEnd < count)
-        {
-            var free = new IoVec((nint)(Rx + _rxEnd), (nuint)(RxSize - _rxEnd));
-            var failed = RecvSome(&free, 1, out var n);
-            if (failed != null)
-                return failed;
-            _rxEnd += (int)n;
-        }
-        return null;
-    }
-
-    /// <summary>
-    /// One recvmsg into <paramref name="iov"/> that got some bytes (<paramref name="received"/>),
-    /// or why the connection is over. Wakes the workers of completions posted so far first: the
-    /// receive may block (up to <see cref="TickMs"/> at a time, SO_RCVTIMEO).
-    /// </summary>
-    private string? RecvSome(IoVec* iov, int count, out nint received)
-    {
-        received = 0;
-        WakeWorkers();
-        while (true)
-        {
-            if (_dead)
-                return _deathReason ?? "closed";
-            var msg = new MsgHdr { Iov = iov, IovLength = (nuint)count };
-            nint n;
-            try
-            {
-                n = Interop.RecvMsg(_fd, &msg, 0);
-            }
-            catch (ObjectDisposedException)
-            {
-                return "closed";
-            }
-            if (n == 0)
-                return "the server closed the connection";
-            if (n < 0)
-            {
-                var errno = Marshal.GetLastPInvokeError();
-                if (errno != Errno.EINTR && errno != Errno.EAGAIN)
-                    return $"receive failed: {Errno.Describe(errno)}";
-            }
-            // Looked at whether bytes came or not, and across calls (the clock is a field): a server
-            // that sends a byte now and then, or a reply in endless small chunks, must not hold a
-            // request past the timeout.
-            var now = Environment.TickCount64;
-            if (now - _lastCheck >= TickMs)
-            {
-                _lastCheck = now;
-                if (OldestAge(now, out var unsent) > _timeoutMs)
-                    return unsent
-                        ? $"a request not fully sent within {_timeoutMs / 1000.0:0.#} s (the server stopped reading)"
-                        : $"no reply within {_timeoutMs / 1000.0:0.#} s";
-            }
-            if (n > 0)
-            {
-                received = n;
-                return null;
-            }
-        }
     }
 
     /// <summary>The age of the oldest request in flight; <paramref name="unsent"/>: its sender is not done with it yet.</summary>
@@ -707,7 +941,8 @@ internal sealed unsafe class NbdConnection : IDisposable
         }
         if (port != null)
         {
-            // The receiver wakes a worker once per batch of replies (RecvSome), not once per reply.
+            // The receiving side wakes a worker once per batch of replies, not once per reply (and
+            // the worker that receives takes its own port after each batch, unwoken).
             if (!onReceiver)
                 port.Post(tag, result);
             else if (port.PostDeferred(tag, result, out var wake) && wake && !Defer(port))
@@ -731,19 +966,24 @@ internal sealed unsafe class NbdConnection : IDisposable
         return true;
     }
 
-    private void WakeWorkers()
+    /// <summary>Wakes the workers whose ports got completions, except <paramref name="skip"/> (the worker that receives, which takes its port next).</summary>
+    private void WakeWorkers(CompletionPort? skip)
     {
         for (var i = 0; i < _wakeCount; i++)
         {
-            _wake[i]!.Wake();
+            if (!ReferenceEquals(_wake[i], skip))
+                _wake[i]!.Wake();
             _wake[i] = null;
         }
         _wakeCount = 0;
     }
 
-    /// <summary>After the connection ended (receiver thread): every request still in flight fails.</summary>
+    /// <summary>After the connection ended (the receiving side, once): every request still in flight fails.</summary>
     private void FailAll()
     {
+        if (Interlocked.Exchange(ref _failedAll, 1) != 0)
+            return;
+        _data = null; // nothing more lands in a request's buffers
         int failed;
         lock (_slotLock)
             failed = _inFlight;
@@ -755,14 +995,13 @@ internal sealed unsafe class NbdConnection : IDisposable
             _log.Warn(line);
         foreach (var slot in _slots)
         {
-            // Only this thread sets Replied, so a slot seen busy and without a result stays busy until Complete.
+            // Only the receiving side sets Replied, so a slot seen busy and without a result stays busy until Complete.
             bool open;
             lock (_slotLock)
                 open = slot.Busy && (Volatile.Read(ref slot.State) & StateReplied) == 0;
             if (open)
                 Complete(slot, -EIO);
         }
-        WakeWorkers();
     }
 
     /// <summary>Ends the connection and waits until every request on it has completed.</summary>
@@ -770,6 +1009,12 @@ internal sealed unsafe class NbdConnection : IDisposable
     {
         _closing = true;
         Kill("closed");
+        if (ReceivingHere)
+        {
+            // The worker that receives is the one closing (a reconnect it started): nobody else fails what is left.
+            FailAll();
+            WakeWorkers(null);
+        }
         _receiver.Join();
         // A request still in its send completes as its sender leaves SendAll (it looks at _dead every TickMs).
         SpinWait.SpinUntil(() => Volatile.Read(ref _inFlight) == 0, TimeSpan.FromSeconds(10));
@@ -795,5 +1040,15 @@ internal sealed class NbdSyncWaiter
     {
         _done.Wait();
         return _result;
+    }
+
+    /// <summary>Waits up to <paramref name="milliseconds"/> (0: a look); true with the result once it is in.</summary>
+    public bool Wait(int milliseconds, out int result)
+    {
+        result = 0;
+        if (!_done.Wait(milliseconds))
+            return false;
+        result = _result;
+        return true;
     }
 }

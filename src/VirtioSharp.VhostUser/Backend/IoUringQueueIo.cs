@@ -29,6 +29,7 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
     /// <summary>The removal of a released watch's poll (its completion means nothing).</summary>
     public const ulong WatchRemoveTag = 1UL << 59;
     private const int Watches = 4;
+    private const uint WatchEvents = 0x0001 | 0x2000; // POLLIN | POLLRDHUP: a peer's half-close shows too
     private const int MaxWatchFailures = 8;
     private readonly IReadableWatcher?[] _watchers = new IReadableWatcher?[Watches];
     private readonly int[] _watchFd = new int[Watches];
@@ -56,7 +57,7 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
                 continue;
             _watchGeneration[slot]++;
             var userData = WatchUserData(slot);
-            if (!ring.QueuePollMultishot(fd, userData) && !(SubmitQueued() && ring.QueuePollMultishot(fd, userData)))
+            if (!ring.QueuePollMultishot(fd, userData, WatchEvents) && !(SubmitQueued() && ring.QueuePollMultishot(fd, userData, WatchEvents)))
                 return false;
             _watchers[slot] = watcher;
             _watchFd[slot] = fd;
@@ -76,7 +77,7 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
         for (var slot = 0; slot < Watches; slot++)
         {
             if (_watchers[slot] != null && _watchArm[slot])
-                _watchArm[slot] = !ring.QueuePollMultishot(_watchFd[slot], WatchUserData(slot));
+                _watchArm[slot] = !ring.QueuePollMultishot(_watchFd[slot], WatchUserData(slot), WatchEvents);
         }
     }
 
@@ -96,7 +97,7 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
         var failing = cqe.Result < 0 && !more && ++_watchFailures[slot] >= MaxWatchFailures;
         if (cqe.Result >= 0)
             _watchFailures[slot] = 0;
-        if (!watcher.Readable() || failing)
+        if (!watcher.Readable(cqe.Result >= 0 ? cqe.Result : -1) || failing)
             Release(slot);
     }
 
@@ -105,7 +106,7 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
     {
         for (var slot = 0; slot < Watches && _watchCount > 0; slot++)
         {
-            if (_watchers[slot] is { } watcher && !watcher.Readable())
+            if (_watchers[slot] is { } watcher && !watcher.Readable(-1))
                 Release(slot);
         }
     }

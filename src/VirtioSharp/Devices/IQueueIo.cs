@@ -31,7 +31,7 @@ public unsafe interface IQueueIo
 
     /// <summary>
     /// Asks the worker to call <see cref="IReadableWatcher.Readable"/> on its own thread each time
-    /// <paramref name="fd"/> becomes readable, beside its other waits, until the watcher declines or
+    /// <paramref name="fd"/> becomes readable or hangs up, beside its other waits, until the watcher declines or
     /// the worker stops (<see cref="IReadableWatcher.Released"/>, on the worker's thread, in both
     /// cases). The worker takes the completions posted to <see cref="Completions"/> right after each
     /// call. False when the worker cannot watch (no kernel ring, every watch slot taken).
@@ -46,8 +46,13 @@ public unsafe interface IQueueIo
 /// </summary>
 public interface IReadableWatcher
 {
-    /// <summary>The descriptor may be readable (a spare call is possible); false: stop watching.</summary>
-    bool Readable();
+    /// <summary>
+    /// The descriptor may be readable (a spare call is possible); false: stop watching.
+    /// <paramref name="events"/>: the poll(2) events seen (POLLIN, POLLRDHUP, POLLHUP, POLLERR),
+    /// or -1 when not known; after a hang-up the descriptor must be read until its end, since
+    /// no later wake-up will say so again.
+    /// </summary>
+    bool Readable(int events);
 
     /// <summary>The worker no longer watches (it stops, or <see cref="Readable"/> said so). Called once.</summary>
     void Released();

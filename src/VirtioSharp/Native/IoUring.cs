@@ -154,14 +154,18 @@ public sealed unsafe class IoUring : IDisposable
     /// <summary>Opcodes the queue workers use.</summary>
     public const byte OpReadV = IORING_OP_READV, OpFSync = IORING_OP_FSYNC, OpPollAdd = IORING_OP_POLL_ADD;
 
-    /// <summary>Queues a multishot poll for readability of <paramref name="fd"/> (the caller keeps it open while armed).</summary>
-    public bool QueuePollMultishot(int fd, ulong userData)
+    /// <summary>
+    /// Queues a multishot poll of <paramref name="fd"/> for <paramref name="events"/> (default POLLIN;
+    /// POLLERR and POLLHUP always count); each completion's result is the events seen. The
+    /// caller keeps the descriptor open while the poll is armed.
+    /// </summary>
+    public bool QueuePollMultishot(int fd, ulong userData, uint events = 0x0001)
     {
         if (!TryNextSqe(out var sqe))
             return false;
         sqe->Opcode = IORING_OP_POLL_ADD;
         sqe->Fd = fd;
-        sqe->OpFlags = 0x0001; // POLLIN, as poll32_events
+        sqe->OpFlags = events; // poll32_events
         sqe->Len = IORING_POLL_ADD_MULTI;
         sqe->UserData = userData;
         return true;

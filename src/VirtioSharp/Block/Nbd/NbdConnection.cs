@@ -376,13 +376,15 @@ internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
     private bool ReceivingHere => Volatile.Read(ref _receiveBy) == ByWorker && _workerThread == Environment.CurrentManagedThreadId;
 
     /// <summary>The worker's poll saw the socket readable: receive and parse what has come, without blocking.</summary>
-    bool IReadableWatcher.Readable()
+    bool IReadableWatcher.Readable(int events)
     {
         if (_shared || Volatile.Read(ref _failedAll) != 0)
             return false; // the worker gives the receive side back (Released)
         if (Volatile.Read(ref _receiveBy) != ByWorker)
             return true; // the thread has not let go yet; it wakes the worker's port when it does
-        Pump(wakeOwnPort: false); // the worker takes its port right after this call
+        // After a hang-up (or not knowing), read until the end: a receive that returns data short of
+        // the buffer says nothing of an end that came with it, and no later wake-up repeats it.
+        Pump(wakeOwnPort: false, toTheEnd: events < 0 || (events & (PollFd.Hup | PollFd.RdHup | PollFd.Err)) != 0); // the worker takes its port right after this call
         return Volatile.Read(ref _failedAll) == 0;
     }
 
@@ -402,11 +404,12 @@ internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
     }
 
     /// <summary>
-    /// Receives and parses until the socket has nothing more (a receive that did not fill what it
-    /// was given), on the worker that receives. A broken stream or a closed connection fails every
-    /// request in flight here.
+    /// Receives and parses until the socket has nothing more, on the worker that receives: until
+    /// a receive does not fill what it was given (all that had come was taken; anything later wakes
+    /// the worker's poll again), or, <paramref name="toTheEnd"/>, until a receive finds nothing
+    /// or the end. A broken stream or a closed connection fails every request in flight here.
     /// </summary>
-    private void Pump(bool wakeOwnPort)
+    private void Pump(bool wakeOwnPort, bool toTheEnd = true)
     {
         string? failed;
         while (true)
@@ -414,7 +417,7 @@ internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
             failed = ReceiveSome(block: false, out var got, out var full);
             if (failed != null || got == 0)
                 break;
-            if ((failed = Parse()) != null || !full)
+            if ((failed = Parse()) != null || (!full && !toTheEnd))
                 break;
         }
         if ((failed != null || _dead) && Volatile.Read(ref _failedAll) == 0)

@@ -92,6 +92,7 @@ internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
     private CompletionPort? _workerPort;      // the port of the worker that receives (or asked to)
     private int _workerThread;                // ... its managed thread id
     private int _firstQueue = -1;             // the first queue that started a request here
+    private IQueueIo? _refusedBy;             // the last worker that could not watch the socket
     private volatile bool _shared;            // a second queue did too: the thread receives
     private int _failedAll;                   // 1 once the requests in flight at the end were failed
     private readonly ManualResetEventSlim _unpark = new(false); // wakes the thread when a worker gives the receive side back
@@ -354,7 +355,7 @@ internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
                 return;
             }
         }
-        if (_shared || _dead || Volatile.Read(ref _claimed) != 0 || io.Completions is not { } port)
+        if (_shared || _dead || Volatile.Read(ref _claimed) != 0 || ReferenceEquals(io, _refusedBy) || io.Completions is not { } port)
             return;
         if (Interlocked.CompareExchange(ref _claimed, 1, 0) != 0)
             return;
@@ -362,6 +363,7 @@ internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
         _workerThread = Environment.CurrentManagedThreadId;
         if (!io.TryWatch((int)_fd.DangerousGetHandle(), this))
         {
+            _refusedBy = io; // a worker without io_uring: not asked again
             _workerPort = null;
             _workerThread = 0;
             Volatile.Write(ref _claimed, 0);
@@ -370,7 +372,7 @@ internal sealed unsafe class NbdConnection : IReadableWatcher, IDisposable
         Interlocked.Exchange(ref _receiveBy, HandOver); // the thread lets go at its next turn
     }
 
-    /// <summary>Whether a queue's worker receives the replies (for tests and the log).</summary>
+    /// <summary>Whether a queue's worker receives the replies now.</summary>
     public bool ReceivedByWorker => Volatile.Read(ref _receiveBy) == ByWorker;
 
     private bool ReceivingHere => Volatile.Read(ref _receiveBy) == ByWorker && _workerThread == Environment.CurrentManagedThreadId;

@@ -4,7 +4,7 @@ namespace VirtioSharp.Native;
 
 /// <summary>
 /// A minimal io_uring (io_uring_setup(2), io_uring_enter(2)) for one thread: it queues
-/// submissions (vectored reads, fdatasync, polls), then hands them to the kernel and
+/// submissions (vectored reads, fdatasync, polls, eventfd writes), then hands them to the kernel and
 /// waits for a completion in the same system call. The owning thread is the only one to touch it (IORING_SETUP_SINGLE_ISSUER where the
 /// kernel has it). Ring indices are shared with the kernel: the submission tail and completion
 /// head are published with release stores, the kernel's indices are read with acquire loads.
@@ -82,7 +82,7 @@ public sealed unsafe class IoUring : IDisposable
 
     /// <summary>
     /// The kernel takes IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP, Linux 5.17): a submission may
-    /// ask to post a completion only when it fails (<see cref="QueueWriteQuiet"/>).
+    /// ask to post a completion only when it fails (<see cref="QueueEventFdSignal"/>).
     /// </summary>
     public bool SkipsSuccessCompletions { get; }
 

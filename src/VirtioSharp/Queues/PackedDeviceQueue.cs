@@ -33,6 +33,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     private bool _usedWrap;                // 2.8.1: Device Ring Wrap Counter
     private int _slotsInFlight;            // slots between the used and the available position
     private int _usedSinceEvent;           // slots used since the last PublishUsed
+    private byte* _batchHead;              // first used descriptor of the batch, its flags not yet written (null: none)
+    private ushort _batchHeadFlags;        // the flags it gets when the batch ends
     private int _inFlightCount;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
     // Ends the object on a cache line of its own, so the fields above (written by the device's
@@ -404,7 +406,25 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         return PopResult.RingCorrupt;
     }
 
+    /// <summary>Returns a list to the driver at once: its used descriptor, and any of the batch before it, become visible now.</summary>
     public void AddUsed(ushort head, uint written)
+    {
+        WriteUsed(head, written, batch: false);
+        ReleaseBatch();
+    }
+
+    /// <summary>
+    /// Returns a list within a batch that <see cref="PublishUsed"/> or <see cref="PublishUsedForPoller"/>
+    /// ends. The batch's first used descriptor gets its flags last, at the end of the batch, as
+    /// 2.8.9 has a device do for a request made of several buffers; the others get theirs at once.
+    /// Each used descriptor is still written in the order its list completed (2.8.12: the device
+    /// MAY reorder descriptor writes once they are started), and each one's flags after its id
+    /// and len (2.8.15). A driver polls only the next used slot (2.8.2), so it sees the batch
+    /// whole and does not read the lines the device is still writing.
+    /// </summary>
+    public void AddUsedToBatch(ushort head, uint written) => WriteUsed(head, written, batch: true);
+
+    private void WriteUsed(ushort head, uint written, bool batch)
     {
         if (head >= Size || _tokenSlots[head] == 0)
             return;
@@ -428,16 +448,37 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         // Recorded before the driver can see it, so a recording never shows the driver reaping
         // (and reusing the slot) ahead of the device's write.
         _recorder?.Used(_nextUsed, id, written, flags, _usedWrap, slots, next);
-        // 2.8.1 / 2.8.21: flags last, with release: the driver reads flags first (acquire), then id and len.
-        Volatile.Write(ref *(ushort*)(d + 14), flags);
+        if (batch && _batchHead is null && _recorder is null)
+        {
+            // The batch's first: its flags wait for ReleaseBatch. A recording shows each used
+            // descriptor as it is handed over, so while one is kept none waits.
+            _batchHead = d;
+            _batchHeadFlags = flags;
+        }
+        else
+        {
+            // 2.8.1 / 2.8.22: flags last, with release: the driver reads flags first (acquire), then id and len.
+            Volatile.Write(ref *(ushort*)(d + 14), flags);
+        }
         if (next < _nextUsed || slots == Size)
             _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;
         _usedSinceEvent += slots;
     }
 
-    /// <summary>2.8.6: each used descriptor goes out with its flags, so a batch changes nothing here.</summary>
-    public void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
+    /// <summary>
+    /// 2.8.9 / 2.8.22: hands the batch over: the flags of its first used descriptor, with release,
+    /// after every other used descriptor of the batch was written.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void ReleaseBatch()
+    {
+        var d = _batchHead;
+        if (d is null)
+            return;
+        _batchHead = null;
+        Volatile.Write(ref *(ushort*)(d + 14), _batchHeadFlags);
+    }
 
     /// <summary>
     /// Makes the next <see cref="PublishUsed"/> ask for an interrupt whatever the driver's event
@@ -450,6 +491,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     public bool PublishUsed()
     {
+        ReleaseBatch();
         var count = _usedSinceEvent;
         if (count == 0)
             return false;
@@ -490,6 +532,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             PublishUsed(); // a recording shows the decision the driver's state would give
             return;
         }
+        ReleaseBatch();
         _usedSinceEvent = 0;
     }
 

@@ -163,22 +163,34 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     public PopResult TryPop(out DescriptorChain chain)
     {
-        chain = default;
         var first = Slot(_nextAvail);
         var flags = ReadFlags(first);
         if (!PackedRing.IsAvail(flags, _availWrap))
         {
+            chain = default;
             // 2.8.1: the slot still holds the lap before (a used descriptor, a skipped slot or
             // zeroes). AVAIL and USED both equal to this lap's counter were never written by
             // the device here: the driver's flags went backwards.
             return PackedRing.IsUsed(flags, _availWrap) ? Corrupt(RingError.PackedFlagsInconsistent, flags) : PopResult.Empty;
         }
-        var free = Size - _slotsInFlight;
-        if (free <= 0)
+        if (_slotsInFlight >= Size)
+        {
+            chain = default;
             return Corrupt(RingError.PackedRingOverrun, _nextAvail); // 2.8.16: every slot is still the device's
+        }
+        // The common list, one direct descriptor, here; a longer or indirect one, or one someone
+        // records, in its own method, so this one's frame stays small.
         if ((flags & (PackedRing.DescFNext | PackedRing.DescFIndirect)) == 0 && _captured is null && _recorder is null)
             return PopOne(first, flags, out chain);
+        return PopList(flags, out chain);
+    }
 
+    /// <summary><see cref="TryPop"/> for any list: the walk over its slots, bounded by the free ones.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private PopResult PopList(ushort flags, out DescriptorChain chain)
+    {
+        chain = default;
+        var free = Size - _slotsInFlight;
         var error = ChainError.None;
         var errorDescriptor = -1;
         var count = 0;
@@ -247,9 +259,9 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     /// <paramref name="flags"/> already read and found available), while nobody records or
     /// captures: the same reads, each once, and the same checks as the walk, without its loop.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private PopResult PopOne(byte* d, ushort flags, out DescriptorChain chain)
     {
-        chain = default;
         var addr = Unsafe.ReadUnaligned<ulong>(d);
         var len = Unsafe.ReadUnaligned<uint>(d + 8);
         var id = Unsafe.ReadUnaligned<ushort>(d + 12);
@@ -259,7 +271,10 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         ref var inFlight = ref _idInFlight[id >> 6];
         var bit = 1UL << (id & 63);
         if ((inFlight & bit) != 0)
+        {
+            chain = default;
             return Corrupt(RingError.PackedBufferIdInFlight, id);
+        }
         var token = TakeToken(id);
         inFlight |= bit;
         _tokenId[token] = id;
@@ -383,10 +398,11 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         }
     }
 
-    private ushort TakeToken(ushort id)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ushort TakeToken(ushort id) => id < Size && _tokenSlots[id] == 0 ? id : TakeFreeToken();
+
+    private ushort TakeFreeToken()
     {
-        if (id < Size && _tokenSlots[id] == 0)
-            return id;
         // An id at or above the size (legal, 2.8.13): any free token. One exists, since every
         // chain in flight holds at least one of the ring's slots.
         for (var i = 0; i < Size; i++)

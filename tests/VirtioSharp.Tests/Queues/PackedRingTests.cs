@@ -216,6 +216,7 @@ public sealed class PackedQueuePairTests
         for (var i = 0; i < 6; i++) // past the end of the ring: the counter flips, the structure stays
         {
             Assert.True(pair.Driver.TryAdd(one, out _));
+            pair.Driver.PublishForPoller();
             Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var chain));
             pair.Device.AddUsed(chain.Head, 1);
             Assert.False(pair.Device.PublishUsed()); // RING_EVENT_FLAGS_DISABLE
@@ -225,6 +226,7 @@ public sealed class PackedQueuePairTests
         Assert.False(pair.Driver.EnableInterrupts());
         Assert.Equal((PackedRing.OffWrap(2, false), PackedRing.EventFlagsDesc), pair.Driver.DriverEvent); // slot 2 of lap 0
         Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var next));
         pair.Device.AddUsed(next.Head, 1);
         Assert.True(pair.Device.PublishUsed()); // the descriptor the driver named
@@ -236,6 +238,7 @@ public sealed class PackedQueuePairTests
         using var pair = new PackedQueuePair(8, eventIdx: false);
         Assert.True(pair.Add(3, 1, false));
         Assert.True(pair.Add(2, 1, false));
+        pair.Publish();
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var a));
         var idA = a.Head;
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var b));
@@ -266,6 +269,7 @@ public sealed class PackedQueuePairTests
         DriverBuffer[] one = [new(PackedQueuePair.RamBase + 0x20_0000, 16, true)];
         for (var i = 0; i < 3; i++)
             Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
         var ids = new ushort[3];
         for (var i = 0; i < 3; i++)
         {
@@ -298,6 +302,7 @@ public sealed class PackedQueuePairTests
         // A list returned at once after one left to a batch hands both over.
         Assert.True(pair.Driver.TryAdd(one, out _));
         Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var a));
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var b));
         pair.Device.AddUsedToBatch(a.Head, 4);
@@ -309,6 +314,7 @@ public sealed class PackedQueuePairTests
 
         // A batch of one that ends without a decision (a polling driver) is handed over too.
         Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var c1));
         pair.Device.AddUsedToBatch(c1.Head, 6);
         Assert.False(pair.Driver.TryTakeUsed(out _, out _, out _));
@@ -318,10 +324,30 @@ public sealed class PackedQueuePairTests
     }
 
     [Fact]
+    public void A_used_descriptor_over_a_list_not_yet_published_is_refused_by_the_driver_2_8_21_1()
+    {
+        using var pair = new PackedQueuePair(4, eventIdx: false);
+        Assert.True(pair.Driver.TryAdd([new DriverBuffer(PackedQueuePair.RamBase + 0x20_0000, 16, true)], out var id));
+        // A hostile device writes a used descriptor naming the list into slot 0 before the driver published it.
+        Assert.True(pair.Memory.TryGetSpan(pair.Driver.DescriptorTable, 16, out var slot0));
+        BinaryPrimitives.WriteUInt16LittleEndian(slot0[12..], id);
+        BinaryPrimitives.WriteUInt16LittleEndian(slot0[14..], PackedRing.UsedFlags(true));
+        Assert.False(pair.Driver.TryTakeUsed(out var head, out _, out var error));
+        Assert.Equal((UsedError.UnknownId, id), (error, head));
+        Assert.Equal(3, pair.Driver.FreeDescriptors); // the list is still the driver's
+    }
+
+    [Fact]
     public void The_first_descriptor_is_made_available_last_2_8_6()
     {
         using var pair = new PackedQueuePair(4, eventIdx: false);
         Assert.True(pair.Add(3, 1, false));
+        // Until the batch is published its first list's first descriptor is not available
+        // (the ring is zeroed, 2.8.13), and the device, polling slot 0, sees nothing.
+        Assert.Equal(0, pair.Driver.ReadDescriptor(0).Flags);
+        Assert.True(PackedRing.IsAvail(pair.Driver.ReadDescriptor(1).Flags, true));
+        Assert.Equal(PopResult.Empty, pair.Device.TryPop(out _));
+        pair.Publish();
         for (var i = 0; i < 3; i++)
         {
             var d = pair.Driver.ReadDescriptor(i);

@@ -164,14 +164,13 @@ public sealed class PackedQueuePair : IDisposable
         if (DeviceAsleep)
             return;
         var result = Device.TryPop(out var chain);
-        // Packed lists are visible once written (2.8.21.1), published or not.
-        if (result != (_added.Count == 0 ? PopResult.Empty : PopResult.Chain))
-            Fail($"TryPop gave {result} ({Device.LastRingError} {Device.LastRingErrorValue}) with {_added.Count} lists written");
+        // A list is visible once published: the first list of a batch gets its flags then (2.8.21.1).
+        if (result != (_published == 0 ? PopResult.Empty : PopResult.Chain))
+            Fail($"TryPop gave {result} ({Device.LastRingError} {Device.LastRingErrorValue}) with {_added.Count} lists written, {_published} of them published");
         if (result == PopResult.Empty)
             return;
         var expected = _added.Dequeue();
-        if (_published > 0)
-            _published--;
+        _published--;
         if (chain.Head != expected.Id || Device.BufferId(chain.Head) != expected.Id || chain.Error != ChainError.None || chain.Buffers.Length != expected.Buffers.Length)
             Fail($"device popped id {chain.Head} ({chain.Error}, {chain.Buffers.Length} buffers), driver wrote id {expected.Id} with {expected.Buffers.Length}");
         uint writable = 0;

@@ -538,8 +538,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     /// <summary>
     /// Ends a batch for a caller that will not interrupt whatever the driver asks (it knows the
-    /// driver polls). Each used descriptor went out with its flags (release); 2.8.21.3.1's full
-    /// barrier comes before reading the Driver Event Suppression, and nothing is read here.
+    /// driver polls): writes the batch's first used flags (release), which hand the batch over;
+    /// 2.8.21.3.1's full barrier comes before reading the Driver Event Suppression, and nothing is read here.
     /// </summary>
     public void PublishUsedForPoller()
     {

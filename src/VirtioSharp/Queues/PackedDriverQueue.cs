@@ -301,8 +301,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
 
     /// <summary>
     /// Ends a batch for a caller that will not notify whatever the device asks (it knows the device
-    /// polls). Each list went out with its first descriptor's flags (release); 2.8.21.3.1 asks for
-    /// the full barrier only before reading the Device Event Suppression, and nothing is read here.
+    /// polls): writes the batch's first flags (release), which make it available; 2.8.21.3.1 asks
+    /// for the full barrier only before reading the Device Event Suppression, and nothing is read here.
     /// </summary>
     public void PublishForPoller()
     {

@@ -20,15 +20,25 @@ internal sealed class FakeNbdServer : IDisposable
     private readonly Task _accepting;
     private int _accepted;
 
-    public FakeNbdServer(string path, Func<int, Action<FakeNbdPeer>> script)
+    /// <param name="backlog">The listen(2) backlog: with 0, one connection waits and the next connect finds the queue full.</param>
+    /// <param name="acceptFrom">Accepting starts when this completes (none: at once); connections queue until then.</param>
+    public FakeNbdServer(string path, Func<int, Action<FakeNbdPeer>> script, int backlog = 16, Task? acceptFrom = null)
     {
         _script = script;
         _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         _listener.Bind(new UnixDomainSocketEndPoint(path));
-        _listener.Listen(16);
+        _listener.Listen(backlog);
         Uri = $"nbd+unix:///disk?socket={path}";
-        _accepting = Task.Run(AcceptLoop);
+        Path = path;
+        _accepting = Task.Run(async () =>
+        {
+            if (acceptFrom is not null)
+                await acceptFrom;
+            await AcceptLoop();
+        });
     }
+
+    public string Path { get; }
 
     public string Uri { get; }
     public int Accepted => Volatile.Read(ref _accepted);

@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using VirtioSharp.Block;
 using VirtioSharp.Block.Nbd;
@@ -537,6 +538,54 @@ public sealed class HostileNbdServerTests : IDisposable
         Assert.Contains(message, e.Message, StringComparison.Ordinal);
         Assert.StartsWith(server.Uri + ": ", e.Message, StringComparison.Ordinal);
         Assert.False(e.Message.Any(char.IsControl), $"control characters in: {e.Message}");
+    }
+
+    [Fact]
+    public async Task A_server_whose_accept_queue_is_full_is_waited_for_not_taken_for_connected()
+    {
+        // A Unix listener whose accept queue is full answers a non-blocking connect with EAGAIN
+        // (unix(7)): nothing is in progress, and the socket polls writable while unconnected. The
+        // client must try again until the connect timeout, not start a handshake on it.
+        var accept = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var blockers = new List<Socket>();
+        using var server = new FakeNbdServer(SocketPath(), _ => peer => peer.Serve(), backlog: 0, acceptFrom: accept.Task);
+        try
+        {
+            // Fill the queue: connect until one is refused for room (backlog 0 holds one or two).
+            while (true)
+            {
+                var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified) { Blocking = false };
+                try
+                {
+                    s.Connect(new UnixDomainSocketEndPoint(server.Path));
+                    blockers.Add(s);
+                }
+                catch (SocketException e) when (e.SocketErrorCode == SocketError.WouldBlock)
+                {
+                    s.Dispose();
+                    break;
+                }
+                Assert.True(blockers.Count < 64, "the listener's queue never filled");
+            }
+            var log = new ListLogSink();
+            var open = Task.Run(() => NbdBackend.Open(NbdUri.Parse(server.Uri), Options(log)));
+            await Task.Delay(500);
+            Assert.False(open.IsCompleted, open.Exception?.InnerException?.Message ?? "the open finished while the queue was full");
+            // The queued connections leave (their scripts see them hang up) and accepting starts.
+            foreach (var s in blockers)
+                s.Dispose();
+            accept.SetResult();
+            using var backend = await open.WaitAsync(Bound);
+            using var buffer = new GuardedBuffer(2048, 2048);
+            Assert.True(await Task.Run(() => backend.Read(4096, buffer.Iov)).WaitAsync(Bound), Lines(log));
+            Assert.Equal(Contents(4096, 4096), buffer.Data);
+        }
+        finally
+        {
+            foreach (var s in blockers)
+                s.Dispose();
+            accept.TrySetResult();
+        }
     }
 
     [Fact]

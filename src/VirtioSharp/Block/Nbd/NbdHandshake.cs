@@ -52,61 +52,93 @@ internal static class NbdHandshake
 
     private static Socket Open(NbdUri uri, TimeSpan timeout)
     {
-        Socket socket;
-        EndPoint endpoint;
-        if (uri.IsUnix)
+        var deadline = Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        if (!uri.IsUnix)
+            return ConnectTcp(uri, timeout);
+        var endpoint = new UnixDomainSocketEndPoint(uri.SocketPath!);
+        var pause = 1;
+        while (true)
         {
-            socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            endpoint = new UnixDomainSocketEndPoint(uri.SocketPath!);
+            var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            if (TryConnect(socket, endpoint, uri, out _))
+                return socket;
+            // unix(7): a non-blocking connect to a listener whose accept queue is full fails with
+            // EAGAIN. Nothing is in progress (the socket even polls writable while unconnected), so
+            // the only answer is to try again, with a new socket: .NET does not reuse one after a
+            // failed connect.
+            socket.Dispose();
+            var left = deadline - Environment.TickCount64;
+            if (left <= 0)
+                throw new NbdException($"{uri}: cannot connect: the server's accept queue stayed full");
+            Thread.Sleep((int)Math.Min(pause, left));
+            pause = Math.Min(pause * 2, 50);
         }
-        else
-        {
-            IPAddress[] addresses;
-            try
-            {
-                addresses = IPAddress.TryParse(uri.Host, out var literal) ? [literal] : Dns.GetHostAddresses(uri.Host!);
-            }
-            catch (SocketException e)
-            {
-                throw new NbdException($"{uri}: cannot resolve '{uri.Host}': {e.Message}");
-            }
-            if (addresses.Length == 0)
-                throw new NbdException($"{uri}: '{uri.Host}' has no address");
-            socket = new Socket(addresses[0].AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            endpoint = new IPEndPoint(addresses[0], uri.Port);
-        }
+    }
+
+    private static Socket ConnectTcp(NbdUri uri, TimeSpan timeout)
+    {
+        IPAddress[] addresses;
         try
         {
-            // The descriptor stays non-blocking, and every byte of the handshake goes through our own
-            // sendmsg/recvmsg and poll(2) (SendExact, ReadExact): none through the Socket's Send or
-            // Receive. Once .NET has made a descriptor non-blocking, a blocking Socket call on it (or
-            // one with a timeout, or ConnectAsync) registers it with .NET's epoll thread for good; that
-            // thread then woke for every batch of replies our receiver read and handed each to the
-            // thread pool, whose workers spun in sched_yield: more CPU than the requests themselves.
-            socket.Blocking = false;
-            try
-            {
-                socket.Connect(endpoint);
-            }
-            catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
+            addresses = IPAddress.TryParse(uri.Host, out var literal) ? [literal] : Dns.GetHostAddresses(uri.Host!);
+        }
+        catch (SocketException e)
+        {
+            throw new NbdException($"{uri}: cannot resolve '{uri.Host}': {e.Message}");
+        }
+        if (addresses.Length == 0)
+            throw new NbdException($"{uri}: '{uri.Host}' has no address");
+        var socket = new Socket(addresses[0].AddressFamily, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        try
+        {
+            // A TCP connect that cannot finish at once is in progress (EINPROGRESS): it is done when
+            // the socket polls writable, and SO_ERROR says how it ended.
+            if (!TryConnect(socket, new IPEndPoint(addresses[0], uri.Port), uri, out _))
             {
                 if (!socket.Poll(timeout, SelectMode.SelectWrite))
                     throw new NbdException($"{uri}: cannot connect: no answer in time");
                 var error = (int)socket.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.Error)!; // a SocketError
                 if (error != 0)
-                    throw new SocketException(error);
+                    throw new NbdException($"{uri}: cannot connect: {new SocketException(error).Message}");
             }
             return socket;
-        }
-        catch (SocketException e)
-        {
-            socket.Dispose();
-            throw new NbdException($"{uri}: cannot connect: {e.Message}");
         }
         catch
         {
             socket.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// Starts a non-blocking connect. True: connected. False: it would block (<paramref name="wouldBlock"/>
+    /// true: EAGAIN, which on a Unix socket means the listener's queue is full; false: EINPROGRESS).
+    /// Any other failure is one line.
+    /// </summary>
+    private static bool TryConnect(Socket socket, EndPoint endpoint, NbdUri uri, out bool wouldBlock)
+    {
+        wouldBlock = false;
+        // The descriptor stays non-blocking, and every byte of the handshake goes through our own
+        // sendmsg/recvmsg and poll(2) (SendExact, ReadExact): none through the Socket's Send or
+        // Receive. Once .NET has made a descriptor non-blocking, a blocking Socket call on it (or
+        // one with a timeout, or ConnectAsync) registers it with .NET's epoll thread for good; that
+        // thread then woke for every batch of replies our receiver read and handed each to the
+        // thread pool, whose workers spun in sched_yield: more CPU than the requests themselves.
+        socket.Blocking = false;
+        try
+        {
+            socket.Connect(endpoint);
+            return true;
+        }
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
+        {
+            wouldBlock = e.SocketErrorCode == SocketError.WouldBlock;
+            return false;
+        }
+        catch (SocketException e)
+        {
+            socket.Dispose();
+            throw new NbdException($"{uri}: cannot connect: {e.Message}");
         }
     }
 

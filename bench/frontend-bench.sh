@@ -40,6 +40,11 @@ Settings come from the environment:
                  e.g. DEVICES="writeback direct unsafe"
   SERVE_ARGS=..  extra arguments for both `vblk serve` back-ends (e.g. "--poll-us 50")
   BENCH_ARGS=..  extra arguments for every `vblk bench` run (e.g. "--poll-us 50")
+  BASE_VBLK=EXE  a second vblk executable (another build, e.g. of an earlier commit) served as
+                 "base" beside this tree's vblk and qsd in every round, with the same arguments
+                 (devices null, file and cold only);
+                 the summary then has a second table, base against qsd. `vblk bench` is this
+                 tree's in every run.
 USAGE
 }
 case "${1:-}" in
@@ -129,10 +134,11 @@ start_qsd() { # name blockdev-args...
 }
 
 start_vblk() { # name serve-args...
-    local name=$1
+    local name=$1 exe=("${vblk[@]}")
     shift
+    [[ $name == base-* ]] && exe=("$BASE_VBLK")
     # shellcheck disable=SC2086 # SERVE_ARGS is split on purpose
-    "${vblk[@]}" serve "$@" $SERVE_ARGS --socket "$work/$name.sock" >"$work/$name.log" 2>&1 &
+    "${exe[@]}" serve "$@" $SERVE_ARGS --socket "$work/$name.sock" >"$work/$name.log" 2>&1 &
     pids+=($!)
     bepid[$name]=$!
     wait_file -S "$work/$name.sock"
@@ -142,6 +148,15 @@ start_qsd qsd-null --blockdev "driver=null-co,node-name=disk0,size=$null_bytes,r
 start_qsd qsd-file --blockdev "driver=file,node-name=file0,filename=$image" --blockdev "driver=raw,node-name=disk0,file=file0"
 start_vblk vblk-null --backend null --size "$null_bytes"
 start_vblk vblk-file "$work/disk2.raw"
+backends="qsd vblk"
+if [[ -n "${BASE_VBLK:-}" ]]; then
+    [[ -x "$BASE_VBLK" ]] || { echo "frontend-bench: BASE_VBLK $BASE_VBLK is not an executable" >&2; exit 2; }
+    # A third image for it, made like the others (vblk serve locks its image).
+    cp "$image" "$work/disk3.raw"
+    start_vblk base-null --backend null --size "$null_bytes"
+    start_vblk base-file "$work/disk3.raw"
+    backends="qsd vblk base"
+fi
 want() { [[ " $DEVICES " == *" $1 "* ]]; }
 file_node() { # cache options of qsd's file node
     echo "driver=file,node-name=file0,filename=$image,aio=io_uring,locking=off,$1"
@@ -182,6 +197,7 @@ echo "# $(uname -sr), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut
 echo "# $("$qsd" --version | head -1), .NET $(dotnet --version)"
 echo "# runtime ${RUNTIME}s (+${RAMP}s ramp) per run, ${ROUNDS} rounds, image $IMAGE_SIZE; devices: $DEVICES"
 echo "# vblk serve extra arguments: '${SERVE_ARGS}'; vblk bench extra arguments: '${BENCH_ARGS}'"
+[[ -n "${BASE_VBLK:-}" ]] && echo "# base: $BASE_VBLK"
 echo "# images on $(findmnt -no FSTYPE -T "$work") ($(findmnt -no SOURCE -T "$work")); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 printf '%-16s %-5s %-10s %5s %10s %9s %9s %9s %8s %9s\n' workload dev backend round IOPS MB/s p50us p99us fe-cpu-us be-cpu-s/M
@@ -190,12 +206,14 @@ for w in "${workloads[@]}"; do
     for dev in $DEVICES; do
         for round in $(seq 1 "$ROUNDS"); do
             # Alternate which back-end goes first.
-            if ((round % 2)); then order="qsd vblk"; else order="vblk qsd"; fi
+            if ((round % 2)); then order=$backends; else order=$(echo "$backends" | tr ' ' '\n' | tac | tr '\n' ' '); fi
             for be in $order; do
+                [[ $be == base && $dev != null && $dev != file && $dev != cold ]] && continue # base serves these three only
                 out=$work/run.json
                 sock=$work/$be-$dev.sock
                 if [[ $dev == file || $dev == writeback || $dev == unsafe ]]; then
                     cat "$image" "$work/disk2.raw" >/dev/null # warm again after a cold run
+                    [[ -f "$work/disk3.raw" ]] && cat "$work/disk3.raw" >/dev/null
                 fi
                 if [[ $dev == cold ]]; then
                     sock=$work/$be-file.sock
@@ -225,18 +243,24 @@ for w in "${workloads[@]}"; do
     done
 done
 
-echo
-echo "# median over rounds; ratio = vblk serve / qemu-storage-daemon (IOPS: higher is better for vblk; p99 and back-end CPU per request: lower is better)"
-printf '%-16s %-5s %11s %11s %7s %9s %9s %7s %9s %9s %7s\n' workload dev qsd-IOPS vblk-IOPS ratio qsd-p99 vblk-p99 ratio qsd-cpu/M vblk-cpu/M ratio
+summary() { # other: vblk or base, against qsd
+    local other=$1
+    echo
+    echo "# median over rounds; ratio = $other / qemu-storage-daemon (IOPS: higher is better for $other; p99 and back-end CPU per request: lower is better)"
+    printf '%-16s %-5s %11s %11s %7s %9s %9s %7s %9s %9s %7s\n' workload dev qsd-IOPS "$other-IOPS" ratio qsd-p99 "$other-p99" ratio qsd-cpu/M "$other-cpu/M" ratio
+    while read -r label dev; do
+        row=("$label" "$dev")
+        for field in 4 7 9; do
+            q=$(median $(awk -v l="$label" -v d="$dev" -v f="$field" '$1 == l && $2 == d && $3 == "qsd" { print $f }' "$results"))
+            v=$(median $(awk -v l="$label" -v d="$dev" -v f="$field" -v o="$other" '$1 == l && $2 == d && $3 == o { print $f }' "$results"))
+            row+=("$q" "$v" "$(awk -v q="$q" -v v="$v" 'BEGIN { printf "%.2f", (q > 0 ? v / q : 0) }')")
+        done
+        printf '%-16s %-5s %11.0f %11.0f %7s %9.1f %9.1f %7s %9.2f %9.2f %7s\n' "${row[@]}"
+    done < <(awk '!seen[$1 " " $2]++ { print $1, $2 }' "$results")
+}
 median() { # values...: the median
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
-while read -r label dev; do
-    row=("$label" "$dev")
-    for field in 4 7 9; do
-        q=$(median $(awk -v l="$label" -v d="$dev" -v f="$field" '$1 == l && $2 == d && $3 == "qsd" { print $f }' "$results"))
-        v=$(median $(awk -v l="$label" -v d="$dev" -v f="$field" '$1 == l && $2 == d && $3 == "vblk" { print $f }' "$results"))
-        row+=("$q" "$v" "$(awk -v q="$q" -v v="$v" 'BEGIN { printf "%.2f", (q > 0 ? v / q : 0) }')")
-    done
-    printf '%-16s %-5s %11.0f %11.0f %7s %9.1f %9.1f %7s %9.2f %9.2f %7s\n' "${row[@]}"
-done < <(awk '!seen[$1 " " $2]++ { print $1, $2 }' "$results")
+summary vblk
+[[ -n "${BASE_VBLK:-}" ]] && summary base
+exit 0

@@ -28,6 +28,8 @@ internal sealed class Vring : IDisposable
     private EventFd? _call;
     private ITraceSink? _trace; // the device's recorder while the worker runs; null when nobody records
     private EventFd? _err;
+    private IoUring? _callRing; // RunUring's ring while the call is signalled through it (worker thread only)
+    private EventFd? _callQueued; // the call whose write waits in _callRing's submission queue; a reference is held
 
     public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null, int cpu = -1, CallWatchdog? watchdog = null)
     {
@@ -167,7 +169,14 @@ internal sealed class Vring : IDisposable
             // nothing else would tell it. One interrupt with no work is harmless.
             SignalCall("ring started: used buffers a previous back-end may not have signalled");
             // The kernel's io_uring is probed once per process; what it lacks sends the worker to poll(2).
-            if (_aio != AioMode.Sync && _device.SupportsQueueIo)
+            if (_aio != AioMode.Sync && !_device.SupportsQueueIo && IoUringSupport.Probed.Complete)
+            {
+                // No file I/O to start, but the worker still waits better in io_uring: a kick
+                // arrives as a completion of its multishot poll, with no read(2) of the eventfd
+                // after each wake-up as poll(2) needs. A ring the kernel refuses leaves poll(2).
+                ring = IoUring.TryCreate(RingEntries(0, queue.Size), out _);
+            }
+            else if (_aio != AioMode.Sync && _device.SupportsQueueIo)
             {
                 if (!AioChoice.UseIoUring(_aio, true, IoUringSupport.Probed, out var missing))
                 {
@@ -190,7 +199,9 @@ internal sealed class Vring : IDisposable
             }
             if (ring != null)
             {
-                _log.Debug($"queue {Index}: asynchronous I/O through io_uring, up to {Math.Min(_device.MaxQueueIoInFlight, (int)queue.Size)} in flight");
+                _log.Debug(_device.SupportsQueueIo
+                    ? $"queue {Index}: asynchronous I/O through io_uring, up to {Math.Min(_device.MaxQueueIoInFlight, (int)queue.Size)} in flight"
+                    : $"queue {Index}: waits in io_uring");
                 if (RunUring(queue, kick, ring))
                 {
                     ring.Dispose();
@@ -226,7 +237,7 @@ internal sealed class Vring : IDisposable
     private const int MaxPollFailures = 8;
 
     private static uint RingEntries(int maxInFlight, ushort queueSize) =>
-        (uint)Math.Min(maxInFlight, (int)queueSize) + 4; // + the three polls and the limits' timer
+        (uint)Math.Min(maxInFlight, (int)queueSize) + 6; // + the three polls, the two timers and the call
 
     /// <summary>
     /// Waits in poll(2) on the control, kick and completion descriptors. File I/O is synchronous;
@@ -314,7 +325,20 @@ internal sealed class Vring : IDisposable
     /// <returns>True when the worker must carry on in poll(2): its polls kept failing (nothing is in flight then).</returns>
     private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
-        var io = new IoUringQueueIo(ring, _port);
+        _callRing = ring.SkipsSuccessCompletions ? ring : null;
+        try
+        {
+            return RunUringLoop(queue, kick, ring);
+        }
+        finally
+        {
+            EndCallsThroughRing(ring);
+        }
+    }
+
+    private bool RunUringLoop(IDeviceQueue queue, EventFd kick, IoUring ring)
+    {
+        IQueueIo? io = _device.SupportsQueueIo ? new IoUringQueueIo(ring, _port) : null;
         bool armControl = true, armKick = true, armCompleted = true, stopped = false, fallBack = false, timerArmed = false, watchArmed = false;
         var pollFailures = 0;
         var drain = true; // buffers may have been made available before the ring started
@@ -322,6 +346,8 @@ internal sealed class Vring : IDisposable
         {
             if (_stopRequested)
                 stopped = true;
+            if (drain)
+                FlushCall(ring); // a call queued for the next wait goes now: the worker drains first
             if (!stopped && drain && _enabled && Drain(queue, io) == QueueOutcome.NeedsReset)
                 stopped = true; // take nothing more; finish what is in flight
             drain = false;
@@ -352,7 +378,8 @@ internal sealed class Vring : IDisposable
                 if (!watchArmed && !stopped && _enabled && Watchdog.BeforeSleep(queue) is >= 0 and var watch)
                     watchArmed = ring.QueueTimeout(watch * 1_000_000L + 1, IoUringQueueIo.WatchdogTag, slot: 1);
                 Poller.Sleeping();
-                ring.SubmitAndWait(wait: true);
+                ring.SubmitAndWait(wait: true); // with the call queued by the drain: its write, then the wait
+                CallSubmitted(ring);
                 Poller.Woke();
             }
             var completed = false;
@@ -368,6 +395,11 @@ internal sealed class Vring : IDisposable
                 {
                     timerArmed = false;
                     drain = true; // the limits may let more through now
+                    continue;
+                }
+                if (cqe.UserData == IoUringQueueIo.CallTag)
+                {
+                    WriteCall(); // the ring's write failed (its only completion): the plain way
                     continue;
                 }
                 if (cqe.UserData == IoUringQueueIo.WatchdogTag)
@@ -440,7 +472,11 @@ internal sealed class Vring : IDisposable
             return Unpolled(queue); // a drain held back by the limits left them off
         queue.DisableNotifications();
         queue.Polled = true;
-        ring?.SubmitAndReap(); // what the drain queued goes to the kernel now
+        if (ring != null)
+        {
+            ring.SubmitAndReap(); // what the drain queued (the call too) goes to the kernel now
+            CallSubmitted(ring);
+        }
         var reap = ring != null && _device.QueueIoInFlight(queue.Index) > 0;
         var spins = 0;
         do
@@ -451,7 +487,10 @@ internal sealed class Vring : IDisposable
                 return true;
             }
             if (reap && (++spins & 15) == 0)
+            {
                 ring!.SubmitAndReap(); // completions are posted on request (DEFER_TASKRUN)
+                CallSubmitted(ring);
+            }
             Thread.SpinWait(4);
         }
         while (!_stopRequested && _enabled && Stopwatch.GetTimestamp() < until);
@@ -507,6 +546,10 @@ internal sealed class Vring : IDisposable
     /// <summary>One drain of the available ring. On NeedsReset the queue stops: the call and the err descriptor are signalled here.</summary>
     private QueueOutcome Drain(IDeviceQueue queue, IQueueIo? io)
     {
+        // The worker looks at the ring again before it sleeps (PollRing, with or without a
+        // window), and turns notifications on only then (2.7.10, 2.8.10): a driver that makes the
+        // next chain available while the worker signals this drain's call need not kick.
+        queue.Polled = true;
         var outcome = _device.ProcessQueue(queue, io);
         switch (outcome)
         {
@@ -544,15 +587,94 @@ internal sealed class Vring : IDisposable
 
     private const string ResentWhy = "sent again: the driver still waits for used buffers it was told about (the last interrupt was lost)";
 
-    /// <summary>Writes the call eventfd; <paramref name="why"/> (a constant) is recorded while someone records.</summary>
+    /// <summary>
+    /// Signals the call eventfd; <paramref name="why"/> (a constant) is recorded while someone
+    /// records. In io_uring the write is queued and goes with the worker's next io_uring_enter,
+    /// which is the one it waits in when the ring has nothing more for it: one system call instead
+    /// of two, and the driver's thread that the write wakes does not preempt the worker between
+    /// them. Paths that do not wait next submit it first (<see cref="FlushCall"/>).
+    /// </summary>
     private void SignalCall(string why)
     {
         Interlocked.Increment(ref _calls);
         if (_trace is not null)
             RecordCall(why);
+        if (_callRing is { } ring && QueueCall(ring))
+            return;
+        WriteCall();
+    }
+
+    private void WriteCall()
+    {
         // A concurrent SET_VRING_CALL may dispose the descriptor we read; then use the new one.
         if (Volatile.Read(ref _call) is { } call && !call.Signal())
             Volatile.Read(ref _call)?.Signal();
+    }
+
+    /// <summary>Queues the call's write on <paramref name="ring"/>; false when it must be written now.</summary>
+    private bool QueueCall(IoUring ring)
+    {
+        if (_callQueued != null)
+            return true; // one write already waits: the driver reads the used ring once for both
+        // A descriptor without O_NONBLOCK would be written by the kernel's worker threads, later.
+        if (Volatile.Read(ref _call) is not { IsNonBlocking: true } call)
+            return false;
+        var added = false;
+        try
+        {
+            call.Handle.DangerousAddRef(ref added); // SET_VRING_CALL may close it before the submission
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
+        }
+        if (!ring.QueueEventFdSignal(call.Fd, IoUringQueueIo.CallTag))
+        {
+            call.Handle.DangerousRelease();
+            return false;
+        }
+        _callQueued = call;
+        return true;
+    }
+
+    /// <summary>After an io_uring_enter: once the kernel took the call's write, the descriptor may close.</summary>
+    private void CallSubmitted(IoUring ring)
+    {
+        if (_callQueued is { } call && ring.Unsubmitted == 0)
+        {
+            _callQueued = null;
+            call.Handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>Submits a queued call now (the worker does not wait next).</summary>
+    private void FlushCall(IoUring ring)
+    {
+        if (_callQueued is null)
+            return;
+        ring.SubmitAndWait(wait: false);
+        CallSubmitted(ring);
+    }
+
+    /// <summary>The worker leaves io_uring: a call still queued is submitted, or written the plain way.</summary>
+    private void EndCallsThroughRing(IoUring ring)
+    {
+        _callRing = null;
+        if (_callQueued is not { } call)
+            return;
+        try
+        {
+            ring.SubmitAndWait(wait: false);
+        }
+        catch (NativeCallException)
+        {
+            // written below
+        }
+        var taken = ring.Unsubmitted == 0;
+        _callQueued = null;
+        call.Handle.DangerousRelease();
+        if (!taken)
+            WriteCall(); // a spurious interrupt is harmless; a lost one stalls the driver
     }
 
     private void RecordKick(ulong count)

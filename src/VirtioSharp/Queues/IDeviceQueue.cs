@@ -22,7 +22,7 @@ public interface IDeviceQueue
     /// <see cref="AddUsed"/> for a caller that ends the batch with <see cref="PublishUsed"/> or
     /// <see cref="PublishUsedForPoller"/>: the driver may see the element only then. A split ring
     /// moves used idx once per batch (2.7.8.2), as the driver moves avail idx once per publish;
-    /// a packed ring hands each used descriptor over with its flags as before (2.8.6).
+    /// a packed ring writes the flags of the batch's first used descriptor last (2.8.9).
     /// </summary>
     void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
     /// <summary>Ends a batch of used elements; true if the driver wants an interrupt for them (2.7.7.2).</summary>

@@ -24,13 +24,17 @@ public interface IDriverQueue
     /// <summary>Split (2.7) or packed (2.8).</summary>
     VirtqueueFormat Format => VirtqueueFormat.Split;
     int FreeDescriptors { get; }
-    /// <summary>Places a chain (device-readable buffers first) and makes it available; false when descriptors run out.</summary>
+    /// <summary>
+    /// Places a chain (device-readable buffers first); false when descriptors run out. The device
+    /// may see it only after the next <see cref="Publish"/> or <see cref="PublishForPoller"/>
+    /// (split: avail idx moves then, 2.7.13.3; packed: the batch's first flags are written then).
+    /// </summary>
     bool TryAdd(ReadOnlySpan<DriverBuffer> buffers, out ushort head);
-    /// <summary>Makes an indirect table of <paramref name="count"/> descriptors available as one chain (2.7.5.3, 2.8.7).</summary>
+    /// <summary>Places an indirect table of <paramref name="count"/> descriptors as one chain (2.7.5.3, 2.8.7); published as <see cref="TryAdd"/>.</summary>
     bool TryAddIndirect(ulong table, int count, out ushort head);
     /// <summary>Writes an indirect table in this format's descriptor layout (2.7.5.3.1, 2.8.7).</summary>
     void WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers);
-    /// <summary>Publishes the available index; true if the device wants a notification (2.7.13.4, 2.8.21.2).</summary>
+    /// <summary>Makes the chains placed since the last publish available; true if the device wants a notification (2.7.13.4, 2.8.21.2).</summary>
     bool Publish();
     /// <summary>
     /// Publishes without deciding on a notification, for a caller that never notifies (it knows

@@ -33,6 +33,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     private bool _usedWrap;                // 2.8.1: Device Ring Wrap Counter
     private int _slotsInFlight;            // slots between the used and the available position
     private int _usedSinceEvent;           // slots used since the last PublishUsed
+    private byte* _batchHead;              // first used descriptor of the batch, its flags not yet written (null: none)
+    private ushort _batchHeadFlags;        // the flags it gets when the batch ends
     private int _inFlightCount;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
     // Ends the object on a cache line of its own, so the fields above (written by the device's
@@ -161,22 +163,34 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     public PopResult TryPop(out DescriptorChain chain)
     {
-        chain = default;
         var first = Slot(_nextAvail);
         var flags = ReadFlags(first);
         if (!PackedRing.IsAvail(flags, _availWrap))
         {
+            chain = default;
             // 2.8.1: the slot still holds the lap before (a used descriptor, a skipped slot or
             // zeroes). AVAIL and USED both equal to this lap's counter were never written by
             // the device here: the driver's flags went backwards.
             return PackedRing.IsUsed(flags, _availWrap) ? Corrupt(RingError.PackedFlagsInconsistent, flags) : PopResult.Empty;
         }
-        var free = Size - _slotsInFlight;
-        if (free <= 0)
+        if (_slotsInFlight >= Size)
+        {
+            chain = default;
             return Corrupt(RingError.PackedRingOverrun, _nextAvail); // 2.8.16: every slot is still the device's
+        }
+        // The common list, one direct descriptor, here; a longer or indirect one, or one someone
+        // records, in its own method, so this one's frame stays small.
         if ((flags & (PackedRing.DescFNext | PackedRing.DescFIndirect)) == 0 && _captured is null && _recorder is null)
             return PopOne(first, flags, out chain);
+        return PopList(flags, out chain);
+    }
 
+    /// <summary><see cref="TryPop"/> for any list: the walk over its slots, bounded by the free ones.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private PopResult PopList(ushort flags, out DescriptorChain chain)
+    {
+        chain = default;
+        var free = Size - _slotsInFlight;
         var error = ChainError.None;
         var errorDescriptor = -1;
         var count = 0;
@@ -245,9 +259,9 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     /// <paramref name="flags"/> already read and found available), while nobody records or
     /// captures: the same reads, each once, and the same checks as the walk, without its loop.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private PopResult PopOne(byte* d, ushort flags, out DescriptorChain chain)
     {
-        chain = default;
         var addr = Unsafe.ReadUnaligned<ulong>(d);
         var len = Unsafe.ReadUnaligned<uint>(d + 8);
         var id = Unsafe.ReadUnaligned<ushort>(d + 12);
@@ -257,7 +271,10 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         ref var inFlight = ref _idInFlight[id >> 6];
         var bit = 1UL << (id & 63);
         if ((inFlight & bit) != 0)
+        {
+            chain = default;
             return Corrupt(RingError.PackedBufferIdInFlight, id);
+        }
         var token = TakeToken(id);
         inFlight |= bit;
         _tokenId[token] = id;
@@ -381,10 +398,11 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         }
     }
 
-    private ushort TakeToken(ushort id)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ushort TakeToken(ushort id) => id < Size && _tokenSlots[id] == 0 ? id : TakeFreeToken();
+
+    private ushort TakeFreeToken()
     {
-        if (id < Size && _tokenSlots[id] == 0)
-            return id;
         // An id at or above the size (legal, 2.8.13): any free token. One exists, since every
         // chain in flight holds at least one of the ring's slots.
         for (var i = 0; i < Size; i++)
@@ -404,7 +422,25 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         return PopResult.RingCorrupt;
     }
 
+    /// <summary>Returns a list to the driver at once: its used descriptor, and any of the batch before it, become visible now.</summary>
     public void AddUsed(ushort head, uint written)
+    {
+        WriteUsed(head, written, batch: false);
+        ReleaseBatch();
+    }
+
+    /// <summary>
+    /// Returns a list within a batch that <see cref="PublishUsed"/> or <see cref="PublishUsedForPoller"/>
+    /// ends. The batch's first used descriptor gets its flags last, at the end of the batch, as
+    /// 2.8.9 has a device do for a request made of several buffers; the others get theirs at once.
+    /// Each used descriptor is still written in the order its list completed (2.8.12: the device
+    /// MAY reorder descriptor writes once they are started), and each one's flags after its id
+    /// and len (2.8.15). A driver polls only the next used slot (2.8.2), so it sees the batch
+    /// whole and does not read the lines the device is still writing.
+    /// </summary>
+    public void AddUsedToBatch(ushort head, uint written) => WriteUsed(head, written, batch: true);
+
+    private void WriteUsed(ushort head, uint written, bool batch)
     {
         if (head >= Size || _tokenSlots[head] == 0)
             return;
@@ -428,16 +464,37 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         // Recorded before the driver can see it, so a recording never shows the driver reaping
         // (and reusing the slot) ahead of the device's write.
         _recorder?.Used(_nextUsed, id, written, flags, _usedWrap, slots, next);
-        // 2.8.1 / 2.8.21: flags last, with release: the driver reads flags first (acquire), then id and len.
-        Volatile.Write(ref *(ushort*)(d + 14), flags);
+        if (batch && _batchHead is null && _recorder is null)
+        {
+            // The batch's first: its flags wait for ReleaseBatch. A recording shows each used
+            // descriptor as it is handed over, so while one is kept none waits.
+            _batchHead = d;
+            _batchHeadFlags = flags;
+        }
+        else
+        {
+            // 2.8.1 / 2.8.22: flags last, with release: the driver reads flags first (acquire), then id and len.
+            Volatile.Write(ref *(ushort*)(d + 14), flags);
+        }
         if (next < _nextUsed || slots == Size)
             _usedWrap = !_usedWrap;
         _nextUsed = (ushort)next;
         _usedSinceEvent += slots;
     }
 
-    /// <summary>2.8.6: each used descriptor goes out with its flags, so a batch changes nothing here.</summary>
-    public void AddUsedToBatch(ushort head, uint written) => AddUsed(head, written);
+    /// <summary>
+    /// 2.8.9 / 2.8.22: hands the batch over: the flags of its first used descriptor, with release,
+    /// after every other used descriptor of the batch was written.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void ReleaseBatch()
+    {
+        var d = _batchHead;
+        if (d is null)
+            return;
+        _batchHead = null;
+        Volatile.Write(ref *(ushort*)(d + 14), _batchHeadFlags);
+    }
 
     /// <summary>
     /// Makes the next <see cref="PublishUsed"/> ask for an interrupt whatever the driver's event
@@ -450,6 +507,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     public bool PublishUsed()
     {
+        ReleaseBatch();
         var count = _usedSinceEvent;
         if (count == 0)
             return false;
@@ -480,8 +538,8 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     /// <summary>
     /// Ends a batch for a caller that will not interrupt whatever the driver asks (it knows the
-    /// driver polls). Each used descriptor went out with its flags (release); 2.8.21.3.1's full
-    /// barrier comes before reading the Driver Event Suppression, and nothing is read here.
+    /// driver polls): writes the batch's first used flags (release), which hand the batch over;
+    /// 2.8.21.3.1's full barrier comes before reading the Driver Event Suppression, and nothing is read here.
     /// </summary>
     public void PublishUsedForPoller()
     {
@@ -490,6 +548,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             PublishUsed(); // a recording shows the decision the driver's state would give
             return;
         }
+        ReleaseBatch();
         _usedSinceEvent = 0;
     }
 

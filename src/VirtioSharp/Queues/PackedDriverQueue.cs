@@ -7,7 +7,9 @@ namespace VirtioSharp.Queues;
 
 /// <summary>
 /// The driver's half of a packed virtqueue (2.8.21, 2.8.22). Lists are written into the ring in
-/// order, the first descriptor's flags last; the buffer id (below the queue size) names the
+/// order, the first descriptor's flags last; the first list of a batch gets its flags when the
+/// batch is published, so the device, which polls only its next slot (2.8.2), sees the batch
+/// whole, as with a split ring's avail idx. The buffer id (below the queue size) names the
 /// list, and the driver keeps each id's slot count privately, so nothing the device writes can
 /// corrupt its bookkeeping. Not thread-safe: callers hold a lock.
 /// </summary>
@@ -25,6 +27,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     private ushort _nextUsed;
     private bool _usedWrap = true;         // the Device Ring Wrap Counter the driver expects at _nextUsed
     private int _addedSincePublish;
+    private byte* _batchHead;              // first descriptor of the batch's first list, its flags not yet written (null: none)
+    private ushort _batchHeadFlags;        // the flags it gets at Publish
     private ushort _eventFlags;            // what the driver last wrote into the Driver Event Suppression flags
     private readonly GuestMemory _memory;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
@@ -94,6 +98,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         _nextAvail = _nextUsed = 0;
         _availWrap = _usedWrap = true;
         _addedSincePublish = 0;
+        _batchHead = null;
         AskForFirstInterrupt();
         Interlocked.MemoryBarrier(); // the zeroed ring is visible before the device is told its addresses
     }
@@ -181,8 +186,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         // Recorded before the device can see the list: once the flags are out, a polling device
         // may take it, and even overwrite its slots, before a later read-back would run.
         _recorder?.ListWritten(first, buffers.Length, id, _availWrap, firstFlags);
-        // 2.8.21.1.1: a barrier before the flags update; the release store is that barrier.
-        Volatile.Write(ref *(ushort*)(Slot(first) + 14), firstFlags);
+        MakeAvailable(Slot(first), firstFlags);
         _slotsOfId[id] = (ushort)buffers.Length;
         _freeSlots -= buffers.Length;
         _addedSincePublish += buffers.Length;
@@ -209,7 +213,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         var flags = (ushort)(PackedRing.AvailFlags(_availWrap) | PackedRing.DescFIndirect);
         Advance();
         _recorder?.IndirectWritten(first, id, table, count, _availWrap, flags); // before the device can see it, as above
-        Volatile.Write(ref *(ushort*)(d + 14), flags);
+        MakeAvailable(d, flags);
         _slotsOfId[id] = 1;
         _freeSlots--;
         _addedSincePublish++;
@@ -233,6 +237,36 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
 
     void IDriverQueue.WriteIndirectTable(Span<byte> table, ReadOnlySpan<DriverBuffer> buffers) => WriteIndirectTable(table, buffers);
 
+    /// <summary>
+    /// 2.8.21.1: writes a list's first flags, which make it available, or, for the batch's first
+    /// list, keeps them for <see cref="ReleaseBatch"/>. The lists after it are written whole with
+    /// their flags (2.8.2: writes may be reordered; each side polls only its next slot), and the
+    /// device reaches them only through the first. A recording shows each list as it goes out,
+    /// so while one is kept none waits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void MakeAvailable(byte* first, ushort flags)
+    {
+        if (_batchHead is null && _recorder is null)
+        {
+            _batchHead = first;
+            _batchHeadFlags = flags;
+        }
+        else
+            Volatile.Write(ref *(ushort*)(first + 14), flags); // 2.8.21.1.1: the release store is the barrier before the flags
+    }
+
+    /// <summary>2.8.21.1.1: makes the batch available: its first list's flags, with release, after everything else it wrote.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void ReleaseBatch()
+    {
+        var d = _batchHead;
+        if (d is null)
+            return;
+        _batchHead = null;
+        Volatile.Write(ref *(ushort*)(d + 14), _batchHeadFlags);
+    }
+
     private void Advance()
     {
         // 2.8.21.1: after the ring's last descriptor, toggle the Driver Ring Wrap Counter.
@@ -245,6 +279,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
 
     public bool Publish()
     {
+        ReleaseBatch();
         var added = _addedSincePublish;
         if (added == 0)
             return false;
@@ -266,8 +301,8 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
 
     /// <summary>
     /// Ends a batch for a caller that will not notify whatever the device asks (it knows the device
-    /// polls). Each list went out with its first descriptor's flags (release); 2.8.21.3.1 asks for
-    /// the full barrier only before reading the Device Event Suppression, and nothing is read here.
+    /// polls): writes the batch's first flags (release), which make it available; 2.8.21.3.1 asks
+    /// for the full barrier only before reading the Device Event Suppression, and nothing is read here.
     /// </summary>
     public void PublishForPoller()
     {
@@ -276,6 +311,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             Publish(); // a recording shows the decision the device's state would give
             return;
         }
+        ReleaseBatch();
         _addedSincePublish = 0;
     }
 
@@ -291,8 +327,9 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             return false;
         var id = Unsafe.ReadUnaligned<ushort>(d + 12);
         var len = Unsafe.ReadUnaligned<uint>(d + 8);
-        // The device is not trusted: the id must name a list the driver has outstanding.
-        if (id >= Size || _slotsOfId[id] == 0)
+        // The device is not trusted: the id must name a list the driver has outstanding, and the
+        // slot must not be the first of a batch not yet published (the device cannot have seen it).
+        if (id >= Size || _slotsOfId[id] == 0 || d == _batchHead)
         {
             error = UsedError.UnknownId;
             head = id;

@@ -72,6 +72,7 @@ public sealed class PackedRingFuzzTests(ITestOutputHelper output)
                 for (var k = 0; k < skip; k++)
                 {
                     driver.TryAdd([new DriverBuffer(DataStart, 1, true)], out var _);
+                    driver.PublishForPoller();
                     Skip(memory, driver, size);
                 }
                 // The slots keep what the laps before left there (used descriptors of the lap before), as in a real ring.
@@ -83,6 +84,7 @@ public sealed class PackedRingFuzzTests(ITestOutputHelper output)
                     ids.Add(id);
                 }
                 listsAdded += ids.Count;
+                driver.PublishForPoller(); // the device may see the lists only now
                 if (mode >= 6)
                 {
                     Mutate(memory, ref rnd, size);

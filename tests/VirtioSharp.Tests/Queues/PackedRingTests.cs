@@ -216,6 +216,7 @@ public sealed class PackedQueuePairTests
         for (var i = 0; i < 6; i++) // past the end of the ring: the counter flips, the structure stays
         {
             Assert.True(pair.Driver.TryAdd(one, out _));
+            pair.Driver.PublishForPoller();
             Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var chain));
             pair.Device.AddUsed(chain.Head, 1);
             Assert.False(pair.Device.PublishUsed()); // RING_EVENT_FLAGS_DISABLE
@@ -225,6 +226,7 @@ public sealed class PackedQueuePairTests
         Assert.False(pair.Driver.EnableInterrupts());
         Assert.Equal((PackedRing.OffWrap(2, false), PackedRing.EventFlagsDesc), pair.Driver.DriverEvent); // slot 2 of lap 0
         Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var next));
         pair.Device.AddUsed(next.Head, 1);
         Assert.True(pair.Device.PublishUsed()); // the descriptor the driver named
@@ -236,6 +238,7 @@ public sealed class PackedQueuePairTests
         using var pair = new PackedQueuePair(8, eventIdx: false);
         Assert.True(pair.Add(3, 1, false));
         Assert.True(pair.Add(2, 1, false));
+        pair.Publish();
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var a));
         var idA = a.Head;
         Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var b));
@@ -260,10 +263,91 @@ public sealed class PackedQueuePairTests
     }
 
     [Fact]
+    public void The_first_used_descriptor_of_a_batch_gets_its_flags_when_the_batch_ends_2_8_9()
+    {
+        using var pair = new PackedQueuePair(8, eventIdx: true);
+        DriverBuffer[] one = [new(PackedQueuePair.RamBase + 0x20_0000, 16, true)];
+        for (var i = 0; i < 3; i++)
+            Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
+        var ids = new ushort[3];
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var c));
+            ids[i] = c.Head;
+            pair.Device.AddUsedToBatch(c.Head, (uint)(i + 1));
+        }
+        // Every used descriptor is written, the later ones with their flags; the first still
+        // carries the driver's available flags, so the driver, which looks only at slot 0, sees none.
+        for (var i = 0; i < 3; i++)
+            Assert.Equal((ids[i], (uint)(i + 1)), (pair.Driver.ReadDescriptor(i).Id, pair.Driver.ReadDescriptor(i).Length));
+        Assert.True(PackedRing.IsAvail(pair.Driver.ReadDescriptor(0).Flags, true));
+        Assert.Equal(PackedRing.UsedFlags(true) | PackedRing.DescFWrite, pair.Driver.ReadDescriptor(1).Flags);
+        Assert.Equal(PackedRing.UsedFlags(true) | PackedRing.DescFWrite, pair.Driver.ReadDescriptor(2).Flags);
+        Assert.False(pair.Driver.TryTakeUsed(out _, out _, out var none));
+        Assert.Equal(UsedError.None, none);
+        Assert.Equal(PackedRing.OffWrap(3, true), pair.Device.UsedIndex);
+
+        // The batch ends: the first gets its flags, and the decision counts all three (the
+        // driver's initial event names slot 0 of lap 1).
+        Assert.True(pair.Device.PublishUsed());
+        Assert.Equal(PackedRing.UsedFlags(true) | PackedRing.DescFWrite, pair.Driver.ReadDescriptor(0).Flags);
+        for (var i = 0; i < 3; i++)
+        {
+            Assert.True(pair.Driver.TryTakeUsed(out var id, out var len, out _));
+            Assert.Equal((ids[i], (uint)(i + 1)), (id, len));
+        }
+        Assert.False(pair.Device.PublishUsed()); // nothing used since
+
+        // A list returned at once after one left to a batch hands both over.
+        Assert.True(pair.Driver.TryAdd(one, out _));
+        Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
+        Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var a));
+        Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var b));
+        pair.Device.AddUsedToBatch(a.Head, 4);
+        Assert.False(pair.Driver.TryTakeUsed(out _, out _, out _));
+        pair.Device.AddUsed(b.Head, 5);
+        Assert.True(pair.Driver.TryTakeUsed(out var first, out var firstLen, out _));
+        Assert.True(pair.Driver.TryTakeUsed(out var second, out var secondLen, out _));
+        Assert.Equal((a.Head, 4u, b.Head, 5u), (first, firstLen, second, secondLen));
+
+        // A batch of one that ends without a decision (a polling driver) is handed over too.
+        Assert.True(pair.Driver.TryAdd(one, out _));
+        pair.Driver.PublishForPoller();
+        Assert.Equal(PopResult.Chain, pair.Device.TryPop(out var c1));
+        pair.Device.AddUsedToBatch(c1.Head, 6);
+        Assert.False(pair.Driver.TryTakeUsed(out _, out _, out _));
+        pair.Device.PublishUsedForPoller();
+        Assert.True(pair.Driver.TryTakeUsed(out var last, out var lastLen, out _));
+        Assert.Equal((c1.Head, 6u), (last, lastLen));
+    }
+
+    [Fact]
+    public void A_used_descriptor_over_a_list_not_yet_published_is_refused_by_the_driver_2_8_21_1()
+    {
+        using var pair = new PackedQueuePair(4, eventIdx: false);
+        Assert.True(pair.Driver.TryAdd([new DriverBuffer(PackedQueuePair.RamBase + 0x20_0000, 16, true)], out var id));
+        // A hostile device writes a used descriptor naming the list into slot 0 before the driver published it.
+        Assert.True(pair.Memory.TryGetSpan(pair.Driver.DescriptorTable, 16, out var slot0));
+        BinaryPrimitives.WriteUInt16LittleEndian(slot0[12..], id);
+        BinaryPrimitives.WriteUInt16LittleEndian(slot0[14..], PackedRing.UsedFlags(true));
+        Assert.False(pair.Driver.TryTakeUsed(out var head, out _, out var error));
+        Assert.Equal((UsedError.UnknownId, id), (error, head));
+        Assert.Equal(3, pair.Driver.FreeDescriptors); // the list is still the driver's
+    }
+
+    [Fact]
     public void The_first_descriptor_is_made_available_last_2_8_6()
     {
         using var pair = new PackedQueuePair(4, eventIdx: false);
         Assert.True(pair.Add(3, 1, false));
+        // Until the batch is published its first list's first descriptor is not available
+        // (the ring is zeroed, 2.8.13), and the device, polling slot 0, sees nothing.
+        Assert.Equal(0, pair.Driver.ReadDescriptor(0).Flags);
+        Assert.True(PackedRing.IsAvail(pair.Driver.ReadDescriptor(1).Flags, true));
+        Assert.Equal(PopResult.Empty, pair.Device.TryPop(out _));
+        pair.Publish();
         for (var i = 0; i < 3; i++)
         {
             var d = pair.Driver.ReadDescriptor(i);

@@ -33,6 +33,7 @@ public sealed class PackedQueuePair : IDisposable
     private int _slotsOut;
     private long _usedPublished;                         // used descriptors written before the last PublishUsed
     private long _used;
+    private long _usedVisible;                            // used descriptors the driver can reach: all but a batch not yet ended
     private long _nextSeq;
     private bool _lastAvailWrap = true, _lastUsedWrap = true;
     private readonly (RingStep Step, int Arg)[] _history = new (RingStep, int)[32];
@@ -163,14 +164,13 @@ public sealed class PackedQueuePair : IDisposable
         if (DeviceAsleep)
             return;
         var result = Device.TryPop(out var chain);
-        // Packed lists are visible once written (2.8.21.1), published or not.
-        if (result != (_added.Count == 0 ? PopResult.Empty : PopResult.Chain))
-            Fail($"TryPop gave {result} ({Device.LastRingError} {Device.LastRingErrorValue}) with {_added.Count} lists written");
+        // A list is visible once published: the first list of a batch gets its flags then (2.8.21.1).
+        if (result != (_published == 0 ? PopResult.Empty : PopResult.Chain))
+            Fail($"TryPop gave {result} ({Device.LastRingError} {Device.LastRingErrorValue}) with {_added.Count} lists written, {_published} of them published");
         if (result == PopResult.Empty)
             return;
         var expected = _added.Dequeue();
-        if (_published > 0)
-            _published--;
+        _published--;
         if (chain.Head != expected.Id || Device.BufferId(chain.Head) != expected.Id || chain.Error != ChainError.None || chain.Buffers.Length != expected.Buffers.Length)
             Fail($"device popped id {chain.Head} ({chain.Error}, {chain.Buffers.Length} buffers), driver wrote id {expected.Id} with {expected.Buffers.Length}");
         uint writable = 0;
@@ -204,14 +204,23 @@ public sealed class PackedQueuePair : IDisposable
         var i = (int)((uint)pick % (uint)_atDevice.Count);
         var r = _atDevice[i];
         _atDevice.RemoveAt(i);
-        Device.AddUsed(r.Id, r.Written);
+        // Half the lists go back within a batch: the driver sees them only when the batch ends
+        // (its first used descriptor's flags are written last, 2.8.9); the others at once,
+        // together with any batch before them.
         _used++;
+        if ((pick >> 4 & 1) == 0)
+            Device.AddUsedToBatch(r.Id, r.Written);
+        else
+        {
+            Device.AddUsed(r.Id, r.Written);
+            _usedVisible = _used;
+        }
     }
 
     public void PublishUsed()
     {
         var interrupt = Device.PublishUsed();
-        _usedPublished = _used;
+        _usedPublished = _usedVisible = _used;
         if (interrupt)
         {
             Interrupts++;
@@ -227,7 +236,7 @@ public sealed class PackedQueuePair : IDisposable
     {
         if (DriverAsleep)
             return;
-        var pending = _used > Completed;
+        var pending = _usedVisible > Completed;
         var ok = Driver.TryTakeUsed(out var id, out var length, out var error);
         if (error != UsedError.None || ok != pending)
             Fail($"TryTakeUsed gave {ok} ({error}, id {id}) with a used descriptor {(pending ? "" : "not ")}pending");

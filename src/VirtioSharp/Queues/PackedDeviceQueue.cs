@@ -33,8 +33,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     private bool _usedWrap;                // 2.8.1: Device Ring Wrap Counter
     private int _slotsInFlight;            // slots between the used and the available position
     private int _usedSinceEvent;           // slots used since the last PublishUsed
-    private byte* _batchHead;              // first used descriptor of the batch, its flags not yet written (null: none)
-    private ushort _batchHeadFlags;        // the flags it gets when the batch ends
+    private PackedBatchHead _batchHead;  // the batch's first used descriptor, its flags held until the batch ends
     private int _inFlightCount;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
     // Ends the object on a cache line of its own, so the fields above (written by the device's
@@ -426,7 +425,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     public void AddUsed(ushort head, uint written)
     {
         WriteUsed(head, written, batch: false);
-        ReleaseBatch();
+        _batchHead.Release();
     }
 
     /// <summary>
@@ -464,12 +463,11 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
         // Recorded before the driver can see it, so a recording never shows the driver reaping
         // (and reusing the slot) ahead of the device's write.
         _recorder?.Used(_nextUsed, id, written, flags, _usedWrap, slots, next);
-        if (batch && _batchHead is null && _recorder is null)
+        if (batch && !_batchHead.IsHeld && _recorder is null)
         {
-            // The batch's first: its flags wait for ReleaseBatch. A recording shows each used
+            // The batch's first: its flags wait for the batch's end. A recording shows each used
             // descriptor as it is handed over, so while one is kept none waits.
-            _batchHead = d;
-            _batchHeadFlags = flags;
+            _batchHead.Hold(d, flags);
         }
         else
         {
@@ -483,20 +481,6 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     }
 
     /// <summary>
-    /// 2.8.9 / 2.8.22: hands the batch over: the flags of its first used descriptor, with release,
-    /// after every other used descriptor of the batch was written.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void ReleaseBatch()
-    {
-        var d = _batchHead;
-        if (d is null)
-            return;
-        _batchHead = null;
-        Volatile.Write(ref *(ushort*)(d + 14), _batchHeadFlags);
-    }
-
-    /// <summary>
     /// Makes the next <see cref="PublishUsed"/> ask for an interrupt whatever the driver's event
     /// suppression says: for a ring resumed from where another device process left it, which may
     /// have written used descriptors and died before notifying.
@@ -507,7 +491,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
 
     public bool PublishUsed()
     {
-        ReleaseBatch();
+        _batchHead.Release();
         var count = _usedSinceEvent;
         if (count == 0)
             return false;
@@ -548,7 +532,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
             PublishUsed(); // a recording shows the decision the driver's state would give
             return;
         }
-        ReleaseBatch();
+        _batchHead.Release();
         _usedSinceEvent = 0;
     }
 

@@ -27,8 +27,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     private ushort _nextUsed;
     private bool _usedWrap = true;         // the Device Ring Wrap Counter the driver expects at _nextUsed
     private int _addedSincePublish;
-    private byte* _batchHead;              // first descriptor of the batch's first list, its flags not yet written (null: none)
-    private ushort _batchHeadFlags;        // the flags it gets at Publish
+    private PackedBatchHead _batchHead;  // the batch's first list, its flags held until Publish
     private ushort _eventFlags;            // what the driver last wrote into the Driver Event Suppression flags
     private readonly GuestMemory _memory;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
@@ -98,7 +97,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         _nextAvail = _nextUsed = 0;
         _availWrap = _usedWrap = true;
         _addedSincePublish = 0;
-        _batchHead = null;
+        _batchHead.Drop();
         AskForFirstInterrupt();
         Interlocked.MemoryBarrier(); // the zeroed ring is visible before the device is told its addresses
     }
@@ -239,7 +238,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
 
     /// <summary>
     /// 2.8.21.1: writes a list's first flags, which make it available, or, for the batch's first
-    /// list, keeps them for <see cref="ReleaseBatch"/>. The lists after it are written whole with
+    /// list, keeps them for <see cref="Publish"/>. The lists after it are written whole with
     /// their flags (2.8.2: writes may be reordered; each side polls only its next slot), and the
     /// device reaches them only through the first. A recording shows each list as it goes out,
     /// so while one is kept none waits.
@@ -247,25 +246,14 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void MakeAvailable(byte* first, ushort flags)
     {
-        if (_batchHead is null && _recorder is null)
+        if (!_batchHead.IsHeld && _recorder is null)
         {
-            _batchHead = first;
-            _batchHeadFlags = flags;
+            _batchHead.Hold(first, flags);
         }
         else
             Volatile.Write(ref *(ushort*)(first + 14), flags); // 2.8.21.1.1: the release store is the barrier before the flags
     }
 
-    /// <summary>2.8.21.1.1: makes the batch available: its first list's flags, with release, after everything else it wrote.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void ReleaseBatch()
-    {
-        var d = _batchHead;
-        if (d is null)
-            return;
-        _batchHead = null;
-        Volatile.Write(ref *(ushort*)(d + 14), _batchHeadFlags);
-    }
 
     private void Advance()
     {
@@ -279,7 +267,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
 
     public bool Publish()
     {
-        ReleaseBatch();
+        _batchHead.Release();
         var added = _addedSincePublish;
         if (added == 0)
             return false;
@@ -311,7 +299,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
             Publish(); // a recording shows the decision the device's state would give
             return;
         }
-        ReleaseBatch();
+        _batchHead.Release();
         _addedSincePublish = 0;
     }
 
@@ -329,7 +317,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         var len = Unsafe.ReadUnaligned<uint>(d + 8);
         // The device is not trusted: the id must name a list the driver has outstanding, and the
         // slot must not be the first of a batch not yet published (the device cannot have seen it).
-        if (id >= Size || _slotsOfId[id] == 0 || d == _batchHead)
+        if (id >= Size || _slotsOfId[id] == 0 || _batchHead.Is(d))
         {
             error = UsedError.UnknownId;
             head = id;

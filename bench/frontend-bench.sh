@@ -45,6 +45,8 @@ Settings come from the environment:
                  (devices null, file and cold only);
                  the summary then has a second table, base against qsd. `vblk bench` is this
                  tree's in every run.
+                 Several builds: BASE_VBLK="NAME=EXE NAME=EXE ...", each served and summed up
+                 the same way under its NAME (letters, digits, '-'; not qsd or vblk).
 USAGE
 }
 case "${1:-}" in
@@ -67,6 +69,20 @@ for dev in $DEVICES; do
         *) echo "frontend-bench: unknown device $dev (null, file, cold, writeback, direct, unsafe)" >&2; exit 2 ;;
     esac
 done
+
+# Builds served beside this tree's: name -> executable.
+declare -A base_exe
+base_names=""
+set -f
+for entry in ${BASE_VBLK:-}; do
+    if [[ $entry == *=* ]]; then name=${entry%%=*} exe=${entry#*=}; else name=base exe=$entry; fi
+    [[ $name =~ ^[A-Za-z0-9-]+$ && $name != qsd && $name != vblk ]] || { echo "frontend-bench: BASE_VBLK name '$name' is not usable (letters, digits, '-'; not qsd or vblk)" >&2; exit 2; }
+    [[ -z "${base_exe[$name]:-}" ]] || { echo "frontend-bench: BASE_VBLK names $name twice" >&2; exit 2; }
+    [[ -x "$exe" ]] || { echo "frontend-bench: BASE_VBLK $exe is not an executable" >&2; exit 2; }
+    base_exe[$name]=$exe
+    base_names="$base_names $name"
+done
+set +f
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -136,7 +152,7 @@ start_qsd() { # name blockdev-args...
 start_vblk() { # name serve-args...
     local name=$1 exe=("${vblk[@]}")
     shift
-    [[ $name == base-* ]] && exe=("$BASE_VBLK")
+    [[ -n "${base_exe[${name%-*}]:-}" ]] && exe=("${base_exe[${name%-*}]}")
     # shellcheck disable=SC2086 # SERVE_ARGS is split on purpose
     "${exe[@]}" serve "$@" $SERVE_ARGS --socket "$work/$name.sock" >"$work/$name.log" 2>&1 &
     pids+=($!)
@@ -149,14 +165,13 @@ start_qsd qsd-file --blockdev "driver=file,node-name=file0,filename=$image" --bl
 start_vblk vblk-null --backend null --size "$null_bytes"
 start_vblk vblk-file "$work/disk2.raw"
 backends="qsd vblk"
-if [[ -n "${BASE_VBLK:-}" ]]; then
-    [[ -x "$BASE_VBLK" ]] || { echo "frontend-bench: BASE_VBLK $BASE_VBLK is not an executable" >&2; exit 2; }
-    # A third image for it, made like the others (vblk serve locks its image).
-    cp "$image" "$work/disk3.raw"
-    start_vblk base-null --backend null --size "$null_bytes"
-    start_vblk base-file "$work/disk3.raw"
-    backends="qsd vblk base"
-fi
+for name in $base_names; do
+    # An image of its own, made like the others (vblk serve locks its image).
+    cp "$image" "$work/disk-$name.raw"
+    start_vblk "$name-null" --backend null --size "$null_bytes"
+    start_vblk "$name-file" "$work/disk-$name.raw"
+    backends="$backends $name"
+done
 want() { [[ " $DEVICES " == *" $1 "* ]]; }
 file_node() { # cache options of qsd's file node
     echo "driver=file,node-name=file0,filename=$image,aio=io_uring,locking=off,$1"
@@ -197,7 +212,7 @@ echo "# $(uname -sr), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut
 echo "# $("$qsd" --version | head -1), .NET $(dotnet --version)"
 echo "# runtime ${RUNTIME}s (+${RAMP}s ramp) per run, ${ROUNDS} rounds, image $IMAGE_SIZE; devices: $DEVICES"
 echo "# vblk serve extra arguments: '${SERVE_ARGS}'; vblk bench extra arguments: '${BENCH_ARGS}'"
-[[ -n "${BASE_VBLK:-}" ]] && echo "# base: $BASE_VBLK"
+for name in $base_names; do echo "# $name: ${base_exe[$name]}"; done
 echo "# images on $(findmnt -no FSTYPE -T "$work") ($(findmnt -no SOURCE -T "$work")); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 printf '%-16s %-5s %-10s %5s %10s %9s %9s %9s %8s %9s\n' workload dev backend round IOPS MB/s p50us p99us fe-cpu-us be-cpu-s/M
@@ -208,12 +223,12 @@ for w in "${workloads[@]}"; do
             # Alternate which back-end goes first.
             if ((round % 2)); then order=$backends; else order=$(echo "$backends" | tr ' ' '\n' | tac | tr '\n' ' '); fi
             for be in $order; do
-                [[ $be == base && $dev != null && $dev != file && $dev != cold ]] && continue # base serves these three only
+                [[ -n "${base_exe[$be]:-}" && $dev != null && $dev != file && $dev != cold ]] && continue # builds beside serve these three only
                 out=$work/run.json
                 sock=$work/$be-$dev.sock
                 if [[ $dev == file || $dev == writeback || $dev == unsafe ]]; then
                     cat "$image" "$work/disk2.raw" >/dev/null # warm again after a cold run
-                    [[ -f "$work/disk3.raw" ]] && cat "$work/disk3.raw" >/dev/null
+                    for name in $base_names; do cat "$work/disk-$name.raw" >/dev/null; done
                 fi
                 if [[ $dev == cold ]]; then
                     sock=$work/$be-file.sock
@@ -243,7 +258,7 @@ for w in "${workloads[@]}"; do
     done
 done
 
-summary() { # other: vblk or base, against qsd
+summary() { # other: vblk or a build beside it, against qsd
     local other=$1
     echo
     echo "# median over rounds; ratio = $other / qemu-storage-daemon (IOPS: higher is better for $other; p99 and back-end CPU per request: lower is better)"
@@ -262,5 +277,5 @@ median() { # values...: the median
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
 }
 summary vblk
-[[ -n "${BASE_VBLK:-}" ]] && summary base
+for name in $base_names; do summary "$name"; done
 exit 0

@@ -28,8 +28,6 @@ internal sealed class Vring : IDisposable
     private EventFd? _call;
     private ITraceSink? _trace; // the device's recorder while the worker runs; null when nobody records
     private EventFd? _err;
-    private IoUring? _callRing; // RunUring's ring while the call is signalled through it (worker thread only)
-    private EventFd? _callQueued; // the call whose write waits in _callRing's submission queue; a reference is held
 
     public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null, int cpu = -1, CallWatchdog? watchdog = null)
     {
@@ -237,7 +235,7 @@ internal sealed class Vring : IDisposable
     private const int MaxPollFailures = 8;
 
     private static uint RingEntries(int maxInFlight, ushort queueSize) =>
-        (uint)Math.Min(maxInFlight, (int)queueSize) + 6; // + the three polls, the two timers and the call
+        (uint)Math.Min(maxInFlight, (int)queueSize) + 5; // + the three polls and the two timers
 
     /// <summary>
     /// Waits in poll(2) on the control, kick and completion descriptors. File I/O is synchronous;
@@ -325,7 +323,6 @@ internal sealed class Vring : IDisposable
     /// <returns>True when the worker must carry on in poll(2): its polls kept failing (nothing is in flight then).</returns>
     private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
-        _callRing = ring.SkipsSuccessCompletions ? ring : null;
         var io = _device.SupportsQueueIo ? new IoUringQueueIo(ring, _port) : null;
         try
         {
@@ -334,7 +331,6 @@ internal sealed class Vring : IDisposable
         finally
         {
             io?.ReleaseWatches(); // what the worker received for a backend goes back to the backend's own thread
-            EndCallsThroughRing(ring);
         }
     }
 
@@ -347,8 +343,6 @@ internal sealed class Vring : IDisposable
         {
             if (_stopRequested)
                 stopped = true;
-            if (drain)
-                FlushCall(ring); // a call queued for the next wait goes now: the worker drains first
             if (!stopped && drain && _enabled && Drain(queue, io) == QueueOutcome.NeedsReset)
                 stopped = true; // take nothing more; finish what is in flight
             drain = false;
@@ -380,8 +374,7 @@ internal sealed class Vring : IDisposable
                 if (!watchArmed && !stopped && _enabled && Watchdog.BeforeSleep(queue) is >= 0 and var watch)
                     watchArmed = ring.QueueTimeout(watch * 1_000_000L + 1, IoUringQueueIo.WatchdogTag, slot: 1);
                 Poller.Sleeping();
-                ring.SubmitAndWait(wait: true); // with the call queued by the drain: its write, then the wait
-                CallSubmitted(ring);
+                ring.SubmitAndWait(wait: true);
                 Poller.Woke();
             }
             var completed = false;
@@ -397,11 +390,6 @@ internal sealed class Vring : IDisposable
                 {
                     timerArmed = false;
                     drain = true; // the limits may let more through now
-                    continue;
-                }
-                if (cqe.UserData == IoUringQueueIo.CallTag)
-                {
-                    WriteCall(); // the ring's write failed (its only completion): the plain way
                     continue;
                 }
                 if (cqe.UserData == IoUringQueueIo.WatchdogTag)
@@ -486,11 +474,7 @@ internal sealed class Vring : IDisposable
             return Unpolled(queue); // a drain held back by the limits left them off
         queue.DisableNotifications();
         queue.Polled = true;
-        if (ring != null)
-        {
-            ring.SubmitAndReap(); // what the drain queued (the call too) goes to the kernel now
-            CallSubmitted(ring);
-        }
+        ring?.SubmitAndReap(); // what the drain queued goes to the kernel now
         var reap = ring != null && _device.QueueIoInFlight(queue.Index) > 0;
         var spins = 0;
         do
@@ -501,10 +485,7 @@ internal sealed class Vring : IDisposable
                 return true;
             }
             if (reap && (++spins & 15) == 0)
-            {
                 ring!.SubmitAndReap(); // completions are posted on request (DEFER_TASKRUN)
-                CallSubmitted(ring);
-            }
             Thread.SpinWait(4);
         }
         while (!_stopRequested && _enabled && Stopwatch.GetTimestamp() < until);
@@ -601,94 +582,15 @@ internal sealed class Vring : IDisposable
 
     private const string ResentWhy = "sent again: the driver still waits for used buffers it was told about (the last interrupt was lost)";
 
-    /// <summary>
-    /// Signals the call eventfd; <paramref name="why"/> (a constant) is recorded while someone
-    /// records. In io_uring the write is queued and goes with the worker's next io_uring_enter,
-    /// which is the one it waits in when the ring has nothing more for it: one system call instead
-    /// of two, and the driver's thread that the write wakes does not preempt the worker between
-    /// them. Paths that do not wait next submit it first (<see cref="FlushCall"/>).
-    /// </summary>
+    /// <summary>Writes the call eventfd; <paramref name="why"/> (a constant) is recorded while someone records.</summary>
     private void SignalCall(string why)
     {
         Interlocked.Increment(ref _calls);
         if (_trace is not null)
             RecordCall(why);
-        if (_callRing is { } ring && QueueCall(ring))
-            return;
-        WriteCall();
-    }
-
-    private void WriteCall()
-    {
         // A concurrent SET_VRING_CALL may dispose the descriptor we read; then use the new one.
         if (Volatile.Read(ref _call) is { } call && !call.Signal())
             Volatile.Read(ref _call)?.Signal();
-    }
-
-    /// <summary>Queues the call's write on <paramref name="ring"/>; false when it must be written now.</summary>
-    private bool QueueCall(IoUring ring)
-    {
-        if (_callQueued != null)
-            return true; // one write already waits: the driver reads the used ring once for both
-        // A descriptor without O_NONBLOCK would be written by the kernel's worker threads, later.
-        if (Volatile.Read(ref _call) is not { IsNonBlocking: true } call)
-            return false;
-        var added = false;
-        try
-        {
-            call.Handle.DangerousAddRef(ref added); // SET_VRING_CALL may close it before the submission
-        }
-        catch (ObjectDisposedException)
-        {
-            return false;
-        }
-        if (!ring.QueueEventFdSignal(call.Fd, IoUringQueueIo.CallTag))
-        {
-            call.Handle.DangerousRelease();
-            return false;
-        }
-        _callQueued = call;
-        return true;
-    }
-
-    /// <summary>After an io_uring_enter: once the kernel took the call's write, the descriptor may close.</summary>
-    private void CallSubmitted(IoUring ring)
-    {
-        if (_callQueued is { } call && ring.Unsubmitted == 0)
-        {
-            _callQueued = null;
-            call.Handle.DangerousRelease();
-        }
-    }
-
-    /// <summary>Submits a queued call now (the worker does not wait next).</summary>
-    private void FlushCall(IoUring ring)
-    {
-        if (_callQueued is null)
-            return;
-        ring.SubmitAndWait(wait: false);
-        CallSubmitted(ring);
-    }
-
-    /// <summary>The worker leaves io_uring: a call still queued is submitted, or written the plain way.</summary>
-    private void EndCallsThroughRing(IoUring ring)
-    {
-        _callRing = null;
-        if (_callQueued is not { } call)
-            return;
-        try
-        {
-            ring.SubmitAndWait(wait: false);
-        }
-        catch (NativeCallException)
-        {
-            // written below
-        }
-        var taken = ring.Unsubmitted == 0;
-        _callQueued = null;
-        call.Handle.DangerousRelease();
-        if (!taken)
-            WriteCall(); // a spurious interrupt is harmless; a lost one stalls the driver
     }
 
     private void RecordKick(ulong count)

@@ -263,7 +263,7 @@ internal sealed class Vring : IDisposable
             var timeout = -1;
             if (_enabled && !stopped)
             {
-                var wait = _device.QueueWaitTicks(queue.Index);
+                var wait = ThrottleWait(queue);
                 if (wait > 0)
                     timeout = (int)Math.Min(int.MaxValue, (wait * 1000 + Stopwatch.Frequency - 1) / Stopwatch.Frequency);
                 else if (PollRing(queue, null))
@@ -358,7 +358,7 @@ internal sealed class Vring : IDisposable
             if (armCompleted)
                 armCompleted = !ring.QueuePollMultishot(_completed.Fd, IoUringQueueIo.CompletionTag);
             io?.ArmWatches();
-            var wait = !stopped && _enabled ? _device.QueueWaitTicks(queue.Index) : 0;
+            var wait = !stopped && _enabled ? ThrottleWait(queue) : 0;
             if (wait > 0)
             {
                 if (!timerArmed)
@@ -496,6 +496,9 @@ internal sealed class Vring : IDisposable
         }
         return false;
     }
+
+    /// <summary>Ticks until the limits let the queue's next chain go; 0 when it may go now or there is none.</summary>
+    private long ThrottleWait(IDeviceQueue queue) => queue.HasAvailable ? _device.QueueWaitTicks(queue.Index) : 0;
 
     /// <summary>Ends polling: notifications on again (2.7.10); true if chains arrived meanwhile.</summary>
     private static bool Unpolled(IDeviceQueue queue)

@@ -34,7 +34,7 @@ internal sealed unsafe class BlkChainHandler : IChainHandler
             _iovScratch[i] = [];
     }
 
-    public long WaitTicks(int queue) => _throttle != null ? _throttle.WaitTicks(queue) : 0;
+    public long WaitTicks(IDeviceQueue queue) => _throttle != null && queue.HasAvailable ? _throttle.WaitTicks(queue.Index) : 0;
 
     public uint HandleChain(IDeviceQueue queue, in DescriptorChain chain, IQueueIo? io)
     {

@@ -17,6 +17,10 @@ public interface IChainHandler
     /// </summary>
     uint HandleChain(IDeviceQueue queue, in DescriptorChain chain, IQueueIo? io);
 
-    /// <summary>Stopwatch ticks until <paramref name="queue"/> may take its next chain (a rate limit), 0 when it may now.</summary>
-    long WaitTicks(int queue) => 0;
+    /// <summary>
+    /// Stopwatch ticks until <paramref name="queue"/> may take its next chain (a rate limit), 0 when
+    /// it may now or has no chain available: a queue with nothing to take neither waits for the
+    /// limits nor is counted as waiting.
+    /// </summary>
+    long WaitTicks(IDeviceQueue queue) => 0;
 }

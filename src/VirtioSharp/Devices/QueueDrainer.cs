@@ -31,8 +31,10 @@ public sealed class QueueDrainer(int numQueues, BreachReporter breaches, IChainH
             PopResult result = PopResult.Empty;
             var throttled = false;
             // A limited device takes the next chain only while its limits allow; a delayed one
-            // stays in the ring, notifications stay off, and the worker waits QueueWaitTicks.
-            while (!(throttled = handler.WaitTicks(queue.Index) > 0)
+            // stays in the ring, notifications stay off, and the worker waits QueueWaitTicks. An
+            // empty queue of a disk in debt is not throttled (the handler looks for a chain first),
+            // so its notifications go back on and its worker sleeps until a kick.
+            while (!(throttled = handler.WaitTicks(queue) > 0)
                 && (result = queue.TryPop(out var chain)) == PopResult.Chain)
             {
                 var written = handler.HandleChain(queue, chain, io);

@@ -10,11 +10,11 @@ internal sealed class TestServer : IDisposable
 {
     public const ulong DiskSize = 8 << 20;
 
-    public TestServer(int numQueues = 2, StrictMode strict = StrictMode.Off, IBlockBackend? backend = null, int queueSize = 256, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null, int holdCompletionsMs = 0, int pollMicroseconds = 0)
+    public TestServer(int numQueues = 2, StrictMode strict = StrictMode.Off, IBlockBackend? backend = null, int queueSize = 256, AioMode aio = AioMode.Auto, TimeSpan? messageTimeout = null, int holdCompletionsMs = 0, int pollMicroseconds = 0, BlkLimits? limits = null)
     {
         SocketPath = Path.Combine(Path.GetTempPath(), $"vs-{Guid.NewGuid():N}.sock"[..24]);
         Backend = backend ?? new MemoryBackend(DiskSize);
-        Device = new BlkDevice(Backend, new BlkDeviceOptions { NumQueues = numQueues, QueueSize = queueSize, Log = Log, Strict = strict });
+        Device = new BlkDevice(Backend, new BlkDeviceOptions { NumQueues = numQueues, QueueSize = queueSize, Log = Log, Strict = strict, Limits = limits });
         Server = new VhostUserBlkServer(Device, SocketPath) { Aio = aio, MessageTimeout = messageTimeout ?? VhostUserBlkServer.DefaultMessageTimeout, HoldCompletionsMs = holdCompletionsMs, PollMicroseconds = pollMicroseconds };
         Server.Start();
     }

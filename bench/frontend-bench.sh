@@ -89,6 +89,9 @@ cd "$root"
 
 if [[ -x ./vblk ]]; then
     vblk=(./vblk)
+    # Builds it now when its sources changed: the back-ends below must not start with a build
+    # that outlasts the wait for their sockets.
+    ./vblk --help >/dev/null
 else
     dotnet build -c Release src/VirtioSharp.Cli -v quiet -nologo >/dev/null
     vblk=(dotnet run -c Release --no-build --project src/VirtioSharp.Cli --)

@@ -130,18 +130,19 @@ public class ThrottleTests
         // Behind the flood it would have waited for all of it (about 50 requests, half a second).
         Assert.True(behind > flood / 3, $"queue 1's request came back only after the flood: {behind} of queue 0's requests were left, {(answered - asked) * 1000 / Stopwatch.Frequency} ms");
 
-        // Queue 1 is empty again while the flood keeps the disk in debt: 10 more of queue 0's
-        // requests (100 ms) must not wake its worker each time, nor add to its account.
+        // Queue 1 is empty again while the flood keeps the disk in debt: 20 more of queue 0's
+        // requests (200 ms) must not wake its worker each time, nor add to its account. (A
+        // wake-up or two may come from the call watchdog's timer.)
         var sleepsBefore = idle.Sleeps;
         var accountBefore = throttle.ThrottledSeconds(1);
-        var until = done0 + 10;
+        var until = done0 + 20;
         while (done0 < until)
         {
             Assert.True(Environment.TickCount64 < deadline, $"only {done0} of the flood came back");
             TakeQueue0();
             Thread.Sleep(1);
         }
-        Assert.True(idle.Sleeps - sleepsBefore <= 1, $"queue 1, with nothing available, slept {idle.Sleeps - sleepsBefore} times while queue 0 took 10 requests");
+        Assert.True(idle.Sleeps - sleepsBefore <= 2, $"queue 1, with nothing available, slept {idle.Sleeps - sleepsBefore} times while queue 0 took 20 requests");
         Assert.Equal(accountBefore, throttle.ThrottledSeconds(1));
 
         while (done0 < flood)

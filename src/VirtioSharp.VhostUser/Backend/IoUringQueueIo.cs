@@ -23,6 +23,8 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
     public const ulong TimerTag = 1UL << 61;
     /// <summary>The <see cref="CallWatchdog"/>'s timeout (timespec slot 1; the limits' timer has slot 0).</summary>
     public const ulong WatchdogTag = TimerTag + 1;
+    /// <summary>The call eventfd's write the worker queues before it waits; it completes only when it fails.</summary>
+    public const ulong CallTag = TimerTag + 2;
 
     /// <summary>A watch's poll: slot in bits 0-7, generation in bits 8-39.</summary>
     public const ulong WatchTag = 1UL << 60;

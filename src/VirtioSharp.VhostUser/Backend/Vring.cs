@@ -28,6 +28,9 @@ internal sealed class Vring : IDisposable
     private EventFd? _call;
     private ITraceSink? _trace; // the device's recorder while the worker runs; null when nobody records
     private EventFd? _err;
+    private IoUring? _callRing; // RunUring's ring while the call may be signalled through it (worker thread only)
+    private IoUringQueueIo? _callWatcher; // the call goes through _callRing only while this watches a backend's descriptor
+    private EventFd? _callQueued; // the call whose write waits in _callRing's submission queue; a reference is held
 
     public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null, int cpu = -1, CallWatchdog? watchdog = null)
     {
@@ -235,7 +238,7 @@ internal sealed class Vring : IDisposable
     private const int MaxPollFailures = 8;
 
     private static uint RingEntries(int maxInFlight, ushort queueSize) =>
-        (uint)Math.Min(maxInFlight, (int)queueSize) + 5; // + the three polls and the two timers
+        (uint)Math.Min(maxInFlight, (int)queueSize) + 6; // + the three polls, the two timers and the call
 
     /// <summary>
     /// Waits in poll(2) on the control, kick and completion descriptors. File I/O is synchronous;
@@ -324,6 +327,8 @@ internal sealed class Vring : IDisposable
     private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = _device.SupportsQueueIo ? new IoUringQueueIo(ring, _port) : null;
+        _callRing = ring.SkipsSuccessCompletions && io != null ? ring : null;
+        _callWatcher = io;
         try
         {
             return RunUringLoop(queue, kick, ring, io);
@@ -331,6 +336,7 @@ internal sealed class Vring : IDisposable
         finally
         {
             io?.ReleaseWatches(); // what the worker received for a backend goes back to the backend's own thread
+            EndCallsThroughRing(ring);
         }
     }
 
@@ -343,6 +349,8 @@ internal sealed class Vring : IDisposable
         {
             if (_stopRequested)
                 stopped = true;
+            if (drain)
+                FlushCall(ring); // a call queued for the next wait goes now: the worker drains first
             if (!stopped && drain && _enabled && Drain(queue, io) == QueueOutcome.NeedsReset)
                 stopped = true; // take nothing more; finish what is in flight
             drain = false;
@@ -374,7 +382,8 @@ internal sealed class Vring : IDisposable
                 if (!watchArmed && !stopped && _enabled && Watchdog.BeforeSleep(queue) is >= 0 and var watch)
                     watchArmed = ring.QueueTimeout(watch * 1_000_000L + 1, IoUringQueueIo.WatchdogTag, slot: 1);
                 Poller.Sleeping();
-                ring.SubmitAndWait(wait: true);
+                ring.SubmitAndWait(wait: true); // with the call queued by the drain: its write, then the wait
+                CallSubmitted(ring);
                 Poller.Woke();
             }
             var completed = false;
@@ -390,6 +399,11 @@ internal sealed class Vring : IDisposable
                 {
                     timerArmed = false;
                     drain = true; // the limits may let more through now
+                    continue;
+                }
+                if (cqe.UserData == IoUringQueueIo.CallTag)
+                {
+                    WriteCall(); // the ring's write failed (its only completion): the plain way
                     continue;
                 }
                 if (cqe.UserData == IoUringQueueIo.WatchdogTag)
@@ -474,7 +488,11 @@ internal sealed class Vring : IDisposable
             return Unpolled(queue); // a drain held back by the limits left them off
         queue.DisableNotifications();
         queue.Polled = true;
-        ring?.SubmitAndReap(); // what the drain queued goes to the kernel now
+        if (ring != null)
+        {
+            ring.SubmitAndReap(); // what the drain queued (the call too) goes to the kernel now
+            CallSubmitted(ring);
+        }
         var reap = ring != null && _device.QueueIoInFlight(queue.Index) > 0;
         var spins = 0;
         do
@@ -485,7 +503,10 @@ internal sealed class Vring : IDisposable
                 return true;
             }
             if (reap && (++spins & 15) == 0)
+            {
                 ring!.SubmitAndReap(); // completions are posted on request (DEFER_TASKRUN)
+                CallSubmitted(ring);
+            }
             Thread.SpinWait(4);
         }
         while (!_stopRequested && _enabled && Stopwatch.GetTimestamp() < until);
@@ -585,15 +606,98 @@ internal sealed class Vring : IDisposable
 
     private const string ResentWhy = "sent again: the driver still waits for used buffers it was told about (the last interrupt was lost)";
 
-    /// <summary>Writes the call eventfd; <paramref name="why"/> (a constant) is recorded while someone records.</summary>
+    /// <summary>
+    /// Signals the call eventfd; <paramref name="why"/> (a constant) is recorded while someone
+    /// records. While the worker receives a backend's replies itself (an NBD socket it watches),
+    /// the write is queued on its ring and goes with its next io_uring_enter, which is the one it
+    /// waits in when the ring has nothing more for it: one system call instead of two, and the
+    /// driver's thread that the write wakes does not preempt the worker between them, which
+    /// pays when the server's threads compete for the same cores. Otherwise, as for a file or
+    /// null device, it is a plain write(2): queued there, it lost on every row measured
+    /// (benchmarks.md §5.12). Paths that do not wait next submit it first (<see cref="FlushCall"/>).
+    /// </summary>
     private void SignalCall(string why)
     {
         Interlocked.Increment(ref _calls);
         if (_trace is not null)
             RecordCall(why);
+        if (_callRing is { } ring && _callWatcher is { Watching: true } && QueueCall(ring))
+            return;
+        WriteCall();
+    }
+
+    private void WriteCall()
+    {
         // A concurrent SET_VRING_CALL may dispose the descriptor we read; then use the new one.
         if (Volatile.Read(ref _call) is { } call && !call.Signal())
             Volatile.Read(ref _call)?.Signal();
+    }
+
+    /// <summary>Queues the call's write on <paramref name="ring"/>; false when it must be written now.</summary>
+    private bool QueueCall(IoUring ring)
+    {
+        if (_callQueued != null)
+            return true; // one write already waits: the driver reads the used ring once for both
+        // A descriptor without O_NONBLOCK would be written by the kernel's worker threads, later.
+        if (Volatile.Read(ref _call) is not { IsNonBlocking: true } call)
+            return false;
+        var added = false;
+        try
+        {
+            call.Handle.DangerousAddRef(ref added); // SET_VRING_CALL may close it before the submission
+        }
+        catch (ObjectDisposedException)
+        {
+            return false;
+        }
+        if (!ring.QueueEventFdSignal(call.Fd, IoUringQueueIo.CallTag))
+        {
+            call.Handle.DangerousRelease();
+            return false;
+        }
+        _callQueued = call;
+        return true;
+    }
+
+    /// <summary>After an io_uring_enter: once the kernel took the call's write, the descriptor may close.</summary>
+    private void CallSubmitted(IoUring ring)
+    {
+        if (_callQueued is { } call && ring.Unsubmitted == 0)
+        {
+            _callQueued = null;
+            call.Handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>Submits a queued call now (the worker does not wait next).</summary>
+    private void FlushCall(IoUring ring)
+    {
+        if (_callQueued is null)
+            return;
+        ring.SubmitAndWait(wait: false);
+        CallSubmitted(ring);
+    }
+
+    /// <summary>The worker leaves io_uring: a call still queued is submitted, or written the plain way.</summary>
+    private void EndCallsThroughRing(IoUring ring)
+    {
+        _callRing = null;
+        _callWatcher = null;
+        if (_callQueued is not { } call)
+            return;
+        try
+        {
+            ring.SubmitAndWait(wait: false);
+        }
+        catch (NativeCallException)
+        {
+            // written below
+        }
+        var taken = ring.Unsubmitted == 0;
+        _callQueued = null;
+        call.Handle.DangerousRelease();
+        if (!taken)
+            WriteCall(); // a spurious interrupt is harmless; a lost one stalls the driver
     }
 
     private void RecordKick(ulong count)

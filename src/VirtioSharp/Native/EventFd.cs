@@ -10,6 +10,7 @@ namespace VirtioSharp.Native;
 public sealed unsafe class EventFd : IDisposable
 {
     private EventFd(SafeFdHandle handle) => Handle = handle;
+    private int _nonBlocking; // 0: not asked yet, 1: O_NONBLOCK, 2: blocking or unknown
 
     public SafeFdHandle Handle { get; }
     public int Fd => Handle.Fd;
@@ -44,6 +45,31 @@ public sealed unsafe class EventFd : IDisposable
         {
             if (added)
                 handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// Whether the descriptor's file has O_NONBLOCK (asked once, fcntl F_GETFL). A peer's eventfd
+    /// carries the flags its creator chose; false when the question fails.
+    /// </summary>
+    public bool IsNonBlocking
+    {
+        get
+        {
+            if (_nonBlocking == 0)
+            {
+                int flags;
+                try
+                {
+                    flags = Interop.Fcntl(Handle, Interop.F_GETFL);
+                }
+                catch (ObjectDisposedException)
+                {
+                    flags = -1;
+                }
+                _nonBlocking = flags >= 0 && (flags & Interop.O_NONBLOCK) != 0 ? 1 : 2;
+            }
+            return _nonBlocking == 1;
         }
     }
 

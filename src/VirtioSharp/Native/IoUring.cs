@@ -4,7 +4,7 @@ namespace VirtioSharp.Native;
 
 /// <summary>
 /// A minimal io_uring (io_uring_setup(2), io_uring_enter(2)) for one thread: it queues
-/// submissions (vectored reads, fdatasync, polls), then hands them to the kernel and
+/// submissions (vectored reads, fdatasync, polls, eventfd writes), then hands them to the kernel and
 /// waits for a completion in the same system call. The owning thread is the only one to touch it (IORING_SETUP_SINGLE_ISSUER where the
 /// kernel has it). Ring indices are shared with the kernel: the submission tail and completion
 /// head are published with release stores, the kernel's indices are read with acquire loads.
@@ -16,6 +16,7 @@ public sealed unsafe class IoUring : IDisposable
     private const uint IORING_SETUP_DEFER_TASKRUN = 1u << 13;
     private const uint IORING_FEAT_SINGLE_MMAP = 1u << 0;
     private const uint IORING_FEAT_NODROP = 1u << 1;
+    private const uint IORING_FEAT_CQE_SKIP = 1u << 11;
     private const long IORING_OFF_SQ_RING = 0;
     private const long IORING_OFF_CQ_RING = 0x8000000;
     private const long IORING_OFF_SQES = 0x10000000;
@@ -26,6 +27,8 @@ public sealed unsafe class IoUring : IDisposable
     private const byte IORING_OP_POLL_ADD = 6;
     private const byte IORING_OP_POLL_REMOVE = 7;
     private const byte IORING_OP_TIMEOUT = 11;
+    private const byte IORING_OP_WRITE = 23;
+    private const byte IOSQE_CQE_SKIP_SUCCESS = 1 << 6;
     private const uint IORING_FSYNC_DATASYNC = 1u << 0;
     private const uint IORING_POLL_ADD_MULTI = 1u << 0;
     /// <summary>IORING_CQE_F_MORE: a multishot request stays armed after this completion.</summary>
@@ -40,6 +43,7 @@ public sealed unsafe class IoUring : IDisposable
     private uint _sqLocalTail;
     private bool _disposed;
     private readonly long* _timeout = (long*)NativeMemory.AllocZeroed(2 * 16); // two struct __kernel_timespec, read at submission
+    private readonly ulong* _one = OneValue(); // what QueueEventFdSignal writes, read at submission
 
     private IoUring(SafeFdHandle fd, in Params p)
     {
@@ -74,7 +78,14 @@ public sealed unsafe class IoUring : IDisposable
         _cqMask = *(uint*)(cq + p.CqOff.RingMask);
         _cqes = (Cqe*)(cq + p.CqOff.Cqes);
         _sqLocalTail = Volatile.Read(ref *_sqTail);
+        SkipsSuccessCompletions = (p.Features & IORING_FEAT_CQE_SKIP) != 0;
     }
+
+    /// <summary>
+    /// The kernel takes IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP, Linux 5.17): a submission may
+    /// ask to post a completion only when it fails (<see cref="QueueEventFdSignal"/>).
+    /// </summary>
+    public bool SkipsSuccessCompletions { get; }
 
     /// <summary>
     /// Creates a ring of <paramref name="entries"/> submissions on the calling thread, or returns
@@ -219,6 +230,32 @@ public sealed unsafe class IoUring : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Queues eventfd_write(<paramref name="fd"/>, 1) with a completion only when it fails (needs
+    /// <see cref="SkipsSuccessCompletions"/>): a notification sent by the call that then waits, so
+    /// its success does not end the wait. The descriptor must have O_NONBLOCK, or the kernel hands
+    /// the write to its worker threads instead of doing it in the submitting call. The caller
+    /// keeps the descriptor open until the entry is submitted (<see cref="Unsubmitted"/>).
+    /// </summary>
+    public bool QueueEventFdSignal(int fd, ulong userData)
+    {
+        if (!SkipsSuccessCompletions)
+            throw new InvalidOperationException("this kernel's io_uring cannot skip completions (IOSQE_CQE_SKIP_SUCCESS came in Linux 5.17)");
+        if (!TryNextSqe(out var sqe))
+            return false;
+        sqe->Opcode = IORING_OP_WRITE;
+        sqe->Flags = IOSQE_CQE_SKIP_SUCCESS;
+        sqe->Fd = fd;
+        sqe->Off = ulong.MaxValue; // -1: the file's position (an eventfd has none)
+        sqe->Addr = (ulong)_one;
+        sqe->Len = sizeof(ulong);
+        sqe->UserData = userData;
+        return true;
+    }
+
+    /// <summary>Entries queued and not yet taken by the kernel.</summary>
+    public uint Unsubmitted => _sqLocalTail - Volatile.Read(ref *_sqHead);
+
     /// <summary>Queues fdatasync(<paramref name="fd"/>).</summary>
     public bool QueueFDataSync(int fd, ulong userData)
     {
@@ -252,6 +289,13 @@ public sealed unsafe class IoUring : IDisposable
         sqe->Off = 0; // a pure timeout, not counting completions
         sqe->UserData = userData;
         return true;
+    }
+
+    private static ulong* OneValue()
+    {
+        var one = (ulong*)NativeMemory.Alloc(sizeof(ulong));
+        *one = 1;
+        return one;
     }
 
     private bool TryNextSqe(out Sqe* sqe)
@@ -357,6 +401,7 @@ public sealed unsafe class IoUring : IDisposable
         _disposed = true;
         Unmap();
         NativeMemory.Free(_timeout);
+        NativeMemory.Free(_one);
         _fd.Dispose();
     }
 

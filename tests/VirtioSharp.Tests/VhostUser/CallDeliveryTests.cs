@@ -11,10 +11,20 @@ namespace VirtioSharp.Tests.VhostUser;
 /// Each drain signals the call for what it used, whether the front-end's call eventfd is
 /// non-blocking or not, and whether the worker waits in io_uring or poll(2): every request the
 /// driver asked to hear about is signalled by the drain that used it, not by the watchdog that
-/// resends lost interrupts.
+/// resends lost interrupts. (A worker that receives an NBD server's replies itself sends its
+/// call through its ring: NbdWorkerReceiveTests.)
 /// </summary>
 public class CallDeliveryTests
 {
+    [Fact]
+    public void An_eventfd_says_whether_it_has_O_NONBLOCK()
+    {
+        using var nonBlocking = EventFd.Create();
+        using var blocking = EventFd.Create(nonBlocking: false);
+        Assert.True(nonBlocking.IsNonBlocking);
+        Assert.False(blocking.IsNonBlocking);
+    }
+
     [Theory]
     [InlineData(true, false, AioMode.Auto)]
     [InlineData(false, false, AioMode.Auto)]

@@ -104,4 +104,35 @@ public sealed unsafe class IoUringTests
             seen++;
         }
     }
+
+    [Fact]
+    public void An_eventfd_signal_goes_with_the_submission_and_posts_no_completion_when_it_succeeds()
+    {
+        using var ring = NewRing();
+        Assert.True(ring.SkipsSuccessCompletions, "this kernel's io_uring cannot skip completions (Linux 5.17)");
+        using var ev = EventFd.Create();
+        Assert.True(ring.QueueEventFdSignal(ev.Fd, 7));
+        Assert.True(ring.QueuePollMultishot(ev.Fd, 5)); // armed after the write: readable at once
+        Assert.Equal(2u, ring.Unsubmitted);
+        var cqe = Next(ring);
+        Assert.Equal(0u, ring.Unsubmitted);
+        Assert.Equal(5UL, cqe.UserData);
+        Assert.False(ring.TryTakeCompletion(out var extra), $"a completion for {extra.UserData}");
+        Assert.True(ev.TryRead(out var value));
+        Assert.Equal(1UL, value);
+    }
+
+    [Fact]
+    public void A_failing_eventfd_signal_posts_its_completion_with_the_error()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("f");
+        File.WriteAllBytes(path, new byte[8]);
+        using var readOnly = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+        using var ring = NewRing();
+        Assert.True(ring.QueueEventFdSignal((int)readOnly.DangerousGetHandle(), 7));
+        var cqe = Next(ring);
+        Assert.Equal(7UL, cqe.UserData);
+        Assert.Equal(-9, cqe.Result); // EBADF: not open for writing
+    }
 }

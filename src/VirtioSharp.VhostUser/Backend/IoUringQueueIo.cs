@@ -20,6 +20,9 @@ internal sealed unsafe class IoUringQueueIo(IoUring ring, CompletionPort port) :
     public const ulong CompletionTag = 3UL << 62;
 
     public CompletionPort Completions => port;
+
+    /// <summary>The worker's ring the operations go on.</summary>
+    public IoUring Ring => ring;
     public const ulong TimerTag = 1UL << 61;
     /// <summary>The <see cref="CallWatchdog"/>'s timeout (timespec slot 1; the limits' timer has slot 0).</summary>
     public const ulong WatchdogTag = TimerTag + 1;

@@ -28,9 +28,8 @@ internal sealed class Vring : IDisposable
     private EventFd? _call;
     private ITraceSink? _trace; // the device's recorder while the worker runs; null when nobody records
     private EventFd? _err;
-    private IoUring? _callRing; // RunUring's ring while the call may be signalled through it (worker thread only)
-    private IoUringQueueIo? _callWatcher; // the call goes through _callRing only while this watches a backend's descriptor
-    private EventFd? _callQueued; // the call whose write waits in _callRing's submission queue; a reference is held
+    private IoUringQueueIo? _callWatcher; // RunUring's I/O where its ring can carry the call: it does while this watches a backend's descriptor (worker thread only)
+    private EventFd? _callQueued; // the call whose write waits in the ring's submission queue; a reference is held
 
     public Vring(int index, IVirtioDevice device, ILogSink? log, AioMode aio = AioMode.Auto, AdaptivePoller? poller = null, int cpu = -1, CallWatchdog? watchdog = null)
     {
@@ -266,7 +265,7 @@ internal sealed class Vring : IDisposable
             var timeout = -1;
             if (_enabled && !stopped)
             {
-                var wait = ThrottleWait(queue);
+                var wait = _device.QueueWaitTicks(queue);
                 if (wait > 0)
                     timeout = (int)Math.Min(int.MaxValue, (wait * 1000 + Stopwatch.Frequency - 1) / Stopwatch.Frequency);
                 else if (PollRing(queue, null))
@@ -327,8 +326,7 @@ internal sealed class Vring : IDisposable
     private bool RunUring(IDeviceQueue queue, EventFd kick, IoUring ring)
     {
         var io = _device.SupportsQueueIo ? new IoUringQueueIo(ring, _port) : null;
-        _callRing = ring.SkipsSuccessCompletions && io != null ? ring : null;
-        _callWatcher = io;
+        _callWatcher = ring.SkipsSuccessCompletions ? io : null;
         try
         {
             return RunUringLoop(queue, kick, ring, io);
@@ -366,7 +364,7 @@ internal sealed class Vring : IDisposable
             if (armCompleted)
                 armCompleted = !ring.QueuePollMultishot(_completed.Fd, IoUringQueueIo.CompletionTag);
             io?.ArmWatches();
-            var wait = !stopped && _enabled ? ThrottleWait(queue) : 0;
+            var wait = !stopped && _enabled ? _device.QueueWaitTicks(queue) : 0;
             if (wait > 0)
             {
                 if (!timerArmed)
@@ -518,9 +516,6 @@ internal sealed class Vring : IDisposable
         return false;
     }
 
-    /// <summary>Ticks until the limits let the queue's next chain go; 0 when it may go now or there is none.</summary>
-    private long ThrottleWait(IDeviceQueue queue) => queue.HasAvailable ? _device.QueueWaitTicks(queue.Index) : 0;
-
     /// <summary>Ends polling: notifications on again (2.7.10); true if chains arrived meanwhile.</summary>
     private static bool Unpolled(IDeviceQueue queue)
     {
@@ -621,7 +616,7 @@ internal sealed class Vring : IDisposable
         Interlocked.Increment(ref _calls);
         if (_trace is not null)
             RecordCall(why);
-        if (_callRing is { } ring && _callWatcher is { Watching: true } && QueueCall(ring))
+        if (_callWatcher is { Watching: true } watcher && QueueCall(watcher.Ring))
             return;
         WriteCall();
     }
@@ -681,7 +676,6 @@ internal sealed class Vring : IDisposable
     /// <summary>The worker leaves io_uring: a call still queued is submitted, or written the plain way.</summary>
     private void EndCallsThroughRing(IoUring ring)
     {
-        _callRing = null;
         _callWatcher = null;
         if (_callQueued is not { } call)
             return;

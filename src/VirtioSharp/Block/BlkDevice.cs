@@ -25,6 +25,7 @@ public sealed class BlkDevice : IVirtioDevice
     private readonly BlkThrottle? _throttle;
     private readonly BlkAsyncRequests _asyncRequests;
     private readonly QueueDrainer _drainer;
+    private readonly BlkChainHandler _chains;
     private ulong _negotiated;
 
     /// <summary>Most requests one queue keeps in flight on an <see cref="IAsyncBlockBackend"/>; more are served synchronously.</summary>
@@ -91,8 +92,8 @@ public sealed class BlkDevice : IVirtioDevice
         var validator = new BlkRequestValidator(this, _options.NumQueues, maxSegments, _readOnly);
         _asyncRequests = new BlkAsyncRequests(this, backend, validator, _options.NumQueues, iovPerSlot);
         var executor = new BlkRequestExecutor(this, backend, _serial, validator);
-        _drainer = new QueueDrainer(_options.NumQueues, Breaches,
-            new BlkChainHandler(this, validator, executor, _asyncRequests, _throttle, _options.NumQueues));
+        _chains = new BlkChainHandler(this, validator, executor, _asyncRequests, _throttle, _options.NumQueues);
+        _drainer = new QueueDrainer(_options.NumQueues, Breaches, _chains);
         if (backend is IResizableBackend resizable)
             resizable.CapacityChanged += OnCapacityChanged;
     }
@@ -175,7 +176,7 @@ public sealed class BlkDevice : IVirtioDevice
 
     public int MaxQueueIoInFlight => MaxAsyncPerQueue;
 
-    public long QueueWaitTicks(int queue) => _throttle != null && (uint)queue < (uint)_options.NumQueues ? _throttle.WaitTicks(queue) : 0;
+    public long QueueWaitTicks(IDeviceQueue queue) => (uint)queue.Index < (uint)_options.NumQueues ? _chains.WaitTicks(queue) : 0;
 
     /// <summary>Requests of <paramref name="queue"/> started on the asynchronous backend and not completed yet.</summary>
     public int QueueIoInFlight(int queue) => _asyncRequests.InFlight(queue);

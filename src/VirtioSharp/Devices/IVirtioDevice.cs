@@ -85,10 +85,10 @@ public interface IVirtioDevice
     /// <summary>
     /// Stopwatch ticks until <paramref name="queue"/> may take more requests (a rate limit left
     /// them in the ring; ProcessQueue left notifications off), 0 when it may now. The worker
-    /// sleeps at most this long, then drains again. The worker asks only while the queue has
-    /// a chain available, as the drain does (<see cref="IChainHandler.WaitTicks"/>).
+    /// sleeps at most this long, then drains again. 0 too when the queue has no chain available,
+    /// as for the drain (<see cref="IChainHandler.WaitTicks"/>).
     /// </summary>
-    long QueueWaitTicks(int queue) => 0;
+    long QueueWaitTicks(IDeviceQueue queue) => 0;
 
     /// <summary>The driver reset the device or went away.</summary>
     void Reset();

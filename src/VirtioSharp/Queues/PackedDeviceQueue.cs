@@ -33,7 +33,7 @@ public sealed unsafe class PackedDeviceQueue : IDeviceQueue
     private bool _usedWrap;                // 2.8.1: Device Ring Wrap Counter
     private int _slotsInFlight;            // slots between the used and the available position
     private int _usedSinceEvent;           // slots used since the last PublishUsed
-    private PackedBatchHead _batchHead;  // the batch's first used descriptor, its flags held until the batch ends
+    private PackedBatchHead _batchHead;    // the batch's first used descriptor, its flags held until the batch ends
     private int _inFlightCount;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
     // Ends the object on a cache line of its own, so the fields above (written by the device's

@@ -27,7 +27,7 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
     private ushort _nextUsed;
     private bool _usedWrap = true;         // the Device Ring Wrap Counter the driver expects at _nextUsed
     private int _addedSincePublish;
-    private PackedBatchHead _batchHead;  // the batch's first list, its flags held until Publish
+    private PackedBatchHead _batchHead;    // the batch's first list, its flags held until Publish
     private ushort _eventFlags;            // what the driver last wrote into the Driver Event Suppression flags
     private readonly GuestMemory _memory;
     private PackedQueueRecorder? _recorder; // null unless someone records: the hot path pays a null check
@@ -253,7 +253,6 @@ public sealed unsafe class PackedDriverQueue : IDriverQueue
         else
             Volatile.Write(ref *(ushort*)(first + 14), flags); // 2.8.21.1.1: the release store is the barrier before the flags
     }
-
 
     private void Advance()
     {
